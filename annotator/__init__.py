@@ -1,0 +1,1 @@
+"""Annotation of white blood cells: scans, taxonomies, cells, labels, rounds, agreement."""

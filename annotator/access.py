@@ -1,0 +1,55 @@
+"""Who may see and do what in a study: the per-study roles, as plain queries and checks."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+
+from .models import Cell, Label, Membership, Round, Scan, Study
+
+Role = Membership.Role
+# Roles that see every label of a study (the agreement and curation work needs them).
+OVERSEEING_ROLES = {Role.COORDINATOR, Role.DATA_SCIENTIST, Role.ADMIN}
+MANAGING_ROLES = {Role.COORDINATOR, Role.ADMIN}
+ANNOTATING_ROLES = {Role.ANNOTATOR, Role.ADMIN}
+
+
+def visible_studies(user) -> QuerySet[Study]:
+    """Studies the user is a member of (all of them for a superuser)."""
+    if user.is_superuser:
+        return Study.objects.all()
+    return Study.objects.filter(memberships__user=user).distinct()
+
+
+def roles_in(user, study: Study) -> set[str]:
+    if user.is_superuser:
+        return set(Role.values)
+    return set(Membership.objects.filter(user=user, study=study).values_list("role", flat=True))
+
+
+def require_role(user, study: Study, roles: set[str], action: str) -> None:
+    """Raise PermissionDenied naming the action and the roles it needs."""
+    if not roles_in(user, study) & set(roles):
+        needed = " or ".join(sorted(roles))
+        raise PermissionDenied(f"To {action} in study {study.name} you need the role {needed}.")
+
+
+def visible_scans(user) -> QuerySet[Scan]:
+    return Scan.objects.filter(studies__in=visible_studies(user)).distinct()
+
+
+def visible_cells(user) -> QuerySet[Cell]:
+    return Cell.objects.filter(study__in=visible_studies(user))
+
+
+def visible_rounds(user) -> QuerySet[Round]:
+    """A rater sees their own rounds; coordinators, data scientists and admins see all."""
+    if user.is_superuser:
+        return Round.objects.all()
+    overseen = Membership.objects.filter(user=user, role__in=OVERSEEING_ROLES).values("study")
+    return Round.objects.filter(rater=user) | Round.objects.filter(study__in=overseen)
+
+
+def visible_labels(user) -> QuerySet[Label]:
+    """Labels of the rounds the user may see; an annotator never sees another rater's labels."""
+    return Label.objects.filter(round__in=visible_rounds(user))

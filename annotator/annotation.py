@@ -1,0 +1,226 @@
+"""Clicking cells and labelling them: every change checked, versioned and kept in the history.
+
+Cells and labels carry a version number that rises with every change; a change that names an
+older version than the stored one is refused (optimistic concurrency), so two people working on
+one scan never overwrite each other silently.
+"""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from .access import ANNOTATING_ROLES, require_role
+from .errors import ConflictError, DomainError
+from .models import Cell, Label, LabelChange, Round, Scan, Study, TaxonNode
+
+
+def gold_round_for(study: Study, rater) -> Round:
+    """The rater's gold round of the study, made on first use."""
+    round_, _ = Round.objects.get_or_create(
+        study=study,
+        rater=rater,
+        kind=Round.Kind.GOLD,
+        defaults={"name": f"Gold round of {rater.get_username()}", "created_by": rater},
+    )
+    return round_
+
+
+def gold_round_for_member(study: Study, user) -> Round:
+    """The user's gold round, for a member allowed to annotate in the study."""
+    require_role(user, study, ANNOTATING_ROLES, "label cells")
+    return gold_round_for(study, user)
+
+
+def _check_position(scan: Scan, x: int, y: int) -> None:
+    if not (0 <= x < scan.width):
+        raise DomainError(f"x={x} is outside the scan (0 <= x < {scan.width}).", field="x")
+    if not (0 <= y < scan.height):
+        raise DomainError(f"y={y} is outside the scan (0 <= y < {scan.height}).", field="y")
+
+
+def _check_version(obj: Cell | Label, expected: int | None, what: str) -> None:
+    if expected is not None and expected != obj.version:
+        raise ConflictError(
+            f"The {what} was changed by someone else (you sent version {expected}, "
+            f"the stored one is version {obj.version}); reload it and try again.",
+            current=obj,
+        )
+
+
+def create_cell(study: Study, scan: Scan, x: int, y: int, user) -> Cell:
+    """Place a cell on a scan of the study."""
+    require_role(user, study, ANNOTATING_ROLES, "place cells")
+    if not study.scans.filter(pk=scan.pk).exists():
+        raise DomainError(f"Scan {scan.pk} is not part of study {study.name}.", field="scan")
+    _check_position(scan, x, y)
+    return Cell.objects.create(study=study, scan=scan, x=x, y=y, created_by=user)
+
+
+@transaction.atomic
+def move_cell(cell: Cell, x: int, y: int, user, expected_version: int | None) -> Cell:
+    """Move a cell's marker; refused when made on a stale copy."""
+    cell = Cell.objects.select_for_update().select_related("scan", "study").get(pk=cell.pk)
+    require_role(user, cell.study, ANNOTATING_ROLES, "move cells")
+    if cell.scan is None:
+        raise DomainError("A patch-only cell has no position to move.", field="x")
+    _check_version(cell, expected_version, "cell")
+    _check_position(cell.scan, x, y)
+    Cell.objects.filter(pk=cell.pk).update(x=x, y=y, version=F("version") + 1)
+    cell.refresh_from_db()
+    return cell
+
+
+@transaction.atomic
+def delete_cell(cell: Cell, user, expected_version: int | None) -> None:
+    """Delete a cell and the user's own labels of it (recorded in the history).
+
+    Refused while another round holds a label for it: that label belongs to someone else.
+    """
+    cell = Cell.objects.select_for_update().select_related("study").get(pk=cell.pk)
+    require_role(user, cell.study, ANNOTATING_ROLES, "delete cells")
+    _check_version(cell, expected_version, "cell")
+    others = cell.labels.exclude(round__rater=user)
+    if others.exists():
+        raise DomainError(
+            f"Cell {cell.pk} has labels in {others.count()} other round(s); it cannot be deleted.",
+            field="cell",
+        )
+    for label in cell.labels.select_related("round"):
+        delete_label(label, user, expected_version=None)
+    cell.delete()
+
+
+def _resolve_node(study: Study, node: TaxonNode | str | None, allow_internal: bool) -> TaxonNode:
+    if isinstance(node, TaxonNode):
+        found = node
+    else:
+        found = TaxonNode.objects.filter(taxonomy=study.taxonomy_id, code=node).first()
+        if found is None:
+            raise DomainError(
+                f"Unknown taxon code {node!r} in taxonomy {study.taxonomy}.", field="node"
+            )
+    if found.taxonomy_id != study.taxonomy_id:
+        raise DomainError(
+            f"Node {found.code} belongs to taxonomy {found.taxonomy}, not the study's "
+            f"{study.taxonomy}.",
+            field="node",
+        )
+    if not found.is_leaf and not allow_internal:
+        leaves = ", ".join(found.children.values_list("code", flat=True))
+        raise DomainError(
+            f"{found.code} is not a leaf of the taxonomy; choose one of its children ({leaves}).",
+            field="node",
+        )
+    return found
+
+
+def _answer(node, cannot_classify: bool) -> tuple[bool, bool]:
+    if cannot_classify and node is not None:
+        raise DomainError("Give a node or 'cannot classify', not both.", field="node")
+    if not cannot_classify and node is None:
+        raise DomainError("Give a node code, or set cannot_classify.", field="node")
+    return cannot_classify, node is not None
+
+
+def _check_round(cell: Cell, round_: Round, user) -> None:
+    if round_.rater_id != user.pk:
+        raise DomainError(f"Round {round_.pk} belongs to another rater.", field="round")
+    if cell.study_id != round_.study_id:
+        raise DomainError(
+            f"Cell {cell.pk} belongs to another study than round {round_.pk}.", field="cell"
+        )
+
+
+@transaction.atomic
+def set_label(
+    cell: Cell,
+    round_: Round,
+    user,
+    *,
+    node: TaxonNode | str | None = None,
+    cannot_classify: bool = False,
+    seconds_spent: float = 0.0,
+    expected_version: int | None = None,
+    create_only: bool = False,
+    allow_internal: bool = False,
+) -> tuple[Label, bool]:
+    """Give a cell its label in a round, or change it; returns (label, created).
+
+    `create_only` refuses to touch an existing label (a client that thought the cell was
+    unlabelled holds a stale copy); otherwise `expected_version`, when given, must match.
+    """
+    _answer(node, cannot_classify)
+    if seconds_spent is None or seconds_spent < 0:
+        raise DomainError("seconds_spent cannot be negative.", field="seconds_spent")
+    _check_round(cell, round_, user)
+    study = round_.study
+    taxon = None if cannot_classify else _resolve_node(study, node, allow_internal)
+    label = Label.objects.select_for_update().filter(cell=cell, round=round_).first()
+    if label is None:
+        try:
+            with transaction.atomic():
+                label = Label.objects.create(
+                    cell=cell,
+                    round=round_,
+                    node=taxon,
+                    cannot_classify=cannot_classify,
+                    rater=user,
+                    seconds_spent=seconds_spent,
+                )
+        except IntegrityError:
+            raise ConflictError(
+                f"Cell {cell.pk} was labelled in round {round_.pk} a moment ago; reload it.",
+                current=Label.objects.filter(cell=cell, round=round_).first(),
+            ) from None
+        _record(label, LabelChange.Action.CREATE, None, False, user, seconds_spent)
+        return label, True
+    if create_only:
+        raise ConflictError(
+            f"Cell {cell.pk} already has a label in round {round_.pk} (version {label.version}); "
+            "send that version to change it.",
+            current=label,
+        )
+    _check_version(label, expected_version, "label")
+    old_node, old_cannot = label.node, label.cannot_classify
+    label.node, label.cannot_classify = taxon, cannot_classify
+    label.seconds_spent += seconds_spent
+    label.version += 1
+    label.save()
+    _record(label, LabelChange.Action.UPDATE, old_node, old_cannot, user, seconds_spent)
+    return label, False
+
+
+@transaction.atomic
+def delete_label(label: Label, user, expected_version: int | None) -> None:
+    """Remove a label; the history keeps what it was."""
+    label = Label.objects.select_for_update().select_related("round", "cell").get(pk=label.pk)
+    _check_round(label.cell, label.round, user)
+    _check_version(label, expected_version, "label")
+    LabelChange.objects.create(
+        label=None,
+        cell=label.cell,
+        cell_ref=label.cell_id,
+        round=label.round,
+        action=LabelChange.Action.DELETE,
+        old_node=label.node,
+        old_cannot_classify=label.cannot_classify,
+        changed_by=user,
+    )
+    label.delete()
+
+
+def _record(label: Label, action: str, old_node, old_cannot: bool, user, seconds: float) -> None:
+    LabelChange.objects.create(
+        label=label,
+        cell=label.cell,
+        cell_ref=label.cell_id,
+        round=label.round,
+        action=action,
+        old_node=old_node,
+        old_cannot_classify=old_cannot,
+        new_node=label.node,
+        new_cannot_classify=label.cannot_classify,
+        changed_by=user,
+        seconds_spent=seconds,
+    )

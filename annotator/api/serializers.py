@@ -1,0 +1,304 @@
+"""Serializers: the shapes the API reads and writes; they validate input, never change data."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..access import visible_cells, visible_studies
+from ..models import Cell, Label, LabelChange, Membership, Round, Scan, Study, TaxonNode, Taxonomy
+from ..taxonomy import group_leaf_codes
+
+
+class TaxonNodeSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
+
+    class Meta:
+        model = TaxonNode
+        fields = ["code", "name", "parent", "order", "colour", "hotkey", "is_leaf", "aliases"]
+
+
+class TaxonomySummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Taxonomy
+        fields = ["id", "name", "version", "title"]
+
+
+class TaxonomySerializer(serializers.ModelSerializer):
+    """A taxonomy with its tree (nested children) and its groups expanded to leaves."""
+
+    tree = serializers.SerializerMethodField()
+    groups = serializers.SerializerMethodField()
+    leaf_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Taxonomy
+        fields = [
+            "id",
+            "name",
+            "version",
+            "title",
+            "description",
+            "source_sha256",
+            "created_at",
+            "leaf_count",
+            "tree",
+            "groups",
+        ]
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "description": "The root node; every node has code, name, colour, hotkey, is_leaf "
+            "and children (a list of nodes).",
+        }
+    )
+    def get_tree(self, taxonomy: Taxonomy) -> dict:
+        nodes = list(taxonomy.nodes.all())
+        children: dict[int | None, list[TaxonNode]] = {}
+        for node in nodes:
+            children.setdefault(node.parent_id, []).append(node)
+
+        def build(node: TaxonNode) -> dict:
+            kids = sorted(children.get(node.pk, []), key=lambda n: (n.order, n.pk))
+            return {
+                "code": node.code,
+                "name": node.name,
+                "colour": node.colour,
+                "hotkey": node.hotkey,
+                "is_leaf": node.is_leaf,
+                "children": [build(kid) for kid in kids],
+            }
+
+        roots = children.get(None, [])
+        return build(roots[0]) if roots else {}
+
+    @extend_schema_field(
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "nodes": {"type": "array", "items": {"type": "string"}},
+                    "leaves": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        }
+    )
+    def get_groups(self, taxonomy: Taxonomy) -> list[dict]:
+        return [
+            {
+                "name": group.name,
+                "description": group.description,
+                "nodes": [node.code for node in group.nodes.all()],
+                "leaves": sorted(group_leaf_codes(group)),
+            }
+            for group in taxonomy.groups.all()
+        ]
+
+    def get_leaf_count(self, taxonomy: Taxonomy) -> int:
+        return sum(1 for node in taxonomy.nodes.all() if node.is_leaf)
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["username", "role"]
+
+
+class StudySerializer(serializers.ModelSerializer):
+    taxonomy = TaxonomySummarySerializer(read_only=True)
+    taxonomy_id = serializers.PrimaryKeyRelatedField(
+        queryset=Taxonomy.objects.all(), source="taxonomy", write_only=True
+    )
+    members = MembershipSerializer(source="memberships", many=True, read_only=True)
+    scan_count = serializers.IntegerField(read_only=True)
+    my_roles = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Study
+        fields = [
+            "id",
+            "name",
+            "title",
+            "description",
+            "taxonomy",
+            "taxonomy_id",
+            "scan_count",
+            "members",
+            "my_roles",
+            "created_at",
+        ]
+
+    def get_my_roles(self, study: Study) -> list[str]:
+        user = self.context["request"].user
+        return sorted(m.role for m in study.memberships.all() if m.user_id == user.pk)
+
+
+class ScanSerializer(serializers.ModelSerializer):
+    patient = serializers.CharField(source="patient.code", default=None, read_only=True)
+    cohort = serializers.CharField(source="patient.cohort", default=None, read_only=True)
+    studies = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Scan
+        fields = [
+            "id",
+            "original_name",
+            "kind",
+            "vendor",
+            "width",
+            "height",
+            "level_count",
+            "mpp_x",
+            "mpp_y",
+            "size_bytes",
+            "sha256",
+            "patient",
+            "cohort",
+            "studies",
+            "added_at",
+        ]
+
+    def get_studies(self, scan: Scan) -> list[str]:
+        visible = self.context.get("visible_study_ids")
+        return sorted(s.name for s in scan.studies.all() if visible is None or s.pk in visible)
+
+
+class VisibleChoicesMixin:
+    """Limit related-object choices to what the requesting user may see, so an id from a
+    study the user is not in reads as unknown rather than revealing that it exists."""
+
+    visible_querysets: dict = {}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            for name, make_queryset in self.visible_querysets.items():
+                if name in self.fields:
+                    self.fields[name].queryset = make_queryset(request.user)
+
+
+class ScanCreateSerializer(VisibleChoicesMixin, serializers.Serializer):
+    """Register a scan: upload the file, or name a file under a server import root."""
+
+    visible_querysets = {"study": visible_studies}
+
+    study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
+    file = serializers.FileField(required=False, allow_empty_file=True)
+    path = serializers.CharField(required=False, max_length=1000)
+    patient = serializers.CharField(required=False, max_length=64, allow_blank=True)
+    cohort = serializers.CharField(required=False, max_length=64, allow_blank=True, default="")
+
+    def validate(self, attrs):
+        if bool(attrs.get("file")) == bool(attrs.get("path")):
+            raise serializers.ValidationError(
+                {"file": ["Send either a file upload ('file') or a server path ('path')."]}
+            )
+        return attrs
+
+
+class CellSerializer(VisibleChoicesMixin, serializers.ModelSerializer):
+    visible_querysets = {
+        "study": visible_studies,
+        "scan": lambda user: Scan.objects.filter(studies__in=visible_studies(user)).distinct(),
+    }
+
+    study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
+    scan = serializers.PrimaryKeyRelatedField(queryset=Scan.objects.all())
+    x = serializers.IntegerField(min_value=0)
+    y = serializers.IntegerField(min_value=0)
+
+    class Meta:
+        model = Cell
+        fields = ["id", "study", "scan", "x", "y", "external_id", "version", "created_at"]
+        read_only_fields = ["external_id", "version", "created_at"]
+
+
+class CellMoveSerializer(serializers.Serializer):
+    x = serializers.IntegerField(min_value=0)
+    y = serializers.IntegerField(min_value=0)
+    version = serializers.IntegerField(min_value=1)
+
+
+class LabelSerializer(serializers.ModelSerializer):
+    node = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    rater = serializers.CharField(source="rater.username", read_only=True)
+
+    class Meta:
+        model = Label
+        fields = [
+            "id",
+            "cell",
+            "round",
+            "node",
+            "cannot_classify",
+            "rater",
+            "seconds_spent",
+            "version",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class LabelWriteSerializer(VisibleChoicesMixin, serializers.Serializer):
+    """Input of a label: a node code or cannot_classify, and the seconds spent on it."""
+
+    visible_querysets = {
+        "cell": visible_cells,
+        "round": lambda user: Round.objects.filter(rater=user),
+    }
+
+    cell = serializers.PrimaryKeyRelatedField(queryset=Cell.objects.all())
+    round = serializers.PrimaryKeyRelatedField(
+        queryset=Round.objects.all(),
+        required=False,
+        help_text="Defaults to your gold round of the cell's study.",
+    )
+    node = serializers.CharField(required=False, allow_null=True, max_length=16)
+    cannot_classify = serializers.BooleanField(default=False)
+    seconds_spent = serializers.FloatField(min_value=0, max_value=86400, default=0)
+
+
+class LabelUpdateSerializer(serializers.Serializer):
+    node = serializers.CharField(required=False, allow_null=True, max_length=16)
+    cannot_classify = serializers.BooleanField(default=False)
+    seconds_spent = serializers.FloatField(min_value=0, max_value=86400, default=0)
+    version = serializers.IntegerField(min_value=1)
+
+
+class LabelChangeSerializer(serializers.ModelSerializer):
+    old_node = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    new_node = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    changed_by = serializers.CharField(source="changed_by.username", read_only=True)
+    cell = serializers.IntegerField(source="cell_ref", read_only=True)
+
+    class Meta:
+        model = LabelChange
+        fields = [
+            "id",
+            "cell",
+            "round",
+            "action",
+            "old_node",
+            "old_cannot_classify",
+            "new_node",
+            "new_cannot_classify",
+            "changed_by",
+            "changed_at",
+            "seconds_spent",
+        ]
+
+
+class RoundSerializer(serializers.ModelSerializer):
+    rater = serializers.CharField(source="rater.username", read_only=True)
+    study = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = Round
+        fields = ["id", "study", "rater", "kind", "name", "not_before", "repeats", "created_at"]

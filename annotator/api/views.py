@@ -1,0 +1,304 @@
+"""API v1 viewsets: parse, check permission, call the domain function, answer."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from django.db.models import Count, Prefetch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from .. import access, annotation
+from ..models import LabelChange, Membership, Taxonomy
+from ..scans import ingest_scan
+from . import serializers as s
+
+
+def int_param(request, name: str, *, required: bool = False) -> int | None:
+    """An integer query parameter, or a 400 naming it when it is not one."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        if required:
+            raise ValidationError({name: ["This query parameter is required."]})
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError({name: [f"Must be an integer, not {raw!r}."]}) from None
+    if value < 0:
+        raise ValidationError({name: ["Must not be negative."]})
+    return value
+
+
+def expected_version(request) -> int | None:
+    """The version a client last saw, from `If-Match: "N"` or `?version=N`."""
+    header = request.headers.get("If-Match", "").strip().strip('"').removeprefix("W/").strip('"')
+    if header:
+        if not header.isdigit():
+            raise ValidationError({"If-Match": [f"Must be a version number, not {header!r}."]})
+        return int(header)
+    return int_param(request, "version")
+
+
+VERSION_PARAMETER = OpenApiParameter(
+    "version", OpenApiTypes.INT, description="The version you last saw (or send If-Match)."
+)
+
+
+class StudyViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Studies the user is a member of. Staff users may create studies (and become their admin)."""
+
+    serializer_class = s.StudySerializer
+
+    def get_queryset(self):
+        return (
+            access.visible_studies(self.request.user)
+            .select_related("taxonomy")
+            .prefetch_related(
+                Prefetch("memberships", queryset=Membership.objects.select_related("user"))
+            )
+            .annotate(scan_count=Count("scans", distinct=True))
+            .order_by("name")
+        )
+
+    def get_permissions(self):
+        if self.action == "create":
+            return [permissions.IsAdminUser()]
+        return super().get_permissions()
+
+    def perform_create(self, serializer):
+        study = serializer.save()
+        Membership.objects.create(study=study, user=self.request.user, role=Membership.Role.ADMIN)
+        study.scan_count = 0
+
+
+class TaxonomyViewSet(viewsets.ReadOnlyModelViewSet):
+    """Every loaded taxonomy version, each with its tree and groups."""
+
+    serializer_class = s.TaxonomySerializer
+    queryset = Taxonomy.objects.prefetch_related("nodes", "groups__nodes__taxonomy__nodes")
+
+
+class ScanViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Scans of the user's studies; coordinators and admins register new ones."""
+
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    def get_serializer_class(self):
+        return s.ScanCreateSerializer if self.action == "create" else s.ScanSerializer
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        context["visible_study_ids"] = set(
+            access.visible_studies(self.request.user).values_list("pk", flat=True)
+        )
+        return context
+
+    @extend_schema(
+        parameters=[OpenApiParameter("study", OpenApiTypes.STR, description="Study name.")]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def get_queryset(self):
+        queryset = (
+            access.visible_scans(self.request.user)
+            .select_related("patient")
+            .prefetch_related("studies")
+            .order_by("id")
+        )
+        study = self.request.query_params.get("study")
+        if study:
+            queryset = queryset.filter(studies__name=study)
+        return queryset
+
+    @extend_schema(
+        request=s.ScanCreateSerializer, responses={201: s.ScanSerializer, 200: s.ScanSerializer}
+    )
+    def create(self, request, *args, **kwargs):
+        form = s.ScanCreateSerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        study = data["study"]
+        access.require_role(request.user, study, access.MANAGING_ROLES, "add scans")
+        options = {
+            "study": study,
+            "patient_code": data.get("patient") or None,
+            "cohort": data.get("cohort", ""),
+            "user": request.user,
+        }
+        if data.get("path"):
+            result = ingest_scan(data["path"], **options)
+        else:
+            result = self._ingest_upload(data["file"], options)
+        body = s.ScanSerializer(result.scan, context=self.get_serializer_context()).data
+        return Response(
+            body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        )
+
+    @staticmethod
+    def _ingest_upload(upload, options):
+        name = Path(upload.name).name or "upload"
+        with tempfile.TemporaryDirectory(prefix="cytomark-upload-") as folder:
+            target = Path(folder) / name
+            with target.open("wb") as handle:
+                for chunk in upload.chunks():
+                    handle.write(chunk)
+            return ingest_scan(target, display_name=name, check_roots=False, **options)
+
+
+class CellViewSet(viewsets.ModelViewSet):
+    """Cells of the user's studies: place (POST), move (PATCH with version), delete."""
+
+    serializer_class = s.CellSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("scan", OpenApiTypes.INT, description="Only cells on this scan."),
+            OpenApiParameter("study", OpenApiTypes.STR, description="Only cells of this study."),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def get_queryset(self):
+        queryset = access.visible_cells(self.request.user).select_related("study").order_by("id")
+        scan = int_param(self.request, "scan")
+        if scan is not None:
+            queryset = queryset.filter(scan_id=scan)
+        study = self.request.query_params.get("study")
+        if study:
+            queryset = queryset.filter(study__name=study)
+        return queryset
+
+    def perform_create(self, serializer):
+        data = serializer.validated_data
+        serializer.instance = annotation.create_cell(
+            data["study"], data["scan"], data["x"], data["y"], self.request.user
+        )
+
+    @extend_schema(request=s.CellMoveSerializer, responses=s.CellSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        form = s.CellMoveSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        cell = annotation.move_cell(
+            self.get_object(),
+            form.validated_data["x"],
+            form.validated_data["y"],
+            request.user,
+            expected_version=form.validated_data["version"],
+        )
+        return Response(s.CellSerializer(cell, context=self.get_serializer_context()).data)
+
+    @extend_schema(parameters=[VERSION_PARAMETER])
+    def destroy(self, request, *args, **kwargs):
+        annotation.delete_cell(self.get_object(), request.user, expected_version(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class LabelViewSet(viewsets.ModelViewSet):
+    """Labels of the rounds the user may see. POST labels a cell (in your gold round unless a
+    round is named); PATCH changes a label and must carry the version you last saw."""
+
+    serializer_class = s.LabelSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cell", OpenApiTypes.INT),
+            OpenApiParameter("round", OpenApiTypes.INT),
+            OpenApiParameter("scan", OpenApiTypes.INT),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def get_queryset(self):
+        queryset = (
+            access.visible_labels(self.request.user).select_related("node", "rater").order_by("id")
+        )
+        for name, lookup in (("cell", "cell_id"), ("round", "round_id"), ("scan", "cell__scan_id")):
+            value = int_param(self.request, name)
+            if value is not None:
+                queryset = queryset.filter(**{lookup: value})
+        return queryset
+
+    @extend_schema(request=s.LabelWriteSerializer, responses={201: s.LabelSerializer})
+    def create(self, request, *args, **kwargs):
+        form = s.LabelWriteSerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        cell = data["cell"]
+        round_ = data.get("round") or annotation.gold_round_for_member(cell.study, request.user)
+        label, _ = annotation.set_label(
+            cell,
+            round_,
+            request.user,
+            node=data.get("node"),
+            cannot_classify=data["cannot_classify"],
+            seconds_spent=data["seconds_spent"],
+            create_only=True,
+        )
+        return Response(s.LabelSerializer(label).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.LabelUpdateSerializer, responses=s.LabelSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        label = self.get_object()
+        form = s.LabelUpdateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        label, _ = annotation.set_label(
+            label.cell,
+            label.round,
+            request.user,
+            node=data.get("node"),
+            cannot_classify=data["cannot_classify"],
+            seconds_spent=data["seconds_spent"],
+            expected_version=data["version"],
+        )
+        return Response(s.LabelSerializer(label).data)
+
+    @extend_schema(parameters=[VERSION_PARAMETER])
+    def destroy(self, request, *args, **kwargs):
+        annotation.delete_label(self.get_object(), request.user, expected_version(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(responses=s.LabelChangeSerializer(many=True))
+    @action(detail=True)
+    def history(self, request, pk=None):
+        """Every change of this label: who changed what from what to what, and when."""
+        label = self.get_object()
+        changes = (
+            LabelChange.objects.filter(cell_ref=label.cell_id, round=label.round_id)
+            .select_related("old_node", "new_node", "changed_by")
+            .order_by("changed_at", "id")
+        )
+        return Response(s.LabelChangeSerializer(changes, many=True).data)
+
+
+class RoundViewSet(viewsets.ReadOnlyModelViewSet):
+    """Your own rounds; coordinators, data scientists and admins see every round of a study."""
+
+    serializer_class = s.RoundSerializer
+
+    def get_queryset(self):
+        return (
+            access.visible_rounds(self.request.user).select_related("rater", "study").order_by("id")
+        )

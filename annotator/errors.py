@@ -1,0 +1,17 @@
+"""Errors the domain functions raise; the API turns them into 4xx answers naming the problem."""
+
+
+class DomainError(ValueError):
+    """A request that breaks a rule of the domain; `field` names the input at fault."""
+
+    def __init__(self, message: str, field: str | None = None):
+        self.field = field
+        super().__init__(message)
+
+
+class ConflictError(DomainError):
+    """A change made on a stale copy: someone else changed the object first."""
+
+    def __init__(self, message: str, current: object = None):
+        self.current = current
+        super().__init__(message, field=None)

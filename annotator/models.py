@@ -1,0 +1,396 @@
+"""Tables of the annotation domain and the invariants the database itself enforces.
+
+Behaviour that spans several rows (loading a taxonomy, registering a scan, changing a label and
+recording its history) lives in the service modules beside this one.
+"""
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import F, Q
+from django.db.models.functions import Lower
+
+HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
+
+
+class Taxonomy(models.Model):
+    """One version of a cell taxonomy loaded from a YAML file; never edited once labels use it."""
+
+    name = models.SlugField(max_length=64, help_text="Stable name across versions, e.g. aml-18.")
+    version = models.PositiveIntegerField()
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    source_sha256 = models.CharField(
+        max_length=64, help_text="sha256 of the canonical content of the file it came from."
+    )
+    source_file = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "-version"]
+        verbose_name_plural = "taxonomies"
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="taxonomy_name_version"),
+            models.UniqueConstraint(
+                fields=["name", "source_sha256"], name="taxonomy_one_per_content"
+            ),
+            models.CheckConstraint(condition=Q(version__gte=1), name="taxonomy_version_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    def is_in_use(self) -> bool:
+        """True once any label points at one of its nodes: from then on it is frozen."""
+        return Label.objects.filter(node__taxonomy=self).exists()
+
+
+class TaxonNode(models.Model):
+    """A node of a taxonomy tree; labels normally point at leaves."""
+
+    taxonomy = models.ForeignKey(Taxonomy, on_delete=models.CASCADE, related_name="nodes")
+    code = models.CharField(max_length=16)
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    order = models.PositiveIntegerField(default=0, help_text="Position among its siblings.")
+    colour = models.CharField(max_length=7, blank=True)
+    hotkey = models.CharField(max_length=1, blank=True)
+    is_leaf = models.BooleanField(default=True)
+    aliases = models.JSONField(
+        default=list, blank=True, help_text="Other names for it in imported data sets."
+    )
+
+    class Meta:
+        ordering = ["taxonomy", "order", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["taxonomy", "code"], name="taxon_code_unique"),
+            models.UniqueConstraint(
+                "taxonomy",
+                Lower("hotkey"),
+                condition=~Q(hotkey=""),
+                name="taxon_hotkey_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["taxonomy"], condition=Q(parent__isnull=True), name="taxon_one_root"
+            ),
+            models.CheckConstraint(
+                condition=Q(colour="") | Q(colour__regex=HEX_COLOUR), name="taxon_colour_hex"
+            ),
+            models.CheckConstraint(condition=~Q(parent=F("id")), name="taxon_not_own_parent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.name})"
+
+    def clean(self) -> None:
+        if self.parent_id and self.parent.taxonomy_id != self.taxonomy_id:
+            raise ValidationError({"parent": "The parent belongs to another taxonomy."})
+
+
+class TaxonGroup(models.Model):
+    """A named set of nodes defining a yes/no question, e.g. `blast` or `atypical`."""
+
+    taxonomy = models.ForeignKey(Taxonomy, on_delete=models.CASCADE, related_name="groups")
+    name = models.SlugField(max_length=64)
+    description = models.TextField(blank=True)
+    nodes = models.ManyToManyField(TaxonNode, related_name="groups")
+
+    class Meta:
+        ordering = ["taxonomy", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["taxonomy", "name"], name="taxon_group_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.taxonomy} / {self.name}"
+
+
+class Patient(models.Model):
+    """A pseudonymous person whose blood was smeared; never a real name."""
+
+    code = models.CharField(max_length=64, unique=True, help_text="Pseudonymous code.")
+    cohort = models.CharField(max_length=64, blank=True, help_text="E.g. AML or control.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Scan(models.Model):
+    """One image file: a pyramidal whole-slide image or a plain field-of-view photograph."""
+
+    class Kind(models.TextChoices):
+        WHOLE_SLIDE = "wsi", "whole-slide image"
+        PHOTO = "photo", "field-of-view photograph"
+
+    file = models.FileField(upload_to="scans/", max_length=500)
+    original_name = models.CharField(max_length=255)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    vendor = models.CharField(max_length=64, help_text="OpenSlide's vendor, or 'image'.")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    level_count = models.PositiveSmallIntegerField(default=1)
+    mpp_x = models.FloatField(null=True, blank=True, help_text="Microns per pixel, level 0.")
+    mpp_y = models.FloatField(null=True, blank=True)
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, unique=True)
+    patient = models.ForeignKey(
+        Patient, null=True, blank=True, on_delete=models.PROTECT, related_name="scans"
+    )
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(width__gt=0) & Q(height__gt=0), name="scan_size"),
+            models.CheckConstraint(
+                condition=(Q(mpp_x__isnull=True) | Q(mpp_x__gt=0))
+                & (Q(mpp_y__isnull=True) | Q(mpp_y__gt=0)),
+                name="scan_mpp_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(sha256__regex=r"^[0-9a-f]{64}$"), name="scan_sha256"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} ({self.width}x{self.height})"
+
+
+class Study(models.Model):
+    """A set of scans labelled with one taxonomy by a team with roles."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    taxonomy = models.ForeignKey(Taxonomy, on_delete=models.PROTECT, related_name="studies")
+    scans = models.ManyToManyField(Scan, blank=True, related_name="studies")
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="studies"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role in a study; a user may hold several roles in one study."""
+
+    class Role(models.TextChoices):
+        ANNOTATOR = "annotator", "annotator"
+        COORDINATOR = "coordinator", "coordinator"
+        DATA_SCIENTIST = "data_scientist", "data scientist"
+        ADMIN = "admin", "admin"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+
+    class Meta:
+        ordering = ["study", "user", "role"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "user", "role"], name="membership_unique"),
+            models.CheckConstraint(
+                condition=Q(role__in=["annotator", "coordinator", "data_scientist", "admin"]),
+                name="membership_role_known",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} in {self.study}"
+
+
+class Cell(models.Model):
+    """A physical cell: a clicked position on a scan, or a pre-cropped patch with no scan."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="cells")
+    scan = models.ForeignKey(
+        Scan, null=True, blank=True, on_delete=models.PROTECT, related_name="cells"
+    )
+    x = models.PositiveIntegerField(null=True, blank=True, help_text="Level-0 pixel column.")
+    y = models.PositiveIntegerField(null=True, blank=True, help_text="Level-0 pixel row.")
+    patch = models.FileField(
+        upload_to="patch-cells/", max_length=500, blank=True, help_text="Pre-cropped image."
+    )
+    patient = models.ForeignKey(
+        Patient,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="cells",
+        help_text="For patch-only cells; a scan cell's patient is its scan's.",
+    )
+    external_id = models.CharField(
+        max_length=255, blank=True, help_text="Name in an imported data set, e.g. a file name."
+    )
+    version = models.PositiveIntegerField(default=1, help_text="Raised on every change.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["scan", "study"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(scan__isnull=False, x__isnull=False, y__isnull=False, patch="")
+                    | (Q(scan__isnull=True, x__isnull=True, y__isnull=True) & ~Q(patch=""))
+                ),
+                name="cell_on_scan_or_patch_only",
+            ),
+            models.UniqueConstraint(
+                fields=["study", "external_id"],
+                condition=~Q(external_id=""),
+                name="cell_external_id_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        if self.scan_id:
+            return f"cell {self.pk} at ({self.x}, {self.y}) on scan {self.scan_id}"
+        return f"cell {self.pk} (patch {self.external_id or self.patch.name})"
+
+
+class Round(models.Model):
+    """One pass of one rater over cells of a study, of a kind that fixes what the rater sees."""
+
+    class Kind(models.TextChoices):
+        GOLD = "gold", "gold (whole scan visible)"
+        BLINDED = "blinded", "blinded (patch only)"
+        REPEAT = "repeat", "repeat (later blinded pass)"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="rounds")
+    rater = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rounds"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    name = models.CharField(max_length=200, blank=True)
+    not_before = models.DateTimeField(
+        null=True, blank=True, help_text="The rater may not open the round before this time."
+    )
+    repeats = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="repeated_by"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "rater"], condition=Q(kind="gold"), name="round_one_gold_per_rater"
+            ),
+            models.CheckConstraint(
+                condition=(Q(kind="repeat") & Q(repeats__isnull=False))
+                | (~Q(kind="repeat") & Q(repeats__isnull=True)),
+                name="round_repeat_names_original",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["gold", "blinded", "repeat"]), name="round_kind_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or f"{self.kind} round of {self.rater} in {self.study}"
+
+
+class Label(models.Model):
+    """The current answer of one round for one cell: a taxon node or "cannot classify"."""
+
+    cell = models.ForeignKey(Cell, on_delete=models.CASCADE, related_name="labels")
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="labels")
+    node = models.ForeignKey(
+        TaxonNode, null=True, blank=True, on_delete=models.PROTECT, related_name="labels"
+    )
+    cannot_classify = models.BooleanField(default=False)
+    rater = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="labels"
+    )
+    seconds_spent = models.FloatField(default=0, help_text="Summed over every change.")
+    version = models.PositiveIntegerField(default=1, help_text="Raised on every change.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["cell", "round"], name="label_one_per_cell_round"),
+            models.CheckConstraint(
+                condition=(Q(node__isnull=False) & Q(cannot_classify=False))
+                | (Q(node__isnull=True) & Q(cannot_classify=True)),
+                name="label_node_xor_cannot_classify",
+            ),
+            models.CheckConstraint(condition=Q(seconds_spent__gte=0), name="label_seconds_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        answer = "cannot classify" if self.cannot_classify else self.node.code
+        return f"{answer} for cell {self.cell_id} in round {self.round_id}"
+
+
+class LabelChange(models.Model):
+    """One entry of a label's history: who changed what from what to what, and when.
+
+    Written in the same transaction as the change itself; survives the deletion of the label
+    and of its cell.
+    """
+
+    class Action(models.TextChoices):
+        CREATE = "create", "created"
+        UPDATE = "update", "changed"
+        DELETE = "delete", "deleted"
+
+    label = models.ForeignKey(
+        Label, null=True, blank=True, on_delete=models.SET_NULL, related_name="history"
+    )
+    cell = models.ForeignKey(
+        Cell, null=True, blank=True, on_delete=models.SET_NULL, related_name="label_history"
+    )
+    cell_ref = models.BigIntegerField(help_text="The cell's id, kept after the cell is deleted.")
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="label_history")
+    action = models.CharField(max_length=8, choices=Action.choices)
+    old_node = models.ForeignKey(
+        TaxonNode, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    old_cannot_classify = models.BooleanField(default=False)
+    new_node = models.ForeignKey(
+        TaxonNode, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    new_cannot_classify = models.BooleanField(default=False)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    changed_at = models.DateTimeField(auto_now_add=True)
+    seconds_spent = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["changed_at", "id"]
+        indexes = [models.Index(fields=["cell_ref", "round"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(action__in=["create", "update", "delete"]), name="label_change_action"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} label of cell {self.cell_ref} in round {self.round_id}"

@@ -1,0 +1,1 @@
+"""Curation: class maps, frozen data set versions, splits, exports and importers."""

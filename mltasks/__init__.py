@@ -1,0 +1,1 @@
+"""Background work: Celery tasks, networks, training, evaluation and inference."""

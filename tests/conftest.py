@@ -1,0 +1,112 @@
+"""Fixtures shared by the tests: users with roles, a study on the AML taxonomy, small synthetic
+scans inside the test import root, and API clients logged in as each role."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from annotator.models import Membership, Study
+from annotator.scans import ingest_scan
+from annotator.synthetic import make_synthetic_scan
+from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, load_taxonomy_file
+
+from .factories import StudyFactory, UserFactory
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(tmp_path, settings):
+    """Each test stores files in its own media folder, so a test can count what it left."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(scope="session")
+def import_root() -> Path:
+    root = Path(settings.SCAN_IMPORT_ROOTS[0])
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_scan_files(import_root) -> list[tuple[Path, dict]]:
+    """Two small synthetic pyramidal scans with planted leukocytes, made once per session."""
+    folder = import_root / "synthetic"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    made = []
+    for index in range(2):
+        path = folder / f"smear_{index}.tiff"
+        manifest = make_synthetic_scan(path, width=3000, height=2400, cells=20, seed=100 + index)
+        made.append((path, manifest))
+    return made
+
+
+@pytest.fixture
+def aml_taxonomy(db):
+    return load_taxonomy_file(DEFAULT_TAXONOMY_FILE).taxonomy
+
+
+@pytest.fixture
+def study(aml_taxonomy) -> Study:
+    return StudyFactory(name="munich", taxonomy=aml_taxonomy)
+
+
+def _member(study: Study, role: str, username: str):
+    user = UserFactory(username=username)
+    Membership.objects.create(study=study, user=user, role=role)
+    return user
+
+
+@pytest.fixture
+def annotator(study):
+    return _member(study, Membership.Role.ANNOTATOR, "anna")
+
+
+@pytest.fixture
+def second_annotator(study):
+    return _member(study, Membership.Role.ANNOTATOR, "bert")
+
+
+@pytest.fixture
+def coordinator(study):
+    return _member(study, Membership.Role.COORDINATOR, "cora")
+
+
+@pytest.fixture
+def outsider(db):
+    """A user of another study only."""
+    other = StudyFactory(
+        name="elsewhere", taxonomy=load_taxonomy_file(DEFAULT_TAXONOMY_FILE).taxonomy
+    )
+    user = UserFactory(username="olga")
+    Membership.objects.create(study=other, user=user, role=Membership.Role.ANNOTATOR)
+    return user
+
+
+@pytest.fixture
+def scan(study, coordinator, synthetic_scan_files):
+    path, _ = synthetic_scan_files[0]
+    return ingest_scan(path, study=study, patient_code="P-001", cohort="AML", user=coordinator).scan
+
+
+@pytest.fixture
+def planted(synthetic_scan_files) -> list[dict]:
+    """The planted leukocytes of the first synthetic scan."""
+    return synthetic_scan_files[0][1]["cells"]
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def api_as():
+    return client_for
