@@ -15,13 +15,17 @@ ANNOTATING_ROLES = {Role.ANNOTATOR, Role.ADMIN}
 
 
 def visible_studies(user) -> QuerySet[Study]:
-    """Studies the user is a member of (all of them for a superuser)."""
+    """Studies the user is a member of (all of them for a superuser, none for anonymous)."""
+    if not user.is_authenticated:
+        return Study.objects.none()
     if user.is_superuser:
         return Study.objects.all()
     return Study.objects.filter(memberships__user=user).distinct()
 
 
 def roles_in(user, study: Study) -> set[str]:
+    if not user.is_authenticated:
+        return set()
     if user.is_superuser:
         return set(Role.values)
     return set(Membership.objects.filter(user=user, study=study).values_list("role", flat=True))
@@ -44,6 +48,8 @@ def visible_cells(user) -> QuerySet[Cell]:
 
 def visible_rounds(user) -> QuerySet[Round]:
     """A rater sees their own rounds; coordinators, data scientists and admins see all."""
+    if not user.is_authenticated:
+        return Round.objects.none()
     if user.is_superuser:
         return Round.objects.all()
     overseen = Membership.objects.filter(user=user, role__in=OVERSEEING_ROLES).values("study")

@@ -60,7 +60,9 @@ def create_cell(study: Study, scan: Scan, x: int, y: int, user) -> Cell:
 @transaction.atomic
 def move_cell(cell: Cell, x: int, y: int, user, expected_version: int | None) -> Cell:
     """Move a cell's marker; refused when made on a stale copy."""
-    cell = Cell.objects.select_for_update().select_related("scan", "study").get(pk=cell.pk)
+    cell = (
+        Cell.objects.select_for_update(of=("self",)).select_related("scan", "study").get(pk=cell.pk)
+    )
     require_role(user, cell.study, ANNOTATING_ROLES, "move cells")
     if cell.scan is None:
         raise DomainError("A patch-only cell has no position to move.", field="x")

@@ -29,6 +29,7 @@ HASH_CHUNK = 8 * 1024 * 1024
 # Decompression-bomb guard for photographs opened through Pillow: a field-of-view photo is far
 # smaller than this; whole-slide images go through OpenSlide, which reads them tile by tile.
 MAX_PHOTO_PIXELS = 400_000_000
+TIFF_SIGNATURES = {b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"}
 
 
 class ScanError(DomainError):
@@ -122,9 +123,9 @@ def _open_photo(path: Path, display_name: str) -> openslide.ImageSlide:
         raise ScanError(f"{display_name}: image too large to open safely") from None
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
-        if "truncated" in text.lower():
-            reason = f"truncated image ({text})"
-        elif "cannot identify" in text.lower():
+        if _looks_like_tiff(path) or "truncated" in text or "decoder error" in text:
+            reason = f"corrupt or truncated image, its pixels cannot be read ({text})"
+        elif "cannot identify" in text:
             reason = (
                 "not an image in a supported format (OpenSlide formats such as TIFF, SVS, NDPI, "
                 "MRXS, or a JPEG/PNG photograph)"
@@ -133,6 +134,12 @@ def _open_photo(path: Path, display_name: str) -> openslide.ImageSlide:
             reason = f"unreadable image ({text})"
         raise ScanError(f"{display_name}: {reason}") from None
     return openslide.ImageSlide(str(path))
+
+
+def _looks_like_tiff(path: Path) -> bool:
+    """True for a TIFF signature (classic or BigTIFF, either byte order)."""
+    with path.open("rb") as handle:
+        return handle.read(4) in TIFF_SIGNATURES
 
 
 def _read_facts(slide: openslide.AbstractSlide, kind: str, display_name: str) -> SlideFacts:

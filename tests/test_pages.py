@@ -21,7 +21,7 @@ def test_login_page_and_login_redirects_to_the_study_list(client, annotator, sca
 
 def test_wrong_password_is_shown_on_the_login_page(client, annotator):
     response = client.post("/login/", {"username": "anna", "password": "nope"})
-    assert response.status_code == 200 and "didn&#x27;t match" in response.content.decode()
+    assert response.status_code == 200 and "didn't match" in response.content.decode()
 
 
 def test_study_list_counts_cells_per_scan_and_hides_other_studies(

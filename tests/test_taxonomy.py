@@ -33,11 +33,10 @@ groups:
 
 
 def public_codes() -> set[str]:
-    """The 15 class codes of the public AML data set's abbreviations file."""
+    """The 15 class codes of the public AML data set: the block after the dashed rule."""
     text = (SHARED_DATA / "tcia-aml-cytomorphology" / "abbreviations.txt").read_text()
-    return {
-        line.split()[0] for line in text.splitlines() if line.strip() and line.split()[0].isupper()
-    }
+    block = text.split("-----\n", 1)[1].split("\n\n", 1)[0]
+    return {line.split()[0] for line in block.splitlines() if line.strip()}
 
 
 def test_valid_file_parses_parent_first_with_sibling_order():
@@ -140,7 +139,7 @@ def test_changed_file_becomes_a_new_version_and_the_old_one_is_kept(tmp_path, an
     v1 = load_taxonomy_file(path).taxonomy
     path.write_text(VALID + "\n# a comment changes nothing\n")
     assert load_taxonomy_file(path).taxonomy == v1
-    path.write_text(VALID.replace("name: B leaf", "name: B leaf, renamed"))
+    path.write_text(VALID.replace("name: B leaf", 'name: "B leaf, renamed"'))
     v2 = load_taxonomy_file(path).taxonomy
     assert (v1.version, v2.version) == (1, 2)
     assert v1.nodes.get(code="BBB").name == "B leaf"

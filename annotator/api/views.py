@@ -5,7 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from django.core.exceptions import SuspiciousFileOperation
 from django.db.models import Count, Prefetch
+from django.utils.text import get_valid_filename
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
@@ -154,7 +156,10 @@ class ScanViewSet(
 
     @staticmethod
     def _ingest_upload(upload, options):
-        name = Path(upload.name).name or "upload"
+        try:
+            name = get_valid_filename(Path(upload.name).name)
+        except SuspiciousFileOperation:
+            name = "upload"
         with tempfile.TemporaryDirectory(prefix="cytomark-upload-") as folder:
             target = Path(folder) / name
             with target.open("wb") as handle:
