@@ -5,7 +5,7 @@ set -euo pipefail
 PY=${PY:-.venv/bin/python}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
-mkdir -p var/log var/broker/queue var/broker/processed var/celery-results
+mkdir -p var/log
 
 $PY -m celery -A config worker --pool=solo --concurrency=1 --loglevel=info \
     --logfile=var/log/worker.log &
