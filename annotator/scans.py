@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,8 +264,15 @@ def local_path(scan: Scan) -> Path:
     cached = Path(settings.SCAN_CACHE_DIR) / scan.sha256 / scan.original_name
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(cached.suffix + ".part")
-        with scan.file.open("rb") as source, partial.open("wb") as target:
-            shutil.copyfileobj(source, target, HASH_CHUNK)
-        os.replace(partial, cached)
+        # A private temporary name per process: two processes missing the cache at once each
+        # write their own copy, and the rename puts a whole file in place either way.
+        handle, partial = tempfile.mkstemp(dir=cached.parent, suffix=".part")
+        try:
+            with scan.file.open("rb") as source, os.fdopen(handle, "wb") as target:
+                shutil.copyfileobj(source, target, HASH_CHUNK)
+            if sha256_of(Path(partial)) != scan.sha256:
+                raise ScanError(f"{scan.original_name}: the stored copy does not match its sha256")
+            os.replace(partial, cached)
+        finally:
+            Path(partial).unlink(missing_ok=True)
     return cached

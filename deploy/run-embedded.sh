@@ -8,6 +8,7 @@ PORT=${PORT:-8000}
 mkdir -p var/log
 
 $PY -m celery -A config worker --pool=solo --concurrency=1 --loglevel=info \
+    --queues default,tiles,exports,training \
     --logfile=var/log/worker.log &
 worker=$!
 trap 'kill $worker 2>/dev/null; wait $worker 2>/dev/null' EXIT INT TERM

@@ -1,11 +1,14 @@
 """Scan ingestion: real files through OpenSlide; refusals name the problem and leave nothing."""
 
 import io
+import os
 import shutil
 from io import StringIO
 
 import pytest
+from django.core.files.storage import InMemoryStorage
 from django.core.management import CommandError, call_command
+from django.utils._os import safe_join
 from PIL import Image
 
 from annotator.models import Patient, Scan
@@ -148,3 +151,31 @@ def test_add_scans_command_registers_and_reports_refusals(study, synthetic_scan_
     assert "already registered" in out.getvalue()
     with pytest.raises(CommandError, match="No study named 'nope'"):
         call_command("add_scans", good, study="nope")
+
+
+class RemoteLikeStorage(InMemoryStorage):
+    """Like S3: files can be opened but have no local path."""
+
+    def _relative_path(self, name):
+        return os.path.relpath(safe_join(self.location, name), self.location)
+
+    def path(self, name):
+        raise NotImplementedError("no local path")
+
+
+def test_scans_in_remote_storage_are_read_through_a_verified_local_copy(
+    study, coordinator, synthetic_scan_files, settings, tmp_path
+):
+    """Storage without local paths (as S3): OpenSlide gets a cached copy checked by sha256."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "tests.test_scans.RemoteLikeStorage"},
+    }
+    settings.SCAN_CACHE_DIR = tmp_path / "cache"
+    path, _ = synthetic_scan_files[0]
+    scan = ingest_scan(path, study=study, user=coordinator).scan
+    copy = local_path(scan)
+    assert copy.is_relative_to(tmp_path / "cache")
+    assert copy.read_bytes() == path.read_bytes()
+    assert [p.name for p in copy.parent.iterdir()] == [path.name]
+    assert local_path(scan) == copy

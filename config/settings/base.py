@@ -165,12 +165,26 @@ if CELERY_RESULT_BACKEND.startswith("file://"):
     # Celery's file-system backends need their folders to exist before a worker or the web
     # server touches them; the embedded profile makes them here.
     Path(CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Late acknowledgement + Redis: a task not acknowledged within the visibility timeout is
+    # handed out again, so the timeout must outlast the longest task (training runs).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=48 * 3600)
+    }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# Queues by kind of work, so production can give each its own workers (deploy/compose.yaml);
+# the embedded worker of `make run` consumes all of them.
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "annotator.tasks.*": {"queue": "tiles"},
+    "datasets.tasks.*": {"queue": "exports"},
+    "mltasks.tasks.*": {"queue": "training"},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
