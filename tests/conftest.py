@@ -3,6 +3,7 @@ scans inside the test import root, and API clients logged in as each role."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,20 @@ from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, load_taxonomy_file
 
 from .factories import StudyFactory, UserFactory
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def _find_shared_data() -> Path:
+    """The workplace's shared data folder (the public AML annotation file): `CYTOMARK_SHARED_DATA`
+    if set, else a `shared/data` beside any parent of the checkout (a clone may live anywhere),
+    else the workplace's fixed place."""
+    if os.environ.get("CYTOMARK_SHARED_DATA"):
+        return Path(os.environ["CYTOMARK_SHARED_DATA"])
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "shared" / "data" / "tcia-aml-cytomorphology").is_dir():
+            return parent / "shared" / "data"
+    return Path("/work/shared/data")
+
+
+SHARED_DATA = _find_shared_data()
 
 
 @pytest.fixture(autouse=True)
