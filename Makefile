@@ -9,9 +9,22 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/cytomark
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test install lint migrations-check clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-install: $(VENV)/.installed
+.PHONY: run test install browser lint migrations-check clean
+
+install: $(VENV)/.installed frontend/node_modules/.installed
+
+# OpenSeadragon from the npm registry, served as static files.
+frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Debian's Chromium and ChromeDriver for the browser tests (Playwright drives /usr/bin/chromium;
+# it never downloads a browser).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +45,8 @@ migrations-check: install
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemigrations --check --dry-run
 
-test: install lint migrations-check
+test: install browser lint migrations-check
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var frontend/node_modules

@@ -6,6 +6,7 @@ recording its history) lives in the service modules beside this one.
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Lower
@@ -176,11 +177,34 @@ class Study(models.Model):
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="studies"
     )
+    patch_size_px = models.PositiveIntegerField(
+        default=400,
+        validators=[MinValueValidator(16), MaxValueValidator(4096)],
+        help_text="Side of a cell's patch in level-0 pixels.",
+    )
+    patch_size_um = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1.0), MaxValueValidator(500.0)],
+        help_text="Side of a cell's patch in micrometres; when set, it wins over the pixels "
+        "for scans that know their resolution.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
         verbose_name_plural = "studies"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(patch_size_px__gte=16, patch_size_px__lte=4096),
+                name="study_patch_size_px_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(patch_size_um__isnull=True)
+                | Q(patch_size_um__gte=1.0, patch_size_um__lte=500.0),
+                name="study_patch_size_um_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -237,6 +261,11 @@ class Cell(models.Model):
     )
     external_id = models.CharField(
         max_length=255, blank=True, help_text="Name in an imported data set, e.g. a file name."
+    )
+    cut_patch = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Storage name of the patch last cut for this cell (annotator.patches).",
     )
     version = models.PositiveIntegerField(default=1, help_text="Raised on every change.")
     created_by = models.ForeignKey(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -129,6 +130,8 @@ class StudySerializer(serializers.ModelSerializer):
             "taxonomy",
             "taxonomy_id",
             "scan_count",
+            "patch_size_px",
+            "patch_size_um",
             "members",
             "my_roles",
             "created_at",
@@ -213,11 +216,25 @@ class CellSerializer(VisibleChoicesMixin, serializers.ModelSerializer):
     scan = serializers.PrimaryKeyRelatedField(queryset=Scan.objects.all())
     x = serializers.IntegerField(min_value=0)
     y = serializers.IntegerField(min_value=0)
+    patch_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Cell
-        fields = ["id", "study", "scan", "x", "y", "external_id", "version", "created_at"]
+        fields = [
+            "id",
+            "study",
+            "scan",
+            "x",
+            "y",
+            "external_id",
+            "version",
+            "patch_url",
+            "created_at",
+        ]
         read_only_fields = ["external_id", "version", "created_at"]
+
+    def get_patch_url(self, cell: Cell) -> str:
+        return reverse("cell-patch", args=[cell.pk])
 
 
 class CellMoveSerializer(serializers.Serializer):

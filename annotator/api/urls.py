@@ -4,7 +4,7 @@ from django.urls import include, path
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import imagery, views
 
 router = DefaultRouter()
 router.register("studies", views.StudyViewSet, basename="study")
@@ -16,5 +16,12 @@ router.register("rounds", views.RoundViewSet, basename="round")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),
+    path("scans/<int:scan_id>/tiles/scan.dzi", imagery.dzi, name="scan-dzi"),
+    path(
+        "scans/<int:scan_id>/tiles/scan_files/<int:level>/<int:col>_<int:row>.jpeg",
+        imagery.tile,
+        name="scan-tile",
+    ),
+    path("cells/<int:cell_id>/patch.png", imagery.cell_patch, name="cell-patch"),
     path("", include(router.urls)),
 ]

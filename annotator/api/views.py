@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from django.core.exceptions import SuspiciousFileOperation
+from django.db import transaction
 from django.db.models import Count, Prefetch
 from django.utils.text import get_valid_filename
 from drf_spectacular.types import OpenApiTypes
@@ -19,6 +20,7 @@ from rest_framework.response import Response
 from .. import access, annotation
 from ..models import LabelChange, Membership, Taxonomy
 from ..scans import ingest_scan
+from ..tasks import schedule_patches
 from . import serializers as s
 
 
@@ -218,6 +220,13 @@ class CellViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+def _queue_patches(label) -> None:
+    """Once the label is committed, have its scan's new patches cut in the next batch."""
+    scan_id = label.cell.scan_id
+    if scan_id is not None:
+        transaction.on_commit(lambda: schedule_patches(scan_id))
+
+
 class LabelViewSet(viewsets.ModelViewSet):
     """Labels of the rounds the user may see. POST labels a cell (in your gold round unless a
     round is named); PATCH changes a label and must carry the version you last saw."""
@@ -261,6 +270,7 @@ class LabelViewSet(viewsets.ModelViewSet):
             seconds_spent=data["seconds_spent"],
             create_only=True,
         )
+        _queue_patches(label)
         return Response(s.LabelSerializer(label).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.LabelUpdateSerializer, responses=s.LabelSerializer)
@@ -278,6 +288,7 @@ class LabelViewSet(viewsets.ModelViewSet):
             seconds_spent=data["seconds_spent"],
             expected_version=data["version"],
         )
+        _queue_patches(label)
         return Response(s.LabelSerializer(label).data)
 
     @extend_schema(parameters=[VERSION_PARAMETER])

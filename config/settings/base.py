@@ -83,6 +83,21 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Encoded Deep Zoom tiles: the shared Redis cache where there is one, else a larger in-process
+# cache than Django's default 300 entries (a screen of tiles is about 40).
+CACHES["tiles"] = (
+    dict(CACHES["default"])
+    if REDIS_URL
+    else {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "tiles",
+        "OPTIONS": {"MAX_ENTRIES": env.int("TILE_CACHE_ENTRIES", default=20000)},
+    }
+)
+TILE_CACHE_ALIAS = "tiles"
+TILE_CACHE_SECONDS = env.int("TILE_CACHE_SECONDS", default=7 * 24 * 3600)
+# Open slides kept per web process (each holds a file descriptor and OpenSlide's own cache).
+SLIDE_HANDLE_CACHE_SIZE = env.int("SLIDE_HANDLE_CACHE_SIZE", default=16)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -104,7 +119,11 @@ MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "static")))
-STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
+# OpenSeadragon comes from the npm registry (frontend/package.json, installed by `make install`).
+OPENSEADRAGON_BUILD = BASE_DIR / "frontend" / "node_modules" / "openseadragon" / "build"
+STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"] + (
+    [("vendor", OPENSEADRAGON_BUILD)] if OPENSEADRAGON_BUILD.is_dir() else []
+)
 WHITENOISE_USE_FINDERS = DEBUG
 
 STORAGE_BACKEND = env.str("STORAGE_BACKEND", default="local")
@@ -142,6 +161,11 @@ SCAN_IMPORT_ROOTS = [
 ]
 # Local copies of scans kept in remote storage, for OpenSlide (which needs a file path).
 SCAN_CACHE_DIR = Path(env.str("SCAN_CACHE_DIR", default=str(VAR_DIR / "scan-cache")))
+# Cell patches: cut around each clicked cell at level 0, padded with this colour at the scan's
+# edge (a study may set its own size in px or um).
+PATCH_BACKGROUND = env.str("PATCH_BACKGROUND", default="#ffffff")
+# Seconds to gather label saves before one task cuts the patches of a scan's new cells.
+PATCH_BATCH_DELAY = env.float("PATCH_BATCH_DELAY", default=5.0)
 # Uploads are streamed to disk, never held in memory whole.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

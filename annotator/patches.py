@@ -1,0 +1,151 @@
+"""Cell patches: the square of the scan around a clicked cell, stored as PNG in media storage.
+
+A patch is cut at level 0, centred on the cell, with the study's side length (pixels, or
+micrometres through the scan's resolution). Where the square runs past the scan's edge the
+missing part is filled with `settings.PATCH_BACKGROUND`, and the padding is reported so that a
+client can tell real pixels from filler. The storage name holds the scan's checksum, the
+position and the size, so a moved cell gets a new patch and a stored patch never changes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from PIL import Image, ImageColor
+
+from .errors import DomainError
+from .models import Cell, Label, Scan, Study
+from .tiles import slide_handles
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Where a cell's patch lies on its scan, in level-0 pixels, and how much is padding."""
+
+    left: int
+    top: int
+    size: int
+    pad_left: int
+    pad_top: int
+    pad_right: int
+    pad_bottom: int
+
+    @property
+    def padded(self) -> bool:
+        return any((self.pad_left, self.pad_top, self.pad_right, self.pad_bottom))
+
+    def describe_padding(self) -> str:
+        return (
+            f"left={self.pad_left}, top={self.pad_top}, "
+            f"right={self.pad_right}, bottom={self.pad_bottom}"
+        )
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A stored patch: its storage name, geometry (None for pre-cropped cells) and background."""
+
+    name: str
+    geometry: PatchGeometry | None
+    background: str
+
+
+def patch_side_px(study: Study, scan: Scan) -> int:
+    """The study's patch side in level-0 pixels of this scan."""
+    if study.patch_size_um and scan.mpp_x:
+        return max(16, round(study.patch_size_um / scan.mpp_x))
+    return study.patch_size_px
+
+
+def patch_geometry(cell: Cell) -> PatchGeometry:
+    scan = cell.scan
+    size = patch_side_px(cell.study, scan)
+    left, top = cell.x - size // 2, cell.y - size // 2
+    return PatchGeometry(
+        left=left,
+        top=top,
+        size=size,
+        pad_left=max(0, -left),
+        pad_top=max(0, -top),
+        pad_right=max(0, left + size - scan.width),
+        pad_bottom=max(0, top + size - scan.height),
+    )
+
+
+def patch_name(cell: Cell, geometry: PatchGeometry) -> str:
+    return f"patches/{cell.scan.sha256[:32]}/{cell.x}_{cell.y}_{geometry.size}px.png"
+
+
+def cut_patch_png(cell: Cell, geometry: PatchGeometry) -> bytes:
+    """The patch as PNG bytes: level-0 pixels composed over the background colour.
+
+    OpenSlide returns transparent pixels outside the scan, so composing over an opaque
+    background fills exactly the padding. The PNG carries no text chunks or other metadata.
+    """
+    slide = slide_handles.get(cell.scan).slide
+    region = slide.read_region((geometry.left, geometry.top), 0, (geometry.size, geometry.size))
+    background = Image.new("RGBA", region.size, ImageColor.getrgb(settings.PATCH_BACKGROUND))
+    image = Image.alpha_composite(background, region).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def _store(name: str, data: bytes) -> None:
+    """Put the file in storage whole or not at all.
+
+    On local disk the bytes go to a temporary file that is renamed into place (Django's
+    `FileSystemStorage.save` writes into the final name chunk by chunk, and it renames on a
+    clash instead of replacing); object stores put a whole object in one request anyway.
+    """
+    try:
+        target = Path(default_storage.path(name))
+    except NotImplementedError:
+        if not default_storage.exists(name):
+            default_storage.save(name, ContentFile(data))
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def ensure_patch(cell: Cell) -> Patch:
+    """The cell's stored patch, cut now if it is missing."""
+    if cell.scan_id is None:
+        if not cell.patch:
+            raise DomainError(f"Cell {cell.pk} has neither a scan nor a patch.", field="cell")
+        return Patch(cell.patch.name, None, settings.PATCH_BACKGROUND)
+    geometry = patch_geometry(cell)
+    name = patch_name(cell, geometry)
+    if cell.cut_patch != name or not default_storage.exists(name):
+        _store(name, cut_patch_png(cell, geometry))
+        Cell.objects.filter(pk=cell.pk).update(cut_patch=name)
+        cell.cut_patch = name
+    return Patch(name, geometry, settings.PATCH_BACKGROUND)
+
+
+def cut_missing_patches(scan_id: int) -> int:
+    """Cut the patch of every labelled cell of the scan that lacks a current one; the count."""
+    cells = (
+        Cell.objects.filter(scan_id=scan_id, pk__in=Label.objects.values("cell"))
+        .select_related("scan", "study")
+        .order_by("pk")
+    )
+    made = 0
+    for cell in cells:
+        if cell.cut_patch != patch_name(cell, patch_geometry(cell)):
+            ensure_patch(cell)
+            made += 1
+    return made
