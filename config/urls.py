@@ -9,6 +9,11 @@ from annotator import views as annotator_views
 
 urlpatterns = [
     path("", annotator_views.home, name="home"),
+    path(
+        "studies/<slug:study_name>/scans/<int:scan_id>/",
+        annotator_views.annotate,
+        name="annotate",
+    ),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("health/", annotator_views.health, name="health"),

@@ -29,7 +29,7 @@ def test_study_list_counts_cells_per_scan_and_hides_other_studies(
 ):
     Cell.objects.create(study=study, scan=scan, x=5, y=5)
     client.force_login(annotator)
-    assert "<td>1</td>" in client.get("/").content.decode()
+    assert '<td class="cells">1</td>' in client.get("/").content.decode()
     client.force_login(outsider)
     assert scan.original_name not in client.get("/").content.decode()
 

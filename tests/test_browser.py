@@ -1,0 +1,128 @@
+"""The annotation screen in real headless Chromium (Debian's package, driven by Playwright).
+
+An annotator logs in, opens a synthetic scan, clicks five of its planted leukocytes, labels each
+with its class's hotkey, reloads, and finds the five labels with the right classes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from annotator.models import Cell, Label, LabelChange, TaxonNode
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def chromium(monkeypatch, tmp_path):
+    """A headless Chromium page; Playwright's event loop shares the thread with the ORM calls
+    of the test, which Django allows only when told (the calls never run inside the loop)."""
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        yield page, problems
+        context.close()
+        browser.close()
+
+
+def _screen_point(page, x: int, y: int) -> dict:
+    """Page coordinates of a level-0 image point in the viewer as it is now."""
+    return page.evaluate(
+        """([x, y]) => {
+            const viewer = window.cytomark.viewer;
+            const p = viewer.viewport.imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y));
+            const box = viewer.element.getBoundingClientRect();
+            return {x: box.left + p.x, y: box.top + p.y};
+        }""",
+        [x, y],
+    )
+
+
+def _wait_until_saved(page) -> None:
+    page.wait_for_function("window.cytomark && window.cytomark.pending() === 0", timeout=15000)
+    page.wait_for_selector("#save-status.saved", timeout=15000)
+
+
+def test_annotator_clicks_and_labels_five_planted_cells_by_keyboard_and_finds_them_after_reload(
+    chromium, live_server, annotator, study, scan, planted
+):
+    page, problems = chromium
+    hotkeys = dict(TaxonNode.objects.filter(taxonomy=study.taxonomy).values_list("code", "hotkey"))
+    # Five planted cells of distinct classes that have a hotkey, well inside the scan.
+    chosen, seen = [], set()
+    for cell in planted:
+        inside = 150 < cell["x"] < scan.width - 150 and 150 < cell["y"] < scan.height - 150
+        if hotkeys.get(cell["code"]) and cell["code"] not in seen and inside:
+            chosen.append(cell)
+            seen.add(cell["code"])
+    assert len(chosen) >= 5, "the synthetic scan should plant at least five classes"
+    chosen = chosen[:5]
+
+    page.goto(live_server.url + "/login/")
+    page.fill("input[name=username]", "anna")
+    page.fill("input[name=password]", "pass-word-123")
+    page.click("button[type=submit]")
+    page.wait_for_url(live_server.url + "/")
+    page.click(f"text={scan.original_name}")
+    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30000)
+    page.wait_for_function("window.cytomark.viewer.world.getItemAt(0).getFullyLoaded()")
+
+    for cell in chosen:
+        point = _screen_point(page, cell["x"], cell["y"])
+        page.mouse.click(point["x"], point["y"])
+        page.wait_for_selector("#picker:not([hidden])")
+        page.keyboard.press(hotkeys[cell["code"]])
+    _wait_until_saved(page)
+
+    # The differential count shows the five labels at once.
+    for cell in chosen:
+        row = page.locator(f"#counts tr[data-code={cell['code']}] td.num").first
+        assert row.inner_text() == "1"
+
+    page.reload()
+    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30000)
+    shown = page.evaluate(
+        """() => Array.from(window.cytomark.cells.values()).map(
+            c => ({x: c.x, y: c.y, code: c.label && c.label.node}))"""
+    )
+    assert len(shown) == 5
+    for cell in chosen:
+        near = [s for s in shown if abs(s["x"] - cell["x"]) <= 4 and abs(s["y"] - cell["y"]) <= 4]
+        assert [s["code"] for s in near] == [cell["code"]], (cell, shown)
+    assert page.locator("#cell-list li").count() == 5
+
+    screenshots = Path(settings.TEST_RUN_DIR) / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "annotate.png"))
+
+    # What the page showed is what the server holds: five gold labels, each in the history.
+    labels = Label.objects.filter(round__rater=annotator, round__kind="gold")
+    assert sorted(labels.values_list("node__code", flat=True)) == sorted(c["code"] for c in chosen)
+    assert Cell.objects.filter(scan=scan).count() == 5
+    assert LabelChange.objects.filter(changed_by=annotator, action="create").count() == 5
+    assert all(label.seconds_spent >= 0 for label in labels)
+    assert problems == []
