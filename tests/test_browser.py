@@ -126,3 +126,66 @@ def test_annotator_clicks_and_labels_five_planted_cells_by_keyboard_and_finds_th
     assert LabelChange.objects.filter(changed_by=annotator, action="create").count() == 5
     assert all(label.seconds_spent >= 0 for label in labels)
     assert problems == []
+
+
+def _log_in_and_open(page, live_server, scan) -> None:
+    page.goto(live_server.url + "/login/")
+    page.fill("input[name=username]", "anna")
+    page.fill("input[name=password]", "pass-word-123")
+    page.click("button[type=submit]")
+    page.wait_for_url(live_server.url + "/")
+    page.click(f"text={scan.original_name}")
+    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30000)
+
+
+def test_a_failed_save_is_shown_and_retried_until_it_lands(
+    chromium, live_server, annotator, study, scan, planted
+):
+    page, problems = chromium
+    _log_in_and_open(page, live_server, scan)
+    failures = {"left": 2}
+
+    def fail_twice(route):
+        if route.request.method == "POST" and failures["left"]:
+            failures["left"] -= 1
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/labels/", fail_twice)
+    target = planted[0]
+    point = _screen_point(page, target["x"], target["y"])
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_selector("#picker:not([hidden])")
+    page.keyboard.press("n")
+    page.wait_for_selector("#save-status.failed", timeout=10000)
+    assert "retrying" in page.inner_text("#save-status")
+    _wait_until_saved(page)
+    assert failures["left"] == 0
+    assert list(Label.objects.values_list("node__code", flat=True)) == ["NGS"]
+    assert problems == []
+
+
+def test_a_change_on_a_stale_copy_shows_the_newer_label_instead_of_overwriting_it(
+    chromium, live_server, annotator, study, scan, planted
+):
+    page, problems = chromium
+    target = planted[1]
+    cell = Cell.objects.create(study=study, scan=scan, x=target["x"], y=target["y"])
+    _log_in_and_open(page, live_server, scan)
+    # Meanwhile the same annotator labels the cell in another tab (here: through the ORM).
+    from annotator.annotation import gold_round_for, set_label
+
+    set_label(cell, gold_round_for(study, annotator), annotator, node="EOS")
+
+    point = _screen_point(page, target["x"], target["y"])
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_selector("#picker:not([hidden])")
+    page.keyboard.press("n")
+    page.wait_for_selector("#toast:not([hidden])", timeout=10000)
+    assert "someone else" in page.inner_text("#toast")
+    _wait_until_saved(page)
+    shown = page.evaluate("() => Array.from(window.cytomark.cells.values())[0].label.node")
+    assert shown == "EOS"
+    assert list(Label.objects.values_list("node__code", flat=True)) == ["EOS"]
+    assert problems == []
