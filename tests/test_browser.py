@@ -189,3 +189,53 @@ def test_a_change_on_a_stale_copy_shows_the_newer_label_instead_of_overwriting_i
     assert shown == "EOS"
     assert list(Label.objects.values_list("node__code", flat=True)) == ["EOS"]
     assert problems == []
+
+
+def test_markers_are_dragged_deleted_and_undone_with_the_server_following(
+    chromium, live_server, annotator, study, scan, planted
+):
+    page, problems = chromium
+    first, second = planted[2], planted[3]
+    _log_in_and_open(page, live_server, scan)
+    for cell in (first, second):
+        point = _screen_point(page, cell["x"], cell["y"])
+        page.mouse.click(point["x"], point["y"])
+        page.keyboard.press("l")
+    _wait_until_saved(page)
+    assert Label.objects.count() == 2
+
+    # Drag the first marker 40 screen pixels to the right.
+    start = _screen_point(page, first["x"], first["y"])
+    page.mouse.move(start["x"], start["y"])
+    page.mouse.down()
+    for step in range(1, 9):
+        page.mouse.move(start["x"] + 5 * step, start["y"])
+    page.mouse.up()
+    _wait_until_saved(page)
+    moved = Cell.objects.order_by("id").first()
+    assert moved.x > first["x"] + 10 and abs(moved.y - first["y"]) <= 3 and moved.version == 2
+
+    # Select the second marker, delete it; undo brings it back as a new cell with its label.
+    point = _screen_point(page, second["x"], second["y"])
+    page.mouse.click(point["x"], point["y"])
+    page.keyboard.press("Delete")
+    _wait_until_saved(page)
+    assert Cell.objects.count() == 1
+    page.keyboard.press("Control+z")
+    _wait_until_saved(page)
+    assert Cell.objects.count() == 2
+    restored = Cell.objects.exclude(pk=moved.pk).get()
+    assert abs(restored.x - second["x"]) <= 2 and abs(restored.y - second["y"]) <= 2
+    assert restored.labels.get().node.code == "LYT"
+
+    # Undo of a label change gives the earlier label back.
+    page.keyboard.press("Escape")
+    point = _screen_point(page, moved.x, moved.y)
+    page.mouse.click(point["x"], point["y"])
+    page.keyboard.press("m")
+    _wait_until_saved(page)
+    assert moved.labels.get().node.code == "MON"
+    page.keyboard.press("Control+z")
+    _wait_until_saved(page)
+    assert moved.labels.get().node.code == "LYT"
+    assert problems == []
