@@ -54,7 +54,8 @@ def _screen_point(page, x: int, y: int) -> dict:
     return page.evaluate(
         """([x, y]) => {
             const viewer = window.cytomark.viewer;
-            const p = viewer.viewport.imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y));
+            const image = new OpenSeadragon.Point(x, y);
+            const p = viewer.viewport.imageToViewerElementCoordinates(image);
             const box = viewer.element.getBoundingClientRect();
             return {x: box.left + p.x, y: box.top + p.y};
         }""",

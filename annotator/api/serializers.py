@@ -11,6 +11,17 @@ from ..models import Cell, Label, LabelChange, Membership, Round, Scan, Study, T
 from ..taxonomy import group_leaf_codes
 
 
+class IdField(serializers.PrimaryKeyRelatedField):
+    """A related object by id; a number too large for any id (JSON's `1e400` reads as an
+    infinite float, which DRF passes to the database lookup) is a 400, not a server error."""
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except OverflowError:
+            self.fail("incorrect_type", data_type=type(data).__name__)
+
+
 class TaxonNodeSerializer(serializers.ModelSerializer):
     parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
 
@@ -113,9 +124,7 @@ class MembershipSerializer(serializers.ModelSerializer):
 
 class StudySerializer(serializers.ModelSerializer):
     taxonomy = TaxonomySummarySerializer(read_only=True)
-    taxonomy_id = serializers.PrimaryKeyRelatedField(
-        queryset=Taxonomy.objects.all(), source="taxonomy", write_only=True
-    )
+    taxonomy_id = IdField(queryset=Taxonomy.objects.all(), source="taxonomy", write_only=True)
     members = MembershipSerializer(source="memberships", many=True, read_only=True)
     scan_count = serializers.IntegerField(read_only=True)
     my_roles = serializers.SerializerMethodField()
@@ -213,7 +222,7 @@ class CellSerializer(VisibleChoicesMixin, serializers.ModelSerializer):
     }
 
     study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
-    scan = serializers.PrimaryKeyRelatedField(queryset=Scan.objects.all())
+    scan = IdField(queryset=Scan.objects.all())
     x = serializers.IntegerField(min_value=0)
     y = serializers.IntegerField(min_value=0)
     patch_url = serializers.SerializerMethodField()
@@ -271,8 +280,8 @@ class LabelWriteSerializer(VisibleChoicesMixin, serializers.Serializer):
         "round": lambda user: Round.objects.filter(rater=user),
     }
 
-    cell = serializers.PrimaryKeyRelatedField(queryset=Cell.objects.all())
-    round = serializers.PrimaryKeyRelatedField(
+    cell = IdField(queryset=Cell.objects.all())
+    round = IdField(
         queryset=Round.objects.all(),
         required=False,
         help_text="Defaults to your gold round of the cell's study.",

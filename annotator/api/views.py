@@ -13,7 +13,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
@@ -189,6 +189,9 @@ class CellViewSet(viewsets.ModelViewSet):
         queryset = access.visible_cells(self.request.user).select_related("study").order_by("id")
         scan = int_param(self.request, "scan")
         if scan is not None:
+            # An unknown scan is a 404, not an empty list that reads as "no cells yet".
+            if not access.visible_scans(self.request.user).filter(pk=scan).exists():
+                raise NotFound(f"No scan {scan} among the scans of your studies.")
             queryset = queryset.filter(scan_id=scan)
         study = self.request.query_params.get("study")
         if study:
@@ -254,7 +257,9 @@ class LabelViewSet(viewsets.ModelViewSet):
                 queryset = queryset.filter(**{lookup: value})
         return queryset
 
+    # Atomic: the gold round made on first use is kept only when the label is saved too.
     @extend_schema(request=s.LabelWriteSerializer, responses={201: s.LabelSerializer})
+    @transaction.atomic
     def create(self, request, *args, **kwargs):
         form = s.LabelWriteSerializer(data=request.data, context=self.get_serializer_context())
         form.is_valid(raise_exception=True)

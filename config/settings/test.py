@@ -1,5 +1,7 @@
 """Test profile: the machine's real PostgreSQL and Redis, never a silent SQLite fallback."""
 
+from pathlib import Path
+
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
@@ -19,7 +21,8 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 TEST_RUN_DIR = BASE_DIR / "var" / "test"
-MEDIA_ROOT = TEST_RUN_DIR / "media"
+# A Celery worker started by a test is pointed at that test's media folder.
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(TEST_RUN_DIR / "media")))
 SCAN_CACHE_DIR = TEST_RUN_DIR / "scan-cache"
 SCAN_IMPORT_ROOTS = [(TEST_RUN_DIR / "import").resolve()]
 WHITENOISE_USE_FINDERS = True
