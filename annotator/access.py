@@ -42,6 +42,20 @@ def visible_scans(user) -> QuerySet[Scan]:
     return Scan.objects.filter(studies__in=visible_studies(user)).distinct()
 
 
+def scan_for_tiles(user, scan_id: int) -> Scan | None:
+    """The scan if the user may see it, in one query loading only what tiles need.
+
+    Tiles are asked for by the dozen per screen, so this skips `visible_scans`' DISTINCT
+    subquery: a join on the memberships and the first row is enough to answer "may see".
+    """
+    if not user.is_authenticated:
+        return None
+    scans = Scan.objects.only("id", "sha256", "file", "original_name").filter(pk=scan_id)
+    if not user.is_superuser:
+        scans = scans.filter(studies__memberships__user=user)
+    return next(iter(scans.order_by()[:1]), None)
+
+
 def visible_cells(user) -> QuerySet[Cell]:
     return Cell.objects.filter(study__in=visible_studies(user))
 

@@ -154,7 +154,7 @@ def test_labelled_cells_get_their_patches_from_the_worker(worker, cells, scan, a
     slide = openslide.open_slide(scan.file.path)
     try:
         for cell in cells:
-            assert cell.cut_patch.endswith(f"/{cell.x}_{cell.y}_400px.png")
+            assert cell.cut_patch.endswith(f"/{cell.x}_{cell.y}_400px_ffffff.png")
             assert default_storage.exists(cell.cut_patch)
             with default_storage.open(cell.cut_patch, "rb") as stored:
                 image = Image.open(io.BytesIO(stored.read())).convert("RGB")

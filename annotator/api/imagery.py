@@ -44,7 +44,7 @@ def _visible_scan(request, scan_id: int) -> Scan | JsonResponse:
     user = _user(request)
     if not user.is_authenticated:
         return _error(401, "Log in, or send an API token, to see scans.")
-    scan = access.visible_scans(user).filter(pk=scan_id).first()
+    scan = access.scan_for_tiles(user, scan_id)
     if scan is None:
         return _error(404, f"No scan {scan_id} among the scans of your studies.")
     return scan

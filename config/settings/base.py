@@ -95,6 +95,8 @@ CACHES["tiles"] = (
     }
 )
 TILE_CACHE_ALIAS = "tiles"
+# Sessions are read on every tile request: from the cache first, the database behind it.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 TILE_CACHE_SECONDS = env.int("TILE_CACHE_SECONDS", default=7 * 24 * 3600)
 # Open slides kept per web process (each holds a file descriptor and OpenSlide's own cache).
 SLIDE_HANDLE_CACHE_SIZE = env.int("SLIDE_HANDLE_CACHE_SIZE", default=16)

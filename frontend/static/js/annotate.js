@@ -798,7 +798,7 @@
     .then(() => {
       render();
       refreshStatus();
-      window.cytomark = { viewer, cells, ready: true, pending: () => queue.length };
+      window.cytomark = { viewer, cells, ready: true, pending: () => queue.length, redraw: drawMarkers };
       document.body.dataset.ready = "true";
     })
     .catch((error) => {
