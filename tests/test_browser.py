@@ -83,13 +83,7 @@ def test_annotator_clicks_and_labels_five_planted_cells_by_keyboard_and_finds_th
     assert len(chosen) >= 5, "the synthetic scan should plant at least five classes"
     chosen = chosen[:5]
 
-    page.goto(live_server.url + "/login/")
-    page.fill("input[name=username]", "anna")
-    page.fill("input[name=password]", "pass-word-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(live_server.url + "/")
-    page.click(f"text={scan.original_name}")
-    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30000)
+    _log_in_and_open(page, live_server, scan)
     page.wait_for_function("window.cytomark.viewer.world.getItemAt(0).getFullyLoaded()")
 
     for cell in chosen:
