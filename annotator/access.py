@@ -12,6 +12,7 @@ Role = Membership.Role
 OVERSEEING_ROLES = {Role.COORDINATOR, Role.DATA_SCIENTIST, Role.ADMIN}
 MANAGING_ROLES = {Role.COORDINATOR, Role.ADMIN}
 ANNOTATING_ROLES = {Role.ANNOTATOR, Role.ADMIN}
+BLINDED_KINDS = (Round.Kind.BLINDED, Round.Kind.REPEAT)
 
 
 def visible_studies(user) -> QuerySet[Study]:
@@ -38,8 +39,25 @@ def require_role(user, study: Study, roles: set[str], action: str) -> None:
         raise PermissionDenied(f"To {action} in study {study.name} you need the role {needed}.")
 
 
+def blinded_studies(user) -> QuerySet[Study]:
+    """Studies in which the user rates a blinded round or a repeat.
+
+    In such a study the user sees no scan, tile, cell, position or label through the ordinary
+    endpoints, not even their own gold labels: their blinded rounds' cells are reached only
+    through opaque item tokens (`annotator.blinding`). Otherwise a rater could look up where a
+    patch came from, or what anybody (themselves included) said of it.
+    """
+    if not user.is_authenticated:
+        return Study.objects.none()
+    return Study.objects.filter(rounds__rater=user, rounds__kind__in=BLINDED_KINDS)
+
+
 def visible_scans(user) -> QuerySet[Scan]:
-    return Scan.objects.filter(studies__in=visible_studies(user)).distinct()
+    return (
+        Scan.objects.filter(studies__in=visible_studies(user))
+        .exclude(studies__in=blinded_studies(user))
+        .distinct()
+    )
 
 
 def scan_for_tiles(user, scan_id: int) -> Scan | None:
@@ -52,12 +70,16 @@ def scan_for_tiles(user, scan_id: int) -> Scan | None:
         return None
     scans = Scan.objects.only("id", "sha256", "file", "original_name").filter(pk=scan_id)
     if not user.is_superuser:
-        scans = scans.filter(studies__memberships__user=user)
+        scans = scans.filter(studies__memberships__user=user).exclude(
+            studies__in=blinded_studies(user)
+        )
     return next(iter(scans.order_by()[:1]), None)
 
 
 def visible_cells(user) -> QuerySet[Cell]:
-    return Cell.objects.filter(study__in=visible_studies(user))
+    return Cell.objects.filter(study__in=visible_studies(user)).exclude(
+        study__in=blinded_studies(user)
+    )
 
 
 def visible_rounds(user) -> QuerySet[Round]:
@@ -71,5 +93,8 @@ def visible_rounds(user) -> QuerySet[Round]:
 
 
 def visible_labels(user) -> QuerySet[Label]:
-    """Labels of the rounds the user may see; an annotator never sees another rater's labels."""
-    return Label.objects.filter(round__in=visible_rounds(user))
+    """Labels of the rounds the user may see; an annotator never sees another rater's labels,
+    and a blinded rater no label of the study they rate blinded."""
+    return Label.objects.filter(round__in=visible_rounds(user)).exclude(
+        round__study__in=blinded_studies(user)
+    )

@@ -15,3 +15,11 @@ class ConflictError(DomainError):
     def __init__(self, message: str, current: object = None):
         self.current = current
         super().__init__(message, field=None)
+
+
+class NotFoundError(DomainError):
+    """Nothing of that name among what the caller may see (answered 404, never "forbidden")."""
+
+
+class ForbiddenError(DomainError):
+    """The caller may see the thing but not do this to it now (answered 403)."""

@@ -278,10 +278,15 @@ class Cell(models.Model):
         ordering = ["id"]
         indexes = [models.Index(fields=["scan", "study"])]
         constraints = [
+            # A patch-only cell names its image: a stored file, or (labels imported without
+            # the images) the file's name in the data set it came from.
             models.CheckConstraint(
                 condition=(
                     Q(scan__isnull=False, x__isnull=False, y__isnull=False, patch="")
-                    | (Q(scan__isnull=True, x__isnull=True, y__isnull=True) & ~Q(patch=""))
+                    | (
+                        Q(scan__isnull=True, x__isnull=True, y__isnull=True)
+                        & (~Q(patch="") | ~Q(external_id=""))
+                    )
                 ),
                 name="cell_on_scan_or_patch_only",
             ),
@@ -318,6 +323,20 @@ class Round(models.Model):
     repeats = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="repeated_by"
     )
+    reference = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The gold round the sample was drawn from; the default partner in reports.",
+    )
+    seed = models.BigIntegerField(
+        null=True, blank=True, help_text="Seed of the sample and of the order of the items."
+    )
+    design = models.JSONField(
+        default=dict, blank=True, help_text="How the cells were chosen (mode and parameters)."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -326,6 +345,9 @@ class Round(models.Model):
     class Meta:
         ordering = ["study", "id"]
         constraints = [
+            models.UniqueConstraint(
+                fields=["study", "name"], condition=~Q(name=""), name="round_name_unique"
+            ),
             models.UniqueConstraint(
                 fields=["study", "rater"], condition=Q(kind="gold"), name="round_one_gold_per_rater"
             ),
@@ -341,6 +363,30 @@ class Round(models.Model):
 
     def __str__(self) -> str:
         return self.name or f"{self.kind} round of {self.rater} in {self.study}"
+
+
+class RoundItem(models.Model):
+    """A cell's place in a blinded round's queue, under an opaque token.
+
+    The token is all the rater's side of the API ever names: it is random, differs between a
+    round and its repeat, and says nothing of the cell, its scan or its position.
+    """
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="items")
+    cell = models.ForeignKey(Cell, on_delete=models.PROTECT, related_name="round_items")
+    position = models.PositiveIntegerField(help_text="1-based place in the rater's order.")
+    token = models.CharField(max_length=43, unique=True)
+
+    class Meta:
+        ordering = ["round", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["round", "cell"], name="round_item_cell_once"),
+            models.UniqueConstraint(fields=["round", "position"], name="round_item_position"),
+            models.CheckConstraint(condition=Q(position__gte=1), name="round_item_position_gte_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.position} of round {self.round_id}"
 
 
 class Label(models.Model):

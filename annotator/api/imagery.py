@@ -16,8 +16,8 @@ from django.views.decorators.http import require_GET
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
-from .. import access, patches, tiles
-from ..errors import DomainError
+from .. import access, blinding, patches, tiles
+from ..errors import DomainError, ForbiddenError, NotFoundError
 from ..models import Scan
 
 # Tiles and patches never change under a URL (their bytes follow from the file's checksum), but
@@ -107,4 +107,27 @@ def cell_patch(request, cell_id: int):
         response["X-Patch-Padding"] = geometry.describe_padding()
         response["X-Patch-Background"] = settings.PATCH_BACKGROUND
     patch_cache_control(response, **PRIVATE_IMMUTABLE)
+    return response
+
+
+@require_GET
+def queue_patch(request, token: str):
+    """A blinded item's patch: PNG bytes made afresh, with headers that say nothing of the cell.
+
+    No ETag or padding headers (an ETag derived from the stored name would carry the scan's
+    checksum and the position); the browser may keep the image for the session only.
+    """
+    user = _user(request)
+    if not user.is_authenticated:
+        return _error(401, "Log in, or send an API token, to see patches.")
+    try:
+        data = blinding.patch_png(user, token)
+    except NotFoundError as exc:
+        return _error(404, str(exc))
+    except ForbiddenError as exc:
+        return _error(403, str(exc))
+    except DomainError:
+        return _error(404, "This item's image is not available.")
+    response = HttpResponse(data, content_type="image/png")
+    patch_cache_control(response, private=True, no_store=True)
     return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -322,9 +323,87 @@ class LabelChangeSerializer(serializers.ModelSerializer):
 
 
 class RoundSerializer(serializers.ModelSerializer):
+    """A round with its progress. How its sample was drawn (reference, seed, design) is shown
+    only to those who oversee the study: a blinded rater must not learn that their sample was,
+    say, ten cells of every gold class."""
+
     rater = serializers.CharField(source="rater.username", read_only=True)
     study = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    repeats = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    reference = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    done = serializers.IntegerField(read_only=True)
+    total = serializers.IntegerField(read_only=True)
+
+    OVERSEER_ONLY = ("reference", "seed", "design")
 
     class Meta:
         model = Round
-        fields = ["id", "study", "rater", "kind", "name", "not_before", "repeats", "created_at"]
+        fields = [
+            "id",
+            "study",
+            "rater",
+            "kind",
+            "name",
+            "not_before",
+            "repeats",
+            "reference",
+            "seed",
+            "design",
+            "done",
+            "total",
+            "created_at",
+        ]
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if instance.study_id not in self.context.get("overseen_study_ids", set()):
+            for name in self.OVERSEER_ONLY:
+                data.pop(name, None)
+        return data
+
+
+class RoundCreateSerializer(VisibleChoicesMixin, serializers.Serializer):
+    """A blinded round for a rater over a seeded sample of a gold round's cells."""
+
+    visible_querysets = {"study": visible_studies}
+
+    study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
+    rater = serializers.SlugRelatedField(
+        slug_field="username", queryset=get_user_model().objects.all(), help_text="Username."
+    )
+    mode = serializers.ChoiceField(choices=["all", "per-class", "fraction"], default="all")
+    per_class = serializers.JSONField(
+        required=False, help_text="per-class mode: a number for every class, or {code: number}."
+    )
+    fraction = serializers.FloatField(required=False, min_value=0, max_value=1)
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
+    reference = serializers.CharField(
+        required=False, max_length=200, help_text="Name of a gold round; default the largest."
+    )
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+
+    def validate(self, attrs):
+        study = attrs["study"]
+        name = attrs.get("reference")
+        if name:
+            found = study.rounds.filter(name=name, kind=Round.Kind.GOLD).first()
+            if found is None:
+                raise serializers.ValidationError(
+                    {"reference": [f"No gold round named {name!r} in study {study.name}."]}
+                )
+            attrs["reference"] = found
+        return attrs
+
+
+class RepeatCreateSerializer(serializers.Serializer):
+    not_before = serializers.DateTimeField(
+        help_text="The rater cannot open the repeat before this time (the washout)."
+    )
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+
+
+class QueueAnswerSerializer(serializers.Serializer):
+    node = serializers.CharField(required=False, allow_null=True, max_length=16)
+    cannot_classify = serializers.BooleanField(default=False)
+    seconds_spent = serializers.FloatField(min_value=0, max_value=86400, default=0)

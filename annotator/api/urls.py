@@ -4,7 +4,7 @@ from django.urls import include, path
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from . import imagery, views
+from . import imagery, rounds, views
 
 router = DefaultRouter()
 router.register("studies", views.StudyViewSet, basename="study")
@@ -12,7 +12,7 @@ router.register("taxonomies", views.TaxonomyViewSet, basename="taxonomy")
 router.register("scans", views.ScanViewSet, basename="scan")
 router.register("cells", views.CellViewSet, basename="cell")
 router.register("labels", views.LabelViewSet, basename="label")
-router.register("rounds", views.RoundViewSet, basename="round")
+router.register("rounds", rounds.RoundViewSet, basename="round")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),
@@ -23,5 +23,14 @@ urlpatterns = [
         name="scan-tile",
     ),
     path("cells/<int:cell_id>/patch.png", imagery.cell_patch, name="cell-patch"),
+    path("queue/", rounds.QueueListView.as_view(), name="queue-list"),
+    path("queue/<int:round_id>/", rounds.QueueRoundView.as_view(), name="queue-round"),
+    path(
+        "queue/<int:round_id>/items/<int:position>/",
+        rounds.QueueItemView.as_view(),
+        name="queue-item",
+    ),
+    path("queue/items/<str:token>/answer/", rounds.QueueAnswerView.as_view(), name="queue-answer"),
+    path("queue/items/<str:token>/patch.png", imagery.queue_patch, name="queue-patch"),
     path("", include(router.urls)),
 ]

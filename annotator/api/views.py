@@ -312,14 +312,3 @@ class LabelViewSet(viewsets.ModelViewSet):
             .order_by("changed_at", "id")
         )
         return Response(s.LabelChangeSerializer(changes, many=True).data)
-
-
-class RoundViewSet(viewsets.ReadOnlyModelViewSet):
-    """Your own rounds; coordinators, data scientists and admins see every round of a study."""
-
-    serializer_class = s.RoundSerializer
-
-    def get_queryset(self):
-        return (
-            access.visible_rounds(self.request.user).select_related("rater", "study").order_by("id")
-        )

@@ -1,0 +1,311 @@
+"""Agreement rounds: blinded re-annotation rounds, their time-separated repeats, and progress.
+
+A blinded round is a sample of a study's cells, drawn from a gold round with a seed, given to
+one rater in a random order. The rater reaches its cells only through `RoundItem` tokens (see
+`annotator.blinding`). A repeat is the same rater over the same cells in a new order, closed to
+the rater before its not-before date; once it opens, the round it repeats closes to the rater,
+so their earlier answers cannot be looked up while answering again.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, Role, require_role, roles_in
+from .errors import DomainError, ForbiddenError
+from .models import Cell, Label, Round, RoundItem, Study
+
+SAMPLING_MODES = ("all", "per-class", "fraction")
+
+
+class RoundClosed(ForbiddenError):
+    """The rater may not open the round now (before its washout ends, or after it closed)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    round: Round
+    done: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+def new_token() -> str:
+    """An opaque item token: 192 random bits, URL-safe, unrelated to the cell."""
+    return secrets.token_urlsafe(24)
+
+
+def default_reference(study: Study) -> Round:
+    """The study's gold round with the most labels: the usual reference of a blinded round."""
+    gold = (
+        study.rounds.filter(kind=Round.Kind.GOLD)
+        .annotate(labelled=Count("labels"))
+        .order_by("-labelled", "id")
+        .first()
+    )
+    if gold is None or gold.labelled == 0:
+        raise DomainError(
+            f"Study {study.name} has no gold labels to draw a blinded round from.",
+            field="reference",
+        )
+    return gold
+
+
+def _check_rater(study: Study, rater) -> None:
+    roles = roles_in(rater, study)
+    if not roles:
+        raise DomainError(f"{rater.get_username()} is not a member of study {study.name}.", "rater")
+    seeing = sorted(roles & OVERSEEING_ROLES)
+    if seeing or rater.is_superuser:
+        held = ", ".join(seeing) or "superuser"
+        raise DomainError(
+            f"{rater.get_username()} holds a role that sees every label of study {study.name} "
+            f"({held}); a blinded rater must be an annotator only.",
+            field="rater",
+        )
+    if Role.ANNOTATOR not in roles:
+        raise DomainError(f"{rater.get_username()} is not an annotator of {study.name}.", "rater")
+
+
+def draw_sample(
+    reference: Round,
+    *,
+    mode: str,
+    seed: int,
+    per_class: int | dict[str, int] | None = None,
+    fraction: float | None = None,
+) -> list[int]:
+    """Cell ids of the sample, in the rater's random order; the same seed gives the same list.
+
+    `all`: every cell the reference labelled; `per-class`: up to N cells of each reference class
+    (a number for every class, or a number per class code), so rare classes are covered;
+    `fraction`: a random share of the labelled cells (at least one).
+    """
+    if mode not in SAMPLING_MODES:
+        raise DomainError(f"Unknown sampling mode {mode!r}; use {', '.join(SAMPLING_MODES)}.")
+    rows = sorted(
+        reference.labels.values_list("cell_id", "node__code", "cannot_classify"),
+        key=lambda row: row[0],
+    )
+    rng = random.Random(seed)
+    if mode == "all":
+        chosen = [cell for cell, _, _ in rows]
+    elif mode == "fraction":
+        if fraction is None or not 0 < fraction <= 1:
+            raise DomainError("fraction must be a number in (0, 1].", field="fraction")
+        chosen = rng.sample([cell for cell, _, _ in rows], max(1, round(fraction * len(rows))))
+    else:
+        chosen = _per_class(rows, per_class, rng)
+    chosen.sort()
+    rng.shuffle(chosen)
+    if not chosen:
+        raise DomainError("The sample is empty: the reference round has no matching cells.")
+    return chosen
+
+
+def _per_class(rows, per_class, rng: random.Random) -> list[int]:
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for cell, code, cannot in rows:
+        if not cannot:
+            by_class[code].append(cell)
+    if isinstance(per_class, int) and not isinstance(per_class, bool):
+        wanted = dict.fromkeys(by_class, per_class)
+    elif isinstance(per_class, dict):
+        unknown = sorted(set(per_class) - set(by_class))
+        if unknown:
+            raise DomainError(
+                f"No gold cells of class {', '.join(unknown)} in the reference round.",
+                field="per_class",
+            )
+        wanted = per_class
+    else:
+        raise DomainError("per-class sampling needs per_class: a number, or {code: number}.")
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in wanted.values()):
+        raise DomainError("Numbers per class must be whole numbers of at least 1.", "per_class")
+    chosen = []
+    for code in sorted(wanted):
+        cells = by_class[code]
+        chosen.extend(rng.sample(cells, min(wanted[code], len(cells))))
+    return chosen
+
+
+def _unique_name(study: Study, wanted: str) -> str:
+    if not study.rounds.filter(name=wanted).exists():
+        return wanted
+    raise DomainError(f"Study {study.name} has a round named {wanted!r} already.", field="name")
+
+
+def _make_items(round_: Round, cell_ids: list[int]) -> None:
+    RoundItem.objects.bulk_create(
+        RoundItem(round=round_, cell_id=cell, position=index, token=new_token())
+        for index, cell in enumerate(cell_ids, start=1)
+    )
+
+
+def _check_images(study: Study, cell_ids: list[int]) -> None:
+    missing = Cell.objects.filter(pk__in=cell_ids, scan__isnull=True, patch="").count()
+    if missing:
+        raise DomainError(
+            f"{missing} of the sampled cells have no image (their labels were imported without "
+            "the patch files); import the images first.",
+            field="reference",
+        )
+
+
+@transaction.atomic
+def create_blinded_round(
+    study: Study,
+    rater,
+    user,
+    *,
+    mode: str = "all",
+    seed: int | None = None,
+    per_class: int | dict[str, int] | None = None,
+    fraction: float | None = None,
+    reference: Round | None = None,
+    name: str = "",
+) -> Round:
+    """A blinded round for `rater` over a seeded sample of the reference round's cells."""
+    require_role(user, study, MANAGING_ROLES, "create blinded rounds")
+    _check_rater(study, rater)
+    reference = reference or default_reference(study)
+    if reference.study_id != study.pk or reference.kind != Round.Kind.GOLD:
+        raise DomainError("The reference must be a gold round of the same study.", "reference")
+    if reference.rater_id == rater.pk:
+        raise DomainError(
+            f"{rater.get_username()} made the reference labels, with the whole scan in view; "
+            "choose another rater.",
+            field="rater",
+        )
+    seed = secrets.randbits(31) if seed is None else seed
+    cell_ids = draw_sample(reference, mode=mode, seed=seed, per_class=per_class, fraction=fraction)
+    seen = Label.objects.filter(
+        cell_id__in=cell_ids, round__rater=rater, round__kind=Round.Kind.GOLD
+    ).count()
+    if seen:
+        raise DomainError(
+            f"{rater.get_username()} labelled {seen} of the sampled cells in a gold round, with "
+            "the scan in view; choose another rater.",
+            field="rater",
+        )
+    _check_images(study, cell_ids)
+    number = study.rounds.filter(rater=rater, kind=Round.Kind.BLINDED).count() + 1
+    round_ = Round.objects.create(
+        study=study,
+        rater=rater,
+        kind=Round.Kind.BLINDED,
+        name=_unique_name(study, name or f"blinded-{rater.get_username()}-{number}"),
+        reference=reference,
+        seed=seed,
+        design={"mode": mode, "per_class": per_class, "fraction": fraction, "cells": len(cell_ids)},
+        created_by=user,
+    )
+    _make_items(round_, cell_ids)
+    return round_
+
+
+@transaction.atomic
+def schedule_repeat(
+    original: Round, user, *, not_before: datetime, seed: int | None = None, name: str = ""
+) -> Round:
+    """The same rater over the same cells in a new random order, not before `not_before`."""
+    require_role(user, original.study, MANAGING_ROLES, "schedule repeat rounds")
+    if original.kind not in BLINDED_KINDS:
+        raise DomainError("Only a blinded round (or a repeat) can be repeated.", field="round")
+    if timezone.is_naive(not_before):
+        raise DomainError("not_before needs a time zone.", field="not_before")
+    cell_ids = sorted(original.items.values_list("cell_id", flat=True))
+    if not cell_ids:
+        raise DomainError(f"Round {original.name} has no items to repeat.", field="round")
+    seed = secrets.randbits(31) if seed is None else seed
+    random.Random(seed).shuffle(cell_ids)
+    number = original.repeated_by.count() + 1
+    round_ = Round.objects.create(
+        study=original.study,
+        rater=original.rater,
+        kind=Round.Kind.REPEAT,
+        name=_unique_name(original.study, name or f"{original.name}-repeat-{number}"),
+        not_before=not_before,
+        repeats=original,
+        reference=original.reference,
+        seed=seed,
+        design={"mode": "repeat", "of": original.name, "cells": len(cell_ids)},
+        created_by=user,
+    )
+    _make_items(round_, cell_ids)
+    return round_
+
+
+def closing_time(round_: Round) -> datetime | None:
+    """When the round closed to its rater: the opening of the first repeat that has opened."""
+    now = timezone.now()
+    opened = [
+        repeat.not_before or repeat.created_at
+        for repeat in round_.repeated_by.all()
+        if (repeat.not_before or repeat.created_at) <= now
+    ]
+    return min(opened) if opened else None
+
+
+def require_open(round_: Round) -> None:
+    """Raise RoundClosed unless the rater may work on the round now."""
+    now = timezone.now()
+    if round_.not_before and now < round_.not_before:
+        raise RoundClosed(f"This round opens on {round_.not_before:%Y-%m-%d %H:%M} UTC (washout).")
+    closed = closing_time(round_)
+    if closed is not None:
+        raise RoundClosed(
+            "This round was closed when its repeat opened; its answers can no longer be seen "
+            "or changed."
+        )
+
+
+def is_open(round_: Round) -> bool:
+    try:
+        require_open(round_)
+    except RoundClosed:
+        return False
+    return True
+
+
+def progress(rounds) -> list[Progress]:
+    """Done / total per round: answered items of a blinded round or a repeat, and for a gold
+    round its labels among the study's cells."""
+    rounds = list(rounds)
+    totals = dict(
+        RoundItem.objects.filter(round__in=rounds)
+        .values("round")
+        .annotate(n=Count("id"))
+        .values_list("round", "n")
+    )
+    study_cells = dict(
+        Cell.objects.filter(study__in={r.study_id for r in rounds})
+        .values("study")
+        .annotate(n=Count("id"))
+        .values_list("study", "n")
+    )
+    done = dict(
+        Label.objects.filter(round__in=rounds)
+        .values("round")
+        .annotate(n=Count("id"))
+        .values_list("round", "n")
+    )
+    return [
+        Progress(
+            r,
+            done.get(r.pk, 0),
+            study_cells.get(r.study_id, 0) if r.kind == Round.Kind.GOLD else totals.get(r.pk, 0),
+        )
+        for r in rounds
+    ]
