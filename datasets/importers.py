@@ -1,0 +1,302 @@
+"""Importers of public data sets into studies.
+
+`import_tcia_aml` reads the annotation file of the public Munich AML cytomorphology release
+(TCIA "AML-Cytomorphology_LMU"): one line per 400 x 400 px patch,
+`CLASS/CLASS_NNNN.tiff GOLD FIRST_REANNOTATION SECOND_REANNOTATION`, where `nan` means the image
+is not in that round and `UNC` that the re-annotator could not assign a class. Each line becomes
+a patch-only cell with up to three labels, in three named rounds:
+
+    gold              the examiner who saw the whole scan (the ground truth)
+    reannotation-1    the second examiner, blinded, patch only
+    reannotation-2    the same examiner 11 months later, a repeat of reannotation-1
+
+The whole file is read and checked before anything is written, and the writes are one
+transaction: a malformed line stops the import with its line number, and nothing is stored.
+Re-running with the same file changes nothing; a changed label is updated with its history.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from annotator.models import (
+    Cell,
+    Label,
+    LabelChange,
+    Membership,
+    Round,
+    RoundItem,
+    Study,
+    TaxonNode,
+)
+from annotator.rounds import new_token
+from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, latest_version, load_taxonomy_file
+
+NOT_IN_ROUND = "nan"
+UNCLASSIFIABLE = "UNC"
+ROUND_NAMES = ("gold", "reannotation-1", "reannotation-2")
+# The image paths of the release: a class folder and a numbered TIFF of that class.
+IMAGE_PATH = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+\.tiff?$")
+ITEM_ORDER_SEED = 2019  # the imported rounds' item order (only progress pages use it)
+
+
+class ImportProblem(ValueError):
+    """The file (or the image folder) cannot be imported; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class AnnotationLine:
+    number: int
+    path: str
+    answers: tuple[str | None, ...]  # per round: a class code, UNCLASSIFIABLE, or None (absent)
+
+
+@dataclass
+class ImportReport:
+    study: Study
+    lines: int = 0
+    cells_created: int = 0
+    images_attached: int = 0
+    labels_created: dict[str, int] = field(default_factory=dict)
+    labels_changed: dict[str, int] = field(default_factory=dict)
+    labels_unchanged: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changed_anything(self) -> bool:
+        return bool(
+            self.cells_created
+            or self.images_attached
+            or any(self.labels_created.values())
+            or any(self.labels_changed.values())
+        )
+
+
+def read_annotations(path: str | Path, codes: set[str]) -> list[AnnotationLine]:
+    """Parse and check every line; the first problem stops it, naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportProblem(f"Cannot read {path}: {exc}") from None
+    lines, seen = [], {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path.name}, line {number}"
+        fields = raw.split()
+        if len(fields) != 4:
+            raise ImportProblem(
+                f"{where}: expected 4 space-separated fields (path, gold, first and second "
+                f"re-annotation), found {len(fields)}: {raw.strip()!r}"
+            )
+        image, gold, *again = fields
+        if not IMAGE_PATH.match(image):
+            raise ImportProblem(f"{where}: {image!r} is not an image path like CLASS/NAME.tiff")
+        if image in seen:
+            raise ImportProblem(f"{where}: {image} is listed already on line {seen[image]}")
+        seen[image] = number
+        if gold not in codes:
+            raise ImportProblem(f"{where}: unknown gold class {gold!r}")
+        answers: list[str | None] = [gold]
+        for label in again:
+            if label == NOT_IN_ROUND:
+                answers.append(None)
+            elif label == UNCLASSIFIABLE or label in codes:
+                answers.append(label)
+            else:
+                raise ImportProblem(
+                    f"{where}: unknown re-annotation class {label!r} "
+                    f"(a class code, {UNCLASSIFIABLE} or {NOT_IN_ROUND})"
+                )
+        lines.append(AnnotationLine(number, image, tuple(answers)))
+    if not lines:
+        raise ImportProblem(f"{path.name} holds no annotation lines.")
+    return lines
+
+
+def _check_images(lines: list[AnnotationLine], images: Path) -> None:
+    if not images.is_dir():
+        raise ImportProblem(f"--images {images} is not a folder.")
+    missing = [line for line in lines if not (images / line.path).is_file()]
+    if missing:
+        first = ", ".join(f"{m.path} (line {m.number})" for m in missing[:3])
+        raise ImportProblem(f"{len(missing)} image(s) missing under {images}: {first} ...")
+
+
+def _rater(study: Study, number: int):
+    """An examiner of the release: a user who cannot log in, annotator of the study."""
+    user, created = get_user_model().objects.get_or_create(
+        username=f"{study.name}-examiner-{number}"[:150],
+        defaults={"first_name": f"Examiner {number}", "is_active": False},
+    )
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    Membership.objects.get_or_create(study=study, user=user, role=Membership.Role.ANNOTATOR)
+    return user
+
+
+def _rounds(study: Study) -> list[Round]:
+    first, second = _rater(study, 1), _rater(study, 2)
+    gold, _ = Round.objects.get_or_create(
+        study=study, name=ROUND_NAMES[0], defaults={"kind": Round.Kind.GOLD, "rater": first}
+    )
+    blinded, _ = Round.objects.get_or_create(
+        study=study,
+        name=ROUND_NAMES[1],
+        defaults={"kind": Round.Kind.BLINDED, "rater": second, "reference": gold},
+    )
+    repeat, _ = Round.objects.get_or_create(
+        study=study,
+        name=ROUND_NAMES[2],
+        defaults={
+            "kind": Round.Kind.REPEAT,
+            "rater": second,
+            "repeats": blinded,
+            "reference": gold,
+        },
+    )
+    expected = [
+        (gold, Round.Kind.GOLD, first),
+        (blinded, Round.Kind.BLINDED, second),
+        (repeat, Round.Kind.REPEAT, second),
+    ]
+    for round_, kind, rater in expected:
+        if round_.kind != kind or round_.rater_id != rater.pk:
+            raise ImportProblem(
+                f"Study {study.name} has a round {round_.name!r} that is not the imported "
+                f"{kind} round of {rater.get_username()}; rename it or import into another study."
+            )
+    return [gold, blinded, repeat]
+
+
+def _study(name: str) -> Study:
+    taxonomy = latest_version("aml-18") or load_taxonomy_file(DEFAULT_TAXONOMY_FILE).taxonomy
+    study, _ = Study.objects.get_or_create(
+        name=name,
+        defaults={
+            "title": "AML cytomorphology (TCIA public release)",
+            "taxonomy": taxonomy,
+            "description": "Imported from the public Munich AML cytomorphology annotation file.",
+        },
+    )
+    if study.taxonomy.name != "aml-18":
+        raise ImportProblem(
+            f"Study {name} uses taxonomy {study.taxonomy}, not the AML taxonomy aml-18."
+        )
+    return study
+
+
+def _cells(study: Study, lines, images: Path | None, report: ImportReport) -> dict[str, int]:
+    known = dict(study.cells.filter(scan__isnull=True).values_list("external_id", "pk"))
+    new = [line for line in lines if line.path not in known]
+    made = Cell.objects.bulk_create(
+        [Cell(study=study, external_id=line.path) for line in new], batch_size=2000
+    )
+    known.update({cell.external_id: cell.pk for cell in made})
+    report.cells_created = len(made)
+    if images is not None:
+        without = Cell.objects.filter(study=study, scan__isnull=True, patch="")
+        for cell in without.filter(external_id__in=[line.path for line in lines]):
+            with (images / cell.external_id).open("rb") as handle:
+                stored = default_storage.save(
+                    f"patch-cells/{study.name}/{cell.external_id}", File(handle)
+                )
+            Cell.objects.filter(pk=cell.pk).update(patch=stored)
+            report.images_attached += 1
+    return known
+
+
+def _labels(round_: Round, index: int, lines, cells, nodes, report: ImportReport) -> None:
+    wanted = {
+        cells[line.path]: line.answers[index] for line in lines if line.answers[index] is not None
+    }
+    stored = {label.cell_id: label for label in round_.labels.all()}
+    create, change, history = [], [], []
+    for cell, answer in wanted.items():
+        node = None if answer == UNCLASSIFIABLE else nodes[answer]
+        label = stored.get(cell)
+        if label is None:
+            create.append(
+                Label(
+                    cell_id=cell,
+                    round=round_,
+                    node=node,
+                    cannot_classify=node is None,
+                    rater_id=round_.rater_id,
+                )
+            )
+        elif label.node_id != (node.pk if node else None):
+            history.append(_change(label, node, LabelChange.Action.UPDATE))
+            label.node, label.cannot_classify = node, node is None
+            label.version += 1
+            change.append(label)
+    made = Label.objects.bulk_create(create, batch_size=2000)
+    history.extend(_change(label, label.node, LabelChange.Action.CREATE) for label in made)
+    Label.objects.bulk_update(change, ["node", "cannot_classify", "version"], batch_size=2000)
+    LabelChange.objects.bulk_create(history, batch_size=2000)
+    report.labels_created[round_.name] = len(made)
+    report.labels_changed[round_.name] = len(change)
+    report.labels_unchanged[round_.name] = len(wanted) - len(made) - len(change)
+    if round_.kind != Round.Kind.GOLD:
+        _items(round_, sorted(wanted))
+
+
+def _change(label: Label, new_node, action: str) -> LabelChange:
+    creating = action == LabelChange.Action.CREATE
+    return LabelChange(
+        label=label,
+        cell_id=label.cell_id,
+        cell_ref=label.cell_id,
+        round_id=label.round_id,
+        action=action,
+        old_node=None if creating else label.node,
+        old_cannot_classify=False if creating else label.cannot_classify,
+        new_node=new_node,
+        new_cannot_classify=new_node is None,
+        changed_by_id=label.rater_id,
+    )
+
+
+def _items(round_: Round, cell_ids: list[int]) -> None:
+    """Give the imported re-annotation rounds queue items (their order is seeded, fixed)."""
+    have = set(round_.items.values_list("cell_id", flat=True))
+    missing = [cell for cell in cell_ids if cell not in have]
+    if not missing:
+        return
+    random.Random(ITEM_ORDER_SEED).shuffle(missing)
+    start = len(have)
+    RoundItem.objects.bulk_create(
+        (
+            RoundItem(round=round_, cell_id=cell, position=start + i, token=new_token())
+            for i, cell in enumerate(missing, start=1)
+        ),
+        batch_size=2000,
+    )
+
+
+def import_tcia_aml(
+    annotations: str | Path, study_name: str, images: str | Path | None = None
+) -> ImportReport:
+    """Create or update the study from the release's annotation file (see the module doc)."""
+    images = Path(images) if images is not None else None
+    with transaction.atomic():
+        study = _study(study_name)
+        nodes = {node.code: node for node in TaxonNode.objects.filter(taxonomy=study.taxonomy)}
+        lines = read_annotations(annotations, set(nodes))
+        if images is not None:
+            _check_images(lines, images)
+        report = ImportReport(study=study, lines=len(lines))
+        rounds = _rounds(study)
+        cells = _cells(study, lines, images, report)
+        for index, round_ in enumerate(rounds):
+            _labels(round_, index, lines, cells, nodes, report)
+    return report
