@@ -82,9 +82,7 @@ def patch_geometry(cell: Cell) -> PatchGeometry:
 def patch_name(cell: Cell, geometry: PatchGeometry) -> str:
     """Checksum, position, size and background: a change of any of them is another patch."""
     background = settings.PATCH_BACKGROUND.lstrip("#").lower()
-    return (
-        f"patches/{cell.scan.sha256[:32]}/{cell.x}_{cell.y}_{geometry.size}px_{background}.png"
-    )
+    return f"patches/{cell.scan.sha256[:32]}/{cell.x}_{cell.y}_{geometry.size}px_{background}.png"
 
 
 def cut_patch_png(cell: Cell, geometry: PatchGeometry) -> bytes:

@@ -1,0 +1,107 @@
+"""Plots of an agreement report as SVG text for the page.
+
+matplotlib's `Figure` is used directly, without pyplot: no global figure state and no display,
+which is what a web server (several threads, no screen) needs.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.template.loader import render_to_string
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+from .reports import Comparison, Report
+
+
+def _svg(figure: Figure) -> str:
+    buffer = io.StringIO()
+    with rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, searchable
+        figure.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def confusion_svg(comparison: Comparison) -> str:
+    """Heatmap of the confusion matrix: colour is the share of the reference row, the number
+    the count of cells."""
+    result = comparison.agreement
+    matrix = np.array(result.matrix, dtype=float).reshape(len(result.labels), len(result.labels))
+    rows = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    side = max(3.5, 0.42 * len(result.labels) + 1.5)
+    figure = Figure(figsize=(side + 1, side))
+    axes = figure.subplots()
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(result.labels))
+    axes.set_xticks(ticks, result.labels, rotation=90)
+    axes.set_yticks(ticks, result.labels)
+    axes.set_xlabel(f"{comparison.b.name} (rater)")
+    axes.set_ylabel(f"{comparison.a.name} (reference)")
+    for row, col in zip(*np.nonzero(matrix), strict=True):
+        colour = "white" if shares[row, col] > 0.6 else "black"
+        count = int(matrix[row, col])
+        axes.text(col, row, count, ha="center", va="center", fontsize=7, color=colour)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the reference row")
+    return _svg(figure)
+
+
+def group_points_svg(report: Report, group: str) -> str:
+    """Each comparison's sensitivity and specificity for one yes/no question, in ROC space,
+    where a model's ROC curve can be drawn beside them."""
+    figure = Figure(figsize=(4.2, 4.2))
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="#bbb", linewidth=0.8, linestyle="--")
+    for comparison in report.comparisons:
+        stats = comparison.agreement.groups.get(group)
+        if stats is None or stats.sensitivity is None or stats.specificity is None:
+            continue
+        x, y = 1 - stats.specificity, stats.sensitivity
+        axes.scatter([x], [y], s=36, zorder=3)
+        axes.annotate(
+            f"{comparison.b.name} vs {comparison.a.name}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, -10),
+            fontsize=7,
+        )
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlabel("1 - specificity")
+    axes.set_ylabel("sensitivity")
+    axes.set_title(f"{group}: raters against their reference", fontsize=9)
+    return _svg(figure)
+
+
+def page_context(report: Report) -> dict:
+    """What the report templates need: summary rows, per-comparison tables and the plots."""
+    groups = sorted({name for c in report.comparisons for name in c.agreement.groups})
+    rows = [
+        {
+            "comparison": comparison,
+            "result": comparison.agreement,
+            "groups": [comparison.agreement.groups.get(name) for name in groups],
+            "per_class": list(comparison.agreement.per_class.items()),
+            "confusion_svg": confusion_svg(comparison),
+        }
+        for comparison in report.comparisons
+    ]
+    confidence = report.comparisons[0].agreement.confidence if report.comparisons else 0.95
+    return {
+        "report": report,
+        "rows": rows,
+        "groups": groups,
+        "group_plots": [group_points_svg(report, name) for name in groups],
+        "confidence_pct": f"{confidence * 100:g}",
+    }
+
+
+def standalone_html(report: Report) -> str:
+    """The report as one self-contained HTML file (styles and plots inline)."""
+    stylesheet = Path(settings.BASE_DIR, "frontend", "static", "css", "report.css").read_text()
+    context = {**page_context(report), "stylesheet": stylesheet}
+    return render_to_string("annotator/agreement_standalone.html", context)

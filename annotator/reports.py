@@ -1,0 +1,266 @@
+"""Agreement reports of a study: which rounds to compare, on which cells, at which level, and the
+report as JSON, CSV or an HTML page with plots.
+
+The statistics are `annotator.agreement.compare_answers`; this module only gathers the answers
+of two rounds on their shared cells, maps them to classes (as labelled, or with internal nodes
+collapsed, the rare-leaf merge) and lays the results out.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.utils import timezone
+
+from .agreement import Agreement, compare_answers
+from .errors import DomainError
+from .models import Cell, Label, Round, Study, TaxonNode
+
+LEAF_LEVEL = "leaf"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: Round  # the reference side (rows of the confusion matrix)
+    b: Round  # the rater side (columns)
+    agreement: Agreement
+
+    def to_dict(self) -> dict:
+        return {
+            "a": self.a.name,
+            "b": self.b.name,
+            "a_kind": self.a.kind,
+            "b_kind": self.b.kind,
+            "a_rater": self.a.rater.get_username(),
+            "b_rater": self.b.rater.get_username(),
+            **self.agreement.to_dict(),
+        }
+
+
+@dataclass
+class Report:
+    study: Study
+    level: str
+    collapsed: list[str]
+    comparisons: list[Comparison]
+    generated_at: datetime = field(default_factory=timezone.now)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "study": self.study.name,
+            "taxonomy": str(self.study.taxonomy),
+            "level": self.level,
+            "collapsed": self.collapsed,
+            "generated_at": self.generated_at.isoformat(),
+            "notes": self.notes,
+            "comparisons": [comparison.to_dict() for comparison in self.comparisons],
+        }
+
+
+class ClassMapping:
+    """Taxon node code -> report class: the code itself, or the collapsed ancestor's code."""
+
+    def __init__(self, study: Study, collapse: list[str] | tuple[str, ...] = ()):
+        nodes = list(TaxonNode.objects.filter(taxonomy=study.taxonomy_id).order_by("order", "id"))
+        self.by_code = {node.code: node for node in nodes}
+        unknown = sorted(set(collapse) - set(self.by_code))
+        if unknown:
+            raise DomainError(
+                f"Cannot collapse {', '.join(unknown)}: not in taxonomy {study.taxonomy}.",
+                field="collapse",
+            )
+        leaves = [code for code in collapse if self.by_code[code].is_leaf]
+        if leaves:
+            raise DomainError(
+                f"{', '.join(leaves)} is a leaf; only internal nodes can be collapsed.",
+                field="collapse",
+            )
+        by_id = {node.pk: node for node in nodes}
+        self.order = {node.code: index for index, node in enumerate(_preorder(nodes))}
+        self.class_of: dict[str, str] = {}
+        self.ancestors: dict[str, list[str]] = {}
+        for node in nodes:
+            chain, current = [], node
+            while current is not None:
+                chain.append(current.code)
+                current = by_id.get(current.parent_id)
+            self.ancestors[node.code] = chain
+            # The collapsed node nearest the root wins: collapsing PAT swallows MYO as well.
+            collapsed = [code for code in chain if code in collapse]
+            self.class_of[node.code] = collapsed[-1] if collapsed else node.code
+
+    def groups(self, study: Study, classes: list[str]) -> dict[str, set[str]]:
+        """Each taxonomy group as the set of report classes that answer "yes"."""
+        result = {}
+        for group in study.taxonomy.groups.prefetch_related("nodes"):
+            members = {node.code for node in group.nodes.all()}
+            result[group.name] = {
+                code for code in classes if members & set(self.ancestors.get(code, [code]))
+            }
+        return result
+
+
+def _preorder(nodes: list[TaxonNode]) -> list[TaxonNode]:
+    children: dict[int | None, list[TaxonNode]] = {}
+    for node in nodes:
+        children.setdefault(node.parent_id, []).append(node)
+    ordered, pending = [], list(reversed(children.get(None, [])))
+    while pending:
+        node = pending.pop()
+        ordered.append(node)
+        pending.extend(reversed(children.get(node.pk, [])))
+    return ordered
+
+
+def round_named(study: Study, name: str) -> Round:
+    round_ = study.rounds.filter(name=name).select_related("rater").first()
+    if round_ is None:
+        names = ", ".join(study.rounds.exclude(name="").values_list("name", flat=True)) or "none"
+        raise DomainError(f"No round {name!r} in study {study.name} (rounds: {names}).", "round")
+    return round_
+
+
+def default_pairs(study: Study) -> list[tuple[Round, Round]]:
+    """Gold against every other round, and each repeat against the round it repeats."""
+    rounds = list(study.rounds.select_related("rater", "reference", "repeats").order_by("id"))
+    golds = [r for r in rounds if r.kind == Round.Kind.GOLD]
+    pairs = []
+    for round_ in rounds:
+        if round_.kind == Round.Kind.GOLD:
+            continue
+        references = [round_.reference] if round_.reference else golds
+        pairs.extend((gold, round_) for gold in references if gold is not None)
+    pairs.extend((r.repeats, r) for r in rounds if r.kind == Round.Kind.REPEAT and r.repeats)
+    return pairs
+
+
+def _answers(round_: Round) -> dict[int, str | None]:
+    return {
+        cell: (None if cannot else code)
+        for cell, code, cannot in Label.objects.filter(round=round_).values_list(
+            "cell_id", "node__code", "cannot_classify"
+        )
+    }
+
+
+def _patients(cell_ids: list[int]) -> dict[int, int | None]:
+    rows = Cell.objects.filter(pk__in=cell_ids).values_list("pk", "patient_id", "scan__patient_id")
+    return {cell: own or via_scan for cell, own, via_scan in rows}
+
+
+def build_report(
+    study: Study,
+    *,
+    pairs: list[tuple[Round, Round]] | None = None,
+    collapse: list[str] | tuple[str, ...] = (),
+    bootstrap: int = 0,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Report:
+    """Compare each pair of rounds on the cells both labelled."""
+    if bootstrap < 0 or bootstrap > 100_000:
+        raise DomainError("bootstrap must be between 0 and 100000 replicates.", "bootstrap")
+    if not 0 < confidence < 1:
+        raise DomainError("confidence must be between 0 and 1, e.g. 0.95.", "confidence")
+    pairs = default_pairs(study) if pairs is None else pairs
+    for a, b in pairs:
+        if a.study_id != study.pk or b.study_id != study.pk:
+            raise DomainError(f"Rounds {a} and {b} must both belong to {study.name}.", "round")
+    mapping = ClassMapping(study, collapse)
+    report = Report(study, LEAF_LEVEL if not collapse else "collapsed", list(collapse), [])
+    cache: dict[int, dict[int, str | None]] = {}
+    for a, b in pairs:
+        left = cache.setdefault(a.pk, _answers(a))
+        right = cache.setdefault(b.pk, _answers(b))
+        shared = sorted(left.keys() & right.keys())
+        reference = [_mapped(mapping, left[cell]) for cell in shared]
+        rater = [_mapped(mapping, right[cell]) for cell in shared]
+        classes = sorted(
+            {code for code in reference + rater if code is not None},
+            key=lambda code: mapping.order.get(code, 10**6),
+        )
+        clusters = None
+        if bootstrap:
+            patients = _patients(shared)
+            unknown = sum(1 for cell in shared if patients.get(cell) is None)
+            if unknown:
+                raise DomainError(
+                    f"The patient-clustered bootstrap needs every cell's patient; {unknown} of "
+                    f"the {len(shared)} cells shared by {a.name} and {b.name} have none.",
+                    field="bootstrap",
+                )
+            clusters = [patients[cell] for cell in shared]
+        agreement = compare_answers(
+            reference,
+            rater,
+            labels=classes,
+            groups=mapping.groups(study, classes),
+            clusters=clusters,
+            bootstrap=bootstrap,
+            seed=seed,
+            confidence=confidence,
+        )
+        report.comparisons.append(Comparison(a, b, agreement))
+    if not pairs:
+        report.notes.append("The study has no pair of rounds to compare yet.")
+    return report
+
+
+def _mapped(mapping: ClassMapping, code: str | None) -> str | None:
+    return None if code is None else mapping.class_of.get(code, code)
+
+
+CSV_COLUMNS = [
+    "a",
+    "b",
+    "n",
+    "excluded_cannot_classify",
+    "kappa",
+    "kappa_ci_low",
+    "kappa_ci_high",
+    "kappa_se",
+    "observed_agreement",
+]
+
+
+def report_csv(report: Report) -> str:
+    """One row per comparison: kappa with its interval, agreement, and each group's
+    sensitivity and specificity."""
+    groups = sorted({name for c in report.comparisons for name in c.agreement.groups})
+    columns = CSV_COLUMNS + [f"{g}_{m}" for g in groups for m in ("sensitivity", "specificity")]
+    if any(c.agreement.bootstrap for c in report.comparisons):
+        columns += ["bootstrap_ci_low", "bootstrap_ci_high"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for comparison in report.comparisons:
+        result = comparison.agreement
+        row = {
+            "a": comparison.a.name,
+            "b": comparison.b.name,
+            "n": result.n,
+            "excluded_cannot_classify": result.excluded_cannot_classify,
+            "kappa": _number(result.kappa),
+            "kappa_ci_low": _number(result.kappa_ci[0] if result.kappa_ci else None),
+            "kappa_ci_high": _number(result.kappa_ci[1] if result.kappa_ci else None),
+            "kappa_se": _number(result.kappa_se),
+            "observed_agreement": _number(result.observed_agreement),
+        }
+        for name in groups:
+            stats = result.groups.get(name)
+            row[f"{name}_sensitivity"] = _number(stats.sensitivity if stats else None)
+            row[f"{name}_specificity"] = _number(stats.specificity if stats else None)
+        if "bootstrap_ci_low" in columns:
+            interval = result.bootstrap
+            row["bootstrap_ci_low"] = _number(interval.low if interval else None)
+            row["bootstrap_ci_high"] = _number(interval.high if interval else None)
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
