@@ -1,16 +1,23 @@
 """HTML pages of the annotator app (thin: query, render)."""
 
+from datetime import UTC
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.db.models import Count, Prefetch
-from django.http import JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from . import access, annotation
+from . import access, annotation, blinding, report_plots, reports, rounds
+from .errors import DomainError
 from .models import Cell, Membership, Round, Scan
 from .taxonomy import group_leaf_codes
 
@@ -40,8 +47,18 @@ def home(request):
         .values("study", "scan")
         .annotate(n=Count("id", distinct=True))
     }
+    blinded = set(access.blinded_studies(request.user).values_list("pk", flat=True))
+    queue = blinding.queue_summary(request.user)
+    queue_study = dict(blinding.rater_rounds(request.user).values_list("pk", "study_id"))
     for study in studies:
-        study.can_annotate = bool(access.roles_in(request.user, study) & access.ANNOTATING_ROLES)
+        roles = access.roles_in(request.user, study)
+        study.blinded = study.pk in blinded
+        study.queue = [row for row in queue if queue_study[row["id"]] == study.pk]
+        study.oversees = bool(roles & access.OVERSEEING_ROLES)
+        study.can_annotate = bool(roles & access.ANNOTATING_ROLES) and not study.blinded
+        if study.blinded:
+            study.scan_rows = []
+            continue
         study.scan_rows = [
             {
                 "scan": scan,
@@ -57,7 +74,7 @@ def home(request):
 def annotate(request, study_name: str, scan_id: int):
     """The gold-round annotation screen of one scan: viewer, markers, picker, counts."""
     study = get_object_or_404(access.visible_studies(request.user), name=study_name)
-    scan = get_object_or_404(study.scans.all(), pk=scan_id)
+    scan = get_object_or_404(access.visible_scans(request.user).filter(studies=study), pk=scan_id)
     round_ = annotation.gold_round_for_member(study, request.user)
     config = {
         "study": study.name,
@@ -103,6 +120,163 @@ def taxonomy_for_screen(taxonomy) -> dict:
             for group in taxonomy.groups.prefetch_related("nodes")
         },
     }
+
+
+class BlindedRoundForm(forms.Form):
+    rater = forms.ModelChoiceField(
+        queryset=get_user_model().objects.none(), to_field_name="username"
+    )
+    mode = forms.ChoiceField(
+        choices=[
+            ("per-class", "a number of cells per gold class"),
+            ("all", "all labelled cells"),
+            ("fraction", "a random fraction"),
+        ]
+    )
+    per_class = forms.IntegerField(min_value=1, required=False, initial=10)
+    fraction = forms.FloatField(min_value=0.0001, max_value=1, required=False)
+    seed = forms.IntegerField(min_value=0, max_value=2**62, required=False)
+    name = forms.CharField(max_length=200, required=False)
+
+    def __init__(self, study, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["rater"].queryset = (
+            get_user_model()
+            .objects.filter(memberships__study=study, memberships__role=Membership.Role.ANNOTATOR)
+            .distinct()
+        )
+
+
+class RepeatForm(forms.Form):
+    original = forms.IntegerField(min_value=1, widget=forms.HiddenInput)
+    not_before = forms.DateTimeField(
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="UTC",
+    )
+    seed = forms.IntegerField(min_value=0, max_value=2**62, required=False)
+    name = forms.CharField(max_length=200, required=False)
+
+
+def _overseen_study(request, study_name: str):
+    study = get_object_or_404(access.visible_studies(request.user), name=study_name)
+    if not access.roles_in(request.user, study) & access.OVERSEEING_ROLES:
+        raise PermissionDenied("Only coordinators, data scientists and admins see this page.")
+    return study
+
+
+@login_required
+def rounds_page(request, study_name: str):
+    """Coordinators: every round of the study with its progress; create blinded rounds and
+    schedule repeats."""
+    study = _overseen_study(request, study_name)
+    create_form, repeat_form = BlindedRoundForm(study), None
+    if request.method == "POST":
+        action = request.POST.get("action")
+        try:
+            if action == "create":
+                create_form = BlindedRoundForm(study, request.POST)
+                if create_form.is_valid():
+                    made = _create_round(study, request.user, create_form.cleaned_data)
+                    messages.success(
+                        request, f"Round {made.name} made: {made.items.count()} cells."
+                    )
+                    return redirect("rounds", study.name)
+            elif action == "repeat":
+                repeat_form = RepeatForm(request.POST)
+                if repeat_form.is_valid():
+                    made = _schedule_repeat(study, request.user, repeat_form.cleaned_data)
+                    opens = f"{made.not_before:%Y-%m-%d %H:%M} UTC"
+                    messages.success(request, f"Repeat {made.name} scheduled, not before {opens}.")
+                    return redirect("rounds", study.name)
+        except DomainError as exc:
+            messages.error(request, str(exc))
+    all_rounds = list(study.rounds.select_related("rater", "repeats", "reference").order_by("id"))
+    return render(
+        request,
+        "annotator/rounds.html",
+        {
+            "study": study,
+            "progress": rounds.progress(all_rounds),
+            "create_form": create_form,
+            "repeat_form": repeat_form,
+            "can_manage": bool(access.roles_in(request.user, study) & access.MANAGING_ROLES),
+        },
+    )
+
+
+def _create_round(study, user, data) -> Round:
+    return rounds.create_blinded_round(
+        study,
+        data["rater"],
+        user,
+        mode=data["mode"],
+        seed=data["seed"],
+        per_class=data["per_class"],
+        fraction=data["fraction"],
+        name=data["name"] or "",
+    )
+
+
+def _schedule_repeat(study, user, data) -> Round:
+    original = study.rounds.filter(pk=data["original"]).first()
+    if original is None:
+        raise DomainError("No such round in this study.")
+    return rounds.schedule_repeat(
+        original,
+        user,
+        not_before=data["not_before"].replace(tzinfo=UTC),
+        seed=data["seed"],
+        name=data["name"] or "",
+    )
+
+
+@login_required
+@require_GET
+def agreement_page(request, study_name: str):
+    """The agreement report as a page with plots; JSON and CSV through the API."""
+    study = _overseen_study(request, study_name)
+    collapse = [c.strip() for c in request.GET.get("collapse", "").split(",") if c.strip()]
+    try:
+        report = reports.build_report(study, collapse=collapse)
+    except DomainError as exc:
+        messages.error(request, str(exc))
+        report = reports.build_report(study)
+    api = reverse("study-agreement", args=[study.pk])
+    context = report_plots.page_context(report)
+    query = f"&collapse={','.join(report.collapsed)}" if report.collapsed else ""
+    context.update({"json_url": f"{api}?format=json{query}", "csv_url": f"{api}?format=csv{query}"})
+    return render(request, "annotator/agreement.html", context)
+
+
+@login_required
+@require_GET
+def queue_page(request, round_id: int):
+    """The blinded rater's screen: one patch at a time, hotkeys, back, skip, progress."""
+    try:
+        round_ = blinding.rater_round(request.user, round_id)
+    except DomainError:
+        raise Http404("No such blinded round among yours.") from None
+    state = "open" if rounds.is_open(round_) else "closed"
+    why = ""
+    if state == "closed":
+        try:
+            rounds.require_open(round_)
+        except DomainError as exc:
+            why = str(exc)
+    config = {
+        "round": round_.pk,
+        "taxonomy": taxonomy_for_screen(round_.study.taxonomy),
+        "urls": {
+            "round": reverse("queue-round", args=[round_.pk]),
+            "item": reverse("queue-item", args=[round_.pk, 1]).rsplit("/1/", 1)[0] + "/",
+        },
+    }
+    return render(
+        request,
+        "annotator/queue.html",
+        {"round": round_, "config": config, "state": state, "why": why},
+    )
 
 
 @require_GET

@@ -14,6 +14,13 @@ urlpatterns = [
         annotator_views.annotate,
         name="annotate",
     ),
+    path("studies/<slug:study_name>/rounds/", annotator_views.rounds_page, name="rounds"),
+    path(
+        "studies/<slug:study_name>/agreement/",
+        annotator_views.agreement_page,
+        name="agreement",
+    ),
+    path("queue/<int:round_id>/", annotator_views.queue_page, name="queue"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("health/", annotator_views.health, name="health"),

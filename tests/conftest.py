@@ -124,3 +124,23 @@ def client_for(user) -> APIClient:
 @pytest.fixture
 def api_as():
     return client_for
+
+
+@pytest.fixture
+def rater(study):
+    """An annotator who will rate blinded rounds."""
+    return _member(study, Membership.Role.ANNOTATOR, "rita")
+
+
+@pytest.fixture
+def gold_cells(study, scan, annotator, planted):
+    """The planted cells of the scan, clicked and labelled in anna's gold round."""
+    from annotator import annotation
+
+    gold = annotation.gold_round_for(study, annotator)
+    cells = []
+    for spot in planted:
+        cell = annotation.create_cell(study, scan, spot["x"], spot["y"], annotator)
+        annotation.set_label(cell, gold, annotator, node=spot["code"])
+        cells.append(cell)
+    return cells

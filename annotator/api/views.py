@@ -15,9 +15,10 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 
-from .. import access, annotation
+from .. import access, annotation, reports
 from ..models import LabelChange, Membership, Taxonomy
 from ..scans import ingest_scan
 from ..tasks import schedule_patches
@@ -55,6 +56,46 @@ VERSION_PARAMETER = OpenApiParameter(
 )
 
 
+class CSVTextRenderer(BaseRenderer):
+    """Serves text a view has already laid out as CSV (`?format=csv`); errors as JSON text."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if isinstance(data, str):
+            return data.encode(self.charset)
+        return JSONRenderer().render(data)
+
+
+def report_options(request) -> dict:
+    """Pairs, collapsed nodes and bootstrap settings of an agreement report, from the query."""
+    query = request.query_params
+    a, b = query.get("a"), query.get("b")
+    if bool(a) != bool(b):
+        raise ValidationError({"b" if a else "a": ["Give both a and b, or neither."]})
+    collapse = [c.strip() for c in query.get("collapse", "").split(",") if c.strip()]
+    bootstrap = int_param(request, "bootstrap") or 0
+    seed = int_param(request, "seed") or 0
+    return {"a": a, "b": b, "collapse": collapse, "bootstrap": bootstrap, "seed": seed}
+
+
+def build_study_report(study, options: dict) -> reports.Report:
+    pairs = None
+    if options["a"]:
+        pairs = [
+            (reports.round_named(study, options["a"]), reports.round_named(study, options["b"]))
+        ]
+    return reports.build_report(
+        study,
+        pairs=pairs,
+        collapse=options["collapse"],
+        bootstrap=options["bootstrap"],
+        seed=options["seed"] % 2**32,
+    )
+
+
 class StudyViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -80,6 +121,33 @@ class StudyViewSet(
         if self.action == "create":
             return [permissions.IsAdminUser()]
         return super().get_permissions()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("a", str, description="Reference round name (give b with it)."),
+            OpenApiParameter("b", str, description="Rater round name."),
+            OpenApiParameter("collapse", str, description="Internal nodes to merge, e.g. MYO,PMO"),
+            OpenApiParameter("bootstrap", int, description="Patient-clustered bootstrap size."),
+            OpenApiParameter("seed", int, description="Seed of the bootstrap."),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    @action(
+        detail=True,
+        renderer_classes=[JSONRenderer, BrowsableAPIRenderer, CSVTextRenderer],
+    )
+    def agreement(self, request, pk=None):
+        """The agreement report (coordinators, data scientists, admins): default pairs are gold
+        against every other round and each repeat against the round it repeats. JSON, or
+        `?format=csv` for one row per comparison."""
+        study = self.get_object()
+        access.require_role(request.user, study, access.OVERSEEING_ROLES, "read agreement")
+        report = build_study_report(study, report_options(request))
+        if request.accepted_renderer.format == "csv":
+            response = Response(reports.report_csv(report))
+            response["Content-Disposition"] = f'attachment; filename="agreement-{study.name}.csv"'
+            return response
+        return Response(report.to_dict())
 
     def perform_create(self, serializer):
         study = serializer.save()
