@@ -1,0 +1,320 @@
+"""Blinding, tested from the blinded rater's side.
+
+Rita rates a blinded round (and later its repeat) over cells that Anna labelled in her gold
+round with the whole scan in view; Bert rates the same cells in a round of his own. Rita tries
+every endpoint of the API, with every id she could guess, and the pages: nothing she gets back
+may name a cell's scan, position or patient, or any label but her own answer in the same round.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
+from PIL import Image
+from rest_framework.test import APIClient
+
+from annotator import annotation, rounds
+from annotator.models import Cell, Label, LabelChange, Round, RoundItem
+
+
+def _logged_in(user) -> APIClient:
+    """A session login, as the browser has: the image endpoints accept sessions and tokens."""
+    client = APIClient()
+    client.force_login(user)
+    return client
+
+
+# Keys that would carry a cell's identity or somebody's label; allowed only in the queue's own
+# answer object (the rater's answer in the same round).
+FORBIDDEN_KEYS = {"x", "y", "scan", "scans", "patient", "sha256", "cell", "cells", "node", "label"}
+WRITE_BODIES = [
+    {},
+    {"cell": 0, "round": 0, "node": "NGS", "x": 5, "y": 5, "version": 1, "study": "munich"},
+]
+
+
+@pytest.fixture
+def blinded(study, scan, gold_cells, annotator, rater, second_annotator, coordinator):
+    """Rita's round (half answered) and its repeat, Bert's round, Rita's own gold label."""
+    own = annotation.create_cell(study, scan, 40, 40, rater)
+    annotation.set_label(own, annotation.gold_round_for(study, rater), rater, node="NGS")
+    rita = rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
+    bert = rounds.create_blinded_round(
+        study, second_annotator, coordinator, mode="all", seed=2, name="b1"
+    )
+    for item in bert.items.all():
+        annotation.set_label(item.cell, bert, second_annotator, node="LYT")
+    answered = list(rita.items.order_by("position")[:5])
+    for item in answered:
+        annotation.set_label(item.cell, rita, rater, node="MON")
+    repeat = rounds.schedule_repeat(
+        rita, coordinator, not_before=timezone.now() + timedelta(days=330), seed=3
+    )
+    return {
+        "rita": rita,
+        "bert": bert,
+        "repeat": repeat,
+        "own_cell": own,
+        "answered": answered,
+        "cells": [*gold_cells, own],
+    }
+
+
+def _forbidden_strings(scan) -> list[str]:
+    return [scan.original_name, scan.sha256[:12], scan.patient.code, "smear_"]
+
+
+def _walk(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield (*path, key), key, item
+            yield from _walk(item, (*path, key))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item, path)
+
+
+def _assert_clean(response, scan, where: str, allow_answer: bool = False) -> None:
+    assert response.status_code < 500, f"{where}: {response.status_code}"
+    text = response.content.decode("utf-8", "replace")
+    for needle in _forbidden_strings(scan):
+        assert needle not in text, f"{where} shows {needle!r}"
+    headers = " ".join(f"{k}: {v}" for k, v in response.items())
+    assert scan.sha256[:12] not in headers and "X-Patch" not in headers, where
+    if "json" not in response.get("Content-Type", ""):
+        return
+    body = json.loads(text) if text else None
+    if response.status_code >= 400:
+        # Error bodies are keyed by the input field at fault ("node", "scan"): names, not data.
+        # What must never come back is the stored state of somebody's label or cell.
+        assert not (isinstance(body, dict) and body.get("current")), f"{where}: {body}"
+        return
+    for path, key, _ in _walk(body):
+        if key in FORBIDDEN_KEYS:
+            assert allow_answer and path[0] == "answer", f"{where} has key {'.'.join(path)}"
+
+
+def _schema_operations():
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            params = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            yield path, method.upper(), params
+
+
+def _fill(path: str, values: dict[str, list]) -> list[str]:
+    names = re.findall(r"{(\w+)}", path)
+    urls = [path]
+    for name in names:
+        urls = [u.replace("{" + name + "}", str(v), 1) for u in urls for v in values[name]]
+    return urls
+
+
+def _state():
+    return (
+        Cell.objects.count(),
+        Label.objects.count(),
+        LabelChange.objects.count(),
+        Round.objects.count(),
+        RoundItem.objects.count(),
+    )
+
+
+def test_every_api_endpoint_hides_scan_position_patient_and_labels(
+    blinded, scan, rater, annotator, second_annotator
+):
+    cells = [c.pk for c in blinded["cells"]]
+    labels = list(Label.objects.values_list("pk", flat=True))
+    gold_rounds = list(Round.objects.filter(kind="gold").values_list("pk", flat=True))
+    others = [blinded["bert"].pk, *gold_rounds]
+    mine = [blinded["rita"].pk, blinded["repeat"].pk]
+    tokens = list(blinded["bert"].items.values_list("token", flat=True)[:2]) + list(
+        blinded["repeat"].items.values_list("token", flat=True)[:2]
+    )
+    values = {
+        "id": [*cells[:3], scan.pk, *labels[:3], *others, *mine, scan.studies.first().pk],
+        "scan_id": [scan.pk],
+        "cell_id": cells[:3],
+        "level": [0, 12],
+        "col": [0],
+        "row": [0],
+        "round_id": others + mine,
+        "position": [1],
+        "token": tokens,
+        "format": ["json"],
+    }
+    query_values = {
+        "scan": scan.pk,
+        "cell": cells[0],
+        "round": others[0],
+        "study": "munich",
+    }
+    client = _logged_in(rater)
+    before = _state()
+    tried = 0
+    for path, method, params in _schema_operations():
+        for url in _fill(path, values):
+            where = f"{method} {url}"
+            if method == "GET":
+                queries = [{}] + [
+                    {name: query_values[name]} for name in params if name in query_values
+                ]
+                for query in queries:
+                    response = client.get(url, query)
+                    own_answer = url.startswith("/api/v1/queue/")  # her answer, same round
+                    _assert_clean(response, scan, f"{where} {query}", allow_answer=own_answer)
+                    tried += 1
+                continue
+            for body in WRITE_BODIES:
+                response = client.generic(
+                    method, url, json.dumps(body), content_type="application/json"
+                )
+                _assert_clean(response, scan, f"{where} {body}")
+                assert response.status_code >= 400, f"{where} {body} was accepted"
+                tried += 1
+    assert tried > 150
+    assert _state() == before, "a request of the blinded rater changed something"
+
+
+def test_lists_show_none_of_the_study_cells_scans_or_labels(blinded, scan, rater):
+    client = _logged_in(rater)
+    assert client.get("/api/v1/cells/").json()["results"] == []
+    assert client.get("/api/v1/scans/").json()["results"] == []
+    assert client.get("/api/v1/labels/").json()["results"] == []
+    rounds_seen = client.get("/api/v1/rounds/").json()["results"]
+    assert {r["name"] for r in rounds_seen} == {
+        "r1",
+        blinded["repeat"].name,
+        annotation.gold_round_for(blinded["rita"].study, rater).name,
+    }
+    for row in rounds_seen:
+        assert not {"reference", "seed", "design"} & set(row), row
+
+
+def test_hidden_things_read_exactly_like_missing_ones(blinded, scan, rater):
+    client = _logged_in(rater)
+    cell = blinded["cells"][0].pk
+    for template in (
+        "/api/v1/cells/{}/",
+        "/api/v1/cells/{}/patch.png",
+        "/api/v1/scans/{}/",
+        "/api/v1/scans/{}/tiles/scan.dzi",
+        "/api/v1/scans/{}/tiles/scan_files/0/0_0.jpeg",
+    ):
+        real = cell if "cells" in template else scan.pk
+        hidden = client.get(template.format(real))
+        missing = client.get(template.format(987654))
+        assert hidden.status_code == missing.status_code == 404, template
+        assert hidden.content.replace(str(real).encode(), b"N") == missing.content.replace(
+            b"987654", b"N"
+        ), template
+
+
+def test_the_queue_gives_tokens_patches_and_only_the_raters_own_answer(blinded, scan, rater):
+    client = _logged_in(rater)
+    round_ = blinded["rita"]
+    state = client.get(f"/api/v1/queue/{round_.pk}/").json()
+    assert state["done"] == 5 and state["total"] == round_.items.count()
+    assert state["first_unanswered"] == 6
+
+    first = client.get(f"/api/v1/queue/{round_.pk}/items/1/")
+    _assert_clean(first, scan, "item 1", allow_answer=True)
+    body = first.json()
+    assert set(body) == {"token", "position", "total", "done", "answer", "next_unanswered", "patch"}
+    assert body["answer"] == {"node": "MON", "cannot_classify": False}
+    assert body["patch"] == f"/api/v1/queue/items/{body['token']}/patch.png"
+
+    patch = client.get(body["patch"])
+    _assert_clean(patch, scan, "patch")
+    assert patch["Content-Type"] == "image/png" and "ETag" not in patch
+    image = Image.open(io.BytesIO(patch.content))
+    assert image.size == (400, 400)
+    assert not image.info or set(image.info) <= {"dpi"}, image.info
+    assert b"tEXt" not in patch.content and b"eXIf" not in patch.content
+
+    saved = client.put(
+        f"/api/v1/queue/items/{body['token']}/answer/",
+        {"node": "NGS", "seconds_spent": 2.5},
+        format="json",
+    )
+    assert saved.status_code == 200 and saved.json()["answer"]["node"] == "NGS"
+    item = RoundItem.objects.get(token=body["token"])
+    label = Label.objects.get(cell=item.cell, round=round_)
+    assert label.node.code == "NGS" and label.seconds_spent == 2.5
+    assert LabelChange.objects.filter(cell_ref=item.cell_id, round=round_).count() == 2
+
+
+def test_answer_errors_name_the_problem_and_nothing_else(blinded, scan, rater):
+    client = _logged_in(rater)
+    token = blinded["rita"].items.order_by("position").last().token
+    url = f"/api/v1/queue/items/{token}/answer/"
+    cases = [
+        ({"node": "NOPE"}, "Unknown taxon code 'NOPE'"),
+        ({"node": "MYO"}, "not a leaf"),
+        ({}, "Give a node code"),
+        ({"node": "NGS", "cannot_classify": True}, "not both"),
+        ({"node": "NGS", "seconds_spent": -1}, "greater than or equal to 0"),
+    ]
+    for payload, message in cases:
+        response = client.put(url, payload, format="json")
+        assert response.status_code == 400, payload
+        assert message in response.content.decode(), (payload, response.json())
+        _assert_clean(response, scan, str(payload))
+    other = blinded["bert"].items.first().token
+    stolen = client.put(f"/api/v1/queue/items/{other}/answer/", {"node": "NGS"}, format="json")
+    assert stolen.status_code == 404
+    assert not Label.objects.filter(round=blinded["bert"], node__code="NGS").exists()
+
+
+def test_the_repeat_is_closed_before_its_date_and_shows_no_earlier_answer(blinded, scan, rater):
+    client = _logged_in(rater)
+    repeat, original = blinded["repeat"], blinded["rita"]
+    for url in (
+        f"/api/v1/queue/{repeat.pk}/",
+        f"/api/v1/queue/{repeat.pk}/items/1/",
+        f"/api/v1/queue/items/{repeat.items.first().token}/patch.png",
+    ):
+        response = client.get(url)
+        assert response.status_code == 403 and "opens on" in response.json()["detail"], url
+    token = repeat.items.first().token
+    early = client.put(f"/api/v1/queue/items/{token}/answer/", {"node": "NGS"}, format="json")
+    assert early.status_code == 403
+    assert not Label.objects.filter(round=repeat).exists()
+    listed = {r["id"]: r for r in client.get("/api/v1/queue/").json()}
+    assert listed[repeat.pk]["status"] == "waiting" and listed[original.pk]["status"] == "open"
+
+    Round.objects.filter(pk=repeat.pk).update(not_before=timezone.now() - timedelta(minutes=1))
+    answered_cells = {item.cell_id for item in blinded["answered"]}
+    for position in range(1, repeat.items.count() + 1):
+        item = client.get(f"/api/v1/queue/{repeat.pk}/items/{position}/").json()
+        assert item["answer"] is None, "the repeat shows an answer before any was given"
+    assert answered_cells  # the original round had answers for these cells
+    closed = client.get(f"/api/v1/queue/{original.pk}/items/1/")
+    assert closed.status_code == 403 and "closed when its repeat opened" in closed.json()["detail"]
+    listed = {r["id"]: r for r in client.get("/api/v1/queue/").json()}
+    assert listed[original.pk]["status"] == "closed" and listed[repeat.pk]["status"] == "open"
+
+
+def test_pages_show_the_rater_nothing_of_the_scan(blinded, scan, rater):
+    browser = Client()
+    browser.force_login(rater)
+    home = browser.get("/")
+    assert home.status_code == 200
+    _assert_clean(home, scan, "home page")
+    assert b"Your blinded rounds" in home.content
+    assert browser.get(f"/studies/munich/scans/{scan.pk}/").status_code == 404
+    assert browser.get("/studies/munich/rounds/").status_code == 403
+    assert browser.get("/studies/munich/agreement/").status_code == 403
+    queue = browser.get(f"/queue/{blinded['rita'].pk}/")
+    assert queue.status_code == 200
+    _assert_clean(queue, scan, "queue page")
+    waiting = browser.get(f"/queue/{blinded['repeat'].pk}/")
+    assert b"opens on" in waiting.content
+    assert browser.get(f"/queue/{blinded['bert'].pk}/").status_code == 404
