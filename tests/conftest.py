@@ -144,3 +144,48 @@ def gold_cells(study, scan, annotator, planted):
         annotation.set_label(cell, gold, annotator, node=spot["code"])
         cells.append(cell)
     return cells
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+
+
+@pytest.fixture
+def chromium_browser(monkeypatch):
+    """Debian's headless Chromium through Playwright. Playwright's event loop shares the thread
+    with the test's ORM calls, which Django allows only when told (they never run inside it)."""
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+def new_page(browser, width: int = 1400, height: int = 900):
+    """A page in a fresh context (its own cookies), and a list collecting its script errors."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    return page, problems
+
+
+def log_in(page, base_url: str, username: str, password: str = "pass-word-123") -> None:
+    page.goto(base_url + "/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(base_url + "/")

@@ -6,7 +6,6 @@ with its class's hotkey, reloads, and finds the five labels with the right class
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,39 +13,15 @@ from django.conf import settings
 
 from annotator.models import Cell, Label, LabelChange, TaxonNode
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
+from .conftest import log_in, new_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def chromium(monkeypatch, tmp_path):
-    """A headless Chromium page; Playwright's event loop shares the thread with the ORM calls
-    of the test, which Django allows only when told (the calls never run inside the loop)."""
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
-        )
-        context = browser.new_context(viewport={"width": 1400, "height": 900})
-        page = context.new_page()
-        problems: list[str] = []
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        yield page, problems
-        context.close()
-        browser.close()
+def chromium(chromium_browser):
+    """A page of its own, and the script errors it reports."""
+    return new_page(chromium_browser)
 
 
 def _screen_point(page, x: int, y: int) -> dict:
@@ -124,11 +99,7 @@ def test_annotator_clicks_and_labels_five_planted_cells_by_keyboard_and_finds_th
 
 
 def _log_in_and_open(page, live_server, scan) -> None:
-    page.goto(live_server.url + "/login/")
-    page.fill("input[name=username]", "anna")
-    page.fill("input[name=password]", "pass-word-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(live_server.url + "/")
+    log_in(page, live_server.url, "anna")
     page.click(f"text={scan.original_name}")
     page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30000)
 
