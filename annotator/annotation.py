@@ -82,6 +82,11 @@ def delete_cell(cell: Cell, user, expected_version: int | None) -> None:
     cell = Cell.objects.select_for_update().select_related("study").get(pk=cell.pk)
     require_role(user, cell.study, ANNOTATING_ROLES, "delete cells")
     _check_version(cell, expected_version, "cell")
+    queued = cell.round_items.count()
+    if queued:
+        raise DomainError(
+            f"Cell {cell.pk} is in {queued} blinded round(s); it cannot be deleted.", field="cell"
+        )
     others = cell.labels.exclude(round__rater=user)
     if others.exists():
         raise DomainError(

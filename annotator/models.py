@@ -320,14 +320,15 @@ class Round(models.Model):
     not_before = models.DateTimeField(
         null=True, blank=True, help_text="The rater may not open the round before this time."
     )
+    # A repeat means nothing without the round it repeats; the reference is only a default.
     repeats = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="repeated_by"
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="repeated_by"
     )
     reference = models.ForeignKey(
         "self",
         null=True,
         blank=True,
-        on_delete=models.PROTECT,
+        on_delete=models.SET_NULL,
         related_name="+",
         help_text="The gold round the sample was drawn from; the default partner in reports.",
     )
@@ -373,7 +374,7 @@ class RoundItem(models.Model):
     """
 
     round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="items")
-    cell = models.ForeignKey(Cell, on_delete=models.PROTECT, related_name="round_items")
+    cell = models.ForeignKey(Cell, on_delete=models.CASCADE, related_name="round_items")
     position = models.PositiveIntegerField(help_text="1-based place in the rater's order.")
     token = models.CharField(max_length=43, unique=True)
 

@@ -190,3 +190,13 @@ def test_round_api_refuses_annotators_and_bad_dates(api_as, study, gold_cells, r
         f"/api/v1/rounds/{made.pk}/repeat/", {"not_before": "next spring"}, format="json"
     )
     assert bad.status_code == 400 and "not_before" in bad.json()
+
+
+def test_a_cell_in_a_blinded_round_cannot_be_deleted(
+    study, gold_cells, rater, coordinator, annotator
+):
+    round_ = rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1)
+    cell = round_.items.first().cell
+    with pytest.raises(DomainError, match="is in 1 blinded round"):
+        annotation.delete_cell(cell, annotator, expected_version=None)
+    assert round_.items.count() == len(gold_cells)

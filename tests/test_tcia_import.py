@@ -34,14 +34,8 @@ def first_import(django_db_setup, django_db_blocker):
         had_taxonomy = Taxonomy.objects.filter(name="aml-18").exists()
         report = import_tcia_aml(ANNOTATIONS, "tcia-aml")
         yield report
-        study = report.study
-        raters = [r.rater_id for r in study.rounds.all()]
-        RoundItem.objects.filter(round__study=study).delete()
-        LabelChange.objects.filter(round__study=study).delete()
-        Label.objects.filter(round__study=study).delete()
-        for round_ in study.rounds.order_by("-id"):  # a repeat before the round it repeats
-            round_.delete()
-        study.delete()
+        raters = [r.rater_id for r in report.study.rounds.all()]
+        report.study.delete()
         get_user_model().objects.filter(pk__in=raters).delete()
         if not had_taxonomy:
             Taxonomy.objects.filter(name="aml-18").delete()

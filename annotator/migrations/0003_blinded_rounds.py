@@ -36,7 +36,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='round',
             name='reference',
-            field=models.ForeignKey(blank=True, help_text='The gold round the sample was drawn from; the default partner in reports.', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='annotator.round'),
+            field=models.ForeignKey(blank=True, help_text='The gold round the sample was drawn from; the default partner in reports.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='annotator.round'),
         ),
         migrations.AddField(
             model_name='round',
@@ -54,7 +54,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='rounditem',
             name='cell',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='round_items', to='annotator.cell'),
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='round_items', to='annotator.cell'),
         ),
         migrations.AddField(
             model_name='rounditem',
@@ -72,5 +72,10 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name='rounditem',
             constraint=models.CheckConstraint(condition=models.Q(('position__gte', 1)), name='round_item_position_gte_1'),
+        ),
+        migrations.AlterField(
+            model_name='round',
+            name='repeats',
+            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='repeated_by', to='annotator.round'),
         ),
     ]
