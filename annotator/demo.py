@@ -1,5 +1,7 @@
 """The demo study that `make run` seeds: shipped taxonomies, three synthetic scans, one user per
-role. Safe to run again: everything is looked up before it is made."""
+role, a blinded rater, and a gold round in which an examiner (who cannot log in) labelled every
+planted cell, so that a coordinator can try a blinded round and the agreement report at once.
+Safe to run again: everything is looked up before it is made."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from .models import Membership, Study
+from .annotation import gold_round_for, set_label
+from .models import Cell, Membership, Study
 from .scans import ingest_scan
 from .synthetic import make_synthetic_scans
 from .taxonomy import latest_version, load_shipped_taxonomies
@@ -23,7 +26,9 @@ DEMO_ROLES = {
     "coordinator": Membership.Role.COORDINATOR,
     "annotator": Membership.Role.ANNOTATOR,
     "datascientist": Membership.Role.DATA_SCIENTIST,
+    "rater": Membership.Role.ANNOTATOR,  # for blinded rounds: labels nothing with the scan in view
 }
+DEMO_EXAMINER = "examiner"
 DEMO_PATIENTS = [("DEMO-AML-01", "AML"), ("DEMO-AML-02", "AML"), ("DEMO-CTRL-01", "control")]
 
 
@@ -59,12 +64,36 @@ def seed_demo(
         scan_dir, count=scan_count, cells=cells, seed=seed, width=scan_size, height=scan_size
     )
     admin = get_user_model().objects.get(username="admin")
+    scans = []
     for index, manifest in enumerate(manifests):
         code, cohort = DEMO_PATIENTS[index % len(DEMO_PATIENTS)]
-        ingest_scan(
+        result = ingest_scan(
             scan_dir / manifest["file"], study=study, patient_code=code, cohort=cohort, user=admin
         )
+        scans.append((result.scan, manifest))
+    _seed_gold_round(study, scans)
     return study, logins
+
+
+@transaction.atomic
+def _seed_gold_round(study: Study, scans) -> None:
+    """The examiner's gold labels of every planted cell (once: a labelled round is kept)."""
+    examiner, created = get_user_model().objects.get_or_create(
+        username=DEMO_EXAMINER, defaults={"first_name": "Gold examiner", "is_active": False}
+    )
+    if created:
+        examiner.set_unusable_password()
+        examiner.save(update_fields=["password"])
+    Membership.objects.get_or_create(study=study, user=examiner, role=Membership.Role.ANNOTATOR)
+    gold = gold_round_for(study, examiner)
+    if gold.labels.exists():
+        return
+    for scan, manifest in scans:
+        for spot in manifest["cells"]:
+            cell = Cell.objects.create(
+                study=study, scan=scan, x=spot["x"], y=spot["y"], created_by=examiner
+            )
+            set_label(cell, gold, examiner, node=spot["code"], seconds_spent=4.0)
 
 
 @transaction.atomic

@@ -5,10 +5,10 @@ import shutil
 from io import StringIO
 
 import pytest
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 
-from annotator.models import Membership, Scan, Study
+from annotator.models import Cell, Label, Membership, Round, Scan, Study
 
 
 @pytest.fixture
@@ -32,7 +32,12 @@ def test_seed_demo_makes_a_usable_study_and_a_second_run_reuses_it(db, demo_var)
         "coordinator": "coordinator",
         "annotator": "annotator",
         "datascientist": "data_scientist",
+        "rater": "annotator",
+        "examiner": "annotator",
     }
+    gold = Round.objects.get(study=study, rater__username="examiner", kind="gold")
+    assert gold.labels.count() == Cell.objects.filter(study=study).count() == 2 * 18
+    assert not get_user_model().objects.get(username="examiner").has_usable_password()
     logins = json.loads((demo_var / "demo-logins.json").read_text())
     for username, password in logins.items():
         assert f"{username}" in out.getvalue() and password in out.getvalue()
@@ -41,5 +46,6 @@ def test_seed_demo_makes_a_usable_study_and_a_second_run_reuses_it(db, demo_var)
     again = StringIO()
     call_command("seed_demo", scans=2, size=2048, cells=18, stdout=again)
     assert Scan.objects.count() == 2 and Study.objects.count() == 1
+    assert Label.objects.count() == 2 * 18
     assert json.loads((demo_var / "demo-logins.json").read_text()) == logins
     assert all(password in again.getvalue() for password in logins.values())
