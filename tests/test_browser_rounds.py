@@ -23,12 +23,20 @@ from .conftest import log_in, new_page
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _answer_all(page, hotkeys: list[str]) -> None:
+def _wait_for_patch(page, round_) -> None:
+    """Until the patch on screen is the one of the item whose caption is shown."""
+    page.wait_for_function("document.body.dataset.imageShown === 'true'", timeout=15000)
+    position = int(page.evaluate("document.body.dataset.position"))
+    token = round_.items.get(position=position).token
+    assert page.evaluate("document.getElementById('patch').src").endswith(f"/{token}/patch.png")
+
+
+def _answer_all(page, round_, hotkeys: list[str]) -> None:
     """Answer every item of the open queue: hotkeys in turn, 'x' (cannot classify) for one."""
     page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20000)
     total = int(page.locator("#progress").get_attribute("max"))
     for index in range(total):
-        page.wait_for_function("document.getElementById('patch').complete")
+        _wait_for_patch(page, round_)
         key = "x" if index == 1 else hotkeys[index % len(hotkeys)]
         before = page.locator("#progress").get_attribute("value")
         page.keyboard.press(key)
@@ -71,13 +79,14 @@ def test_a_blinded_round_and_its_repeat_end_to_end(
     log_in(rita, live_server.url, "rita")
     assert "smear_" not in rita.content()
     rita.click("text=rita-blinded")
-    _answer_all(rita, hotkeys)
+    _answer_all(rita, round_, hotkeys)
     assert Label.objects.filter(round=round_).count() == total
     assert Label.objects.filter(round=round_, cannot_classify=True).count() == 1
 
     # Back goes to the previous cell and shows her answer there; a new key changes it.
     rita.keyboard.press("ArrowLeft")
     rita.wait_for_function(f"document.body.dataset.position === '{total - 1}'")
+    _wait_for_patch(rita, round_)
     assert rita.inner_text("#current-answer").startswith("Your answer:")
     changed_to = TaxonNode.objects.get(taxonomy=study.taxonomy, hotkey=hotkeys[-1]).code
     rita.keyboard.press(hotkeys[-1])
@@ -115,7 +124,7 @@ def test_a_blinded_round_and_its_repeat_end_to_end(
     rita.click(f"text={repeat.name}")
     rita.wait_for_function("document.body.dataset.ready === 'true'")
     assert rita.inner_text("#current-answer") == ""
-    _answer_all(rita, hotkeys)
+    _answer_all(rita, repeat, hotkeys)
     assert Label.objects.filter(round=repeat).count() == total
     rita.goto(f"{live_server.url}/queue/{round_.pk}/")
     assert "closed when its repeat opened" in rita.inner_text("p.closed")

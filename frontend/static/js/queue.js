@@ -5,13 +5,36 @@
 
   const config = JSON.parse(document.getElementById("queue-config").textContent);
   const csrfToken = document.querySelector("[name=csrfmiddlewaretoken]").value;
-  const leaves = config.taxonomy.nodes.filter((node) => node.leaf);
+  // Leaves in the tree's order (depth first), so each branch's classes stand together.
+  const leaves = (function treeOrder() {
+    const children = new Map();
+    for (const node of config.taxonomy.nodes) {
+      if (!children.has(node.parent)) children.set(node.parent, []);
+      children.get(node.parent).push(node);
+    }
+    const ordered = [];
+    const visit = (node) => {
+      if (node.leaf) ordered.push(node);
+      for (const child of children.get(node.code) || []) visit(child);
+    };
+    for (const root of children.get(null) || []) visit(root);
+    return ordered;
+  })();
   const byHotkey = new Map(leaves.filter((n) => n.hotkey).map((n) => [n.hotkey.toLowerCase(), n]));
   const $ = (id) => document.getElementById(id);
 
   let item = null;
   let shownAt = performance.now();
   let busy = false;
+  let imageShown = false; // answers wait until this item's own patch is on the screen
+
+  $("patch").addEventListener("load", () => {
+    $("patch").style.visibility = "visible";
+    imageShown = true;
+    shownAt = performance.now();
+    document.body.dataset.imageShown = "true";
+  });
+  $("patch").addEventListener("error", () => setStatus("The image could not be loaded.", true));
 
   function setStatus(text, isError) {
     $("status").textContent = text;
@@ -62,9 +85,15 @@
   }
 
   function show(next) {
+    const newImage = !item || item.patch !== next.patch;
     item = next;
-    shownAt = performance.now();
-    $("patch").src = item.patch;
+    if (newImage) {
+      // Never show the previous cell's patch under the next cell's caption.
+      imageShown = false;
+      document.body.dataset.imageShown = "false";
+      $("patch").style.visibility = "hidden";
+      $("patch").src = item.patch;
+    }
     $("position").textContent = `Cell ${item.position} of ${item.total}`;
     $("progress").max = item.total;
     $("progress").value = item.done;
@@ -95,6 +124,10 @@
 
   async function answer(choice) {
     if (!item || busy) return;
+    if (!imageShown) {
+      setStatus("The image is still loading.");
+      return;
+    }
     busy = true;
     const seconds = (performance.now() - shownAt) / 1000;
     const body = { node: null, cannot_classify: false, seconds_spent: seconds, ...choice };
