@@ -5,105 +5,34 @@ a moment later, written by the worker."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import openslide
 import pytest
-from django.conf import settings
 from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.test import Client
 from PIL import Image
 
 from annotator.models import Cell
-from config.celery import app
 
 from .conftest import client_for
+from .workers import celery_worker
 
 pytestmark = [pytest.mark.celery, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parents[1]
 QUEUES = ("tiles", "default")
-
-
-def database_url() -> str:
-    """The URL of the database the tests run against (pytest-django's test database)."""
-    db = settings.DATABASES["default"]
-    credentials = quote(db["USER"] or "", safe="")
-    if db.get("PASSWORD"):
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    return f"postgres://{credentials}@{host}:{port}/{db['NAME']}"
-
-
-def purge_queues() -> None:
-    """Drop tasks an earlier run may have left in the broker."""
-    with app.connection_for_write() as connection:
-        channel = connection.default_channel
-        for queue in QUEUES:
-            channel.queue_purge(queue)
 
 
 @pytest.fixture(scope="module")
 def worker(django_db_setup, tmp_path_factory):
     """A Celery worker on the tests' database, Redis and a media folder of its own; its log."""
     media = tmp_path_factory.mktemp("worker-media")
-    log = media.parent / "worker.log"
-    purge_queues()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "DATABASE_URL": database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "MEDIA_ROOT": str(media),
-        "PATCH_BATCH_DELAY": "1",
-    }
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--pool=solo",
-                f"--queues={','.join(QUEUES)}",
-                f"--hostname=patch-test-{os.getpid()}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "info",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while " ready." not in log.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"The Celery worker did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)
+    with celery_worker(QUEUES, media, {"PATCH_BATCH_DELAY": "1"}) as log:
         yield media, log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

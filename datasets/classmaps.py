@@ -1,0 +1,239 @@
+"""Class maps: count the labelled cells per taxonomy node, propose which nodes to merge, save.
+
+The proposal follows the original study's rule: a leaf with fewer than `threshold` cells (10
+there) is merged into its parent, i.e. the parent is collapsed into one class; a collapsed node
+that still holds fewer than the threshold is merged into its own parent in turn, up to (never
+including) the root. On the public AML counts this collapses MYO and PMO and gives the 15
+classes of the release.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from django.db import transaction
+
+from annotator.errors import DomainError
+from annotator.models import Label, Round, Study, TaxonNode
+
+from .models import ClassMap
+
+DEFAULT_THRESHOLD = 10
+
+
+@dataclass
+class TreeNode:
+    code: str
+    name: str
+    parent: str | None
+    leaf: bool
+    depth: int
+    direct: int = 0  # cells labelled with this node itself
+    total: int = 0  # cells labelled with it or any node below it
+    children: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Proposal:
+    """The tree with counts, the collapsed nodes and the classes they give."""
+
+    tree: list[TreeNode]  # depth-first order
+    collapsed: list[str]
+    classes: list[dict]  # [{code, name, nodes, cells}]
+    threshold: int
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "collapsed": self.collapsed,
+            "classes": self.classes,
+            "notes": self.notes,
+            "tree": [node.__dict__ for node in self.tree],
+        }
+
+
+def label_counts(study: Study, round_: Round | None = None) -> Counter:
+    """Cells per node code in the label source (the gold round with most labels by default);
+    "cannot classify" is not a class and is left out."""
+    round_ = round_ or gold_source(study)
+    labels = Label.objects.filter(round=round_, cannot_classify=False)
+    return Counter(labels.values_list("node__code", flat=True))
+
+
+def gold_source(study: Study) -> Round:
+    """The study's gold round with the most labels: the default label source."""
+    from django.db.models import Count
+
+    gold = (
+        study.rounds.filter(kind=Round.Kind.GOLD)
+        .annotate(labelled=Count("labels"))
+        .order_by("-labelled", "id")
+        .first()
+    )
+    if gold is None:
+        raise DomainError(f"Study {study.name} has no gold round yet.", field="source")
+    return gold
+
+
+def build_tree(study: Study, counts: Counter) -> dict[str, TreeNode]:
+    """The study's taxonomy as TreeNodes in depth-first order, with direct and subtree counts."""
+    nodes = list(TaxonNode.objects.filter(taxonomy=study.taxonomy_id).order_by("order", "id"))
+    by_id = {node.pk: node for node in nodes}
+    children: dict[int | None, list[TaxonNode]] = {}
+    for node in nodes:
+        children.setdefault(node.parent_id, []).append(node)
+    tree: dict[str, TreeNode] = {}
+
+    def visit(node: TaxonNode, depth: int) -> int:
+        parent = by_id.get(node.parent_id)
+        item = TreeNode(node.code, node.name, parent.code if parent else None, node.is_leaf, depth)
+        item.direct = counts.get(node.code, 0)
+        tree[node.code] = item
+        item.children = [child.code for child in children.get(node.pk, [])]
+        item.total = item.direct + sum(visit(c, depth + 1) for c in children.get(node.pk, []))
+        return item.total
+
+    for root in children.get(None, []):
+        visit(root, 0)
+    return tree
+
+
+def _ancestors(tree: dict[str, TreeNode], code: str) -> list[str]:
+    chain, current = [], tree[code].parent
+    while current is not None:
+        chain.append(current)
+        current = tree[current].parent
+    return chain
+
+
+def _propose_collapsed(tree: dict[str, TreeNode], threshold: int) -> tuple[set[str], list[str]]:
+    collapsed: set[str] = set()
+    notes: list[str] = []
+    pending = [code for code, node in tree.items() if node.leaf and node.total < threshold]
+    while pending:
+        code = pending.pop()
+        parent = tree[code].parent
+        if parent is None or tree[parent].parent is None:
+            notes.append(
+                f"{code} has {tree[code].total} cells (under {threshold}) but its parent is the "
+                "root; it stays a class of its own."
+            )
+            continue
+        if parent not in collapsed:
+            collapsed.add(parent)
+            if tree[parent].total < threshold:
+                pending.append(parent)
+    # A node inside a collapsed one is merged anyway: keep only the outermost.
+    outermost = {c for c in collapsed if not set(_ancestors(tree, c)) & collapsed}
+    return outermost, notes
+
+
+def classes_for(tree: dict[str, TreeNode], collapsed: set[str]) -> list[dict]:
+    """The classes a set of collapsed nodes gives, in tree order: each collapsed node, each leaf
+    outside them, and each internal node outside them that cells were labelled with directly."""
+    classes = []
+    for code, node in tree.items():
+        above = set(_ancestors(tree, code))
+        if above & collapsed:
+            continue
+        if code in collapsed:
+            members = [code, *_descendants(tree, code)]
+            classes.append(_class(node, members, node.total))
+        elif node.leaf or node.direct:
+            classes.append(_class(node, [code], node.direct))
+    return classes
+
+
+def _class(node: TreeNode, members: list[str], cells: int) -> dict:
+    return {"code": node.code, "name": node.name, "nodes": members, "cells": cells}
+
+
+def _descendants(tree: dict[str, TreeNode], code: str) -> list[str]:
+    found, pending = [], list(tree[code].children)
+    while pending:
+        current = pending.pop(0)
+        found.append(current)
+        pending.extend(tree[current].children)
+    return found
+
+
+def propose(
+    study: Study,
+    *,
+    threshold: int = DEFAULT_THRESHOLD,
+    collapse: list[str] | tuple[str, ...] = (),
+    expand: list[str] | tuple[str, ...] = (),
+    source: Round | None = None,
+) -> Proposal:
+    """The rule's proposal, adjusted by hand: `collapse` merges more nodes, `expand` undoes
+    the merge of a proposed node."""
+    if threshold < 0:
+        raise DomainError("threshold cannot be negative.", field="threshold")
+    tree = build_tree(study, label_counts(study, source))
+    unknown = sorted((set(collapse) | set(expand)) - set(tree))
+    if unknown:
+        raise DomainError(f"Unknown node(s) {', '.join(unknown)} in {study.taxonomy}.", "collapse")
+    leaves = sorted(code for code in collapse if tree[code].leaf)
+    if leaves:
+        raise DomainError(f"{', '.join(leaves)}: a leaf cannot be collapsed.", field="collapse")
+    roots = sorted(code for code in collapse if tree[code].parent is None)
+    if roots:
+        raise DomainError(f"{roots[0]} is the root: collapsing it makes one class.", "collapse")
+    proposed, notes = _propose_collapsed(tree, threshold)
+    chosen = (proposed | set(collapse)) - set(expand)
+    chosen = {c for c in chosen if not set(_ancestors(tree, c)) & chosen}
+    order = list(tree)
+    collapsed = sorted(chosen, key=order.index)
+    for node in expand:
+        if node in proposed:
+            notes.append(f"{node} expanded by hand: its leaves stay separate classes.")
+    return Proposal(
+        list(tree.values()), collapsed, classes_for(tree, set(collapsed)), threshold, notes
+    )
+
+
+@transaction.atomic
+def save_class_map(
+    study: Study, name: str, proposal: Proposal, user, notes: str = ""
+) -> tuple[ClassMap, bool]:
+    """Store the proposal as the next version of the named map; an unchanged map is found, not
+    stored again. Returns (map, created)."""
+    if not name:
+        raise DomainError("A class map needs a name.", field="name")
+    latest = (
+        ClassMap.objects.select_for_update()
+        .filter(study=study, name=name)
+        .order_by("-version")
+        .first()
+    )
+    classes = [{k: c[k] for k in ("code", "name", "nodes")} for c in proposal.classes]
+    if latest and latest.collapsed == proposal.collapsed and latest.classes == classes:
+        return latest, False
+    made = ClassMap.objects.create(
+        study=study,
+        taxonomy=study.taxonomy,
+        name=name,
+        version=(latest.version + 1) if latest else 1,
+        collapsed=proposal.collapsed,
+        classes=classes,
+        threshold=proposal.threshold,
+        notes=notes,
+        created_by=user,
+    )
+    return made, True
+
+
+def find_class_map(study: Study, reference: str) -> ClassMap:
+    """A map by `NAME` (its latest version) or `NAME@VERSION`."""
+    name, _, version = reference.partition("@")
+    maps = ClassMap.objects.filter(study=study, name=name)
+    if version:
+        if not version.isdigit():
+            raise DomainError(f"Version {version!r} of class map {name} is not a number.")
+        maps = maps.filter(version=int(version))
+    found = maps.order_by("-version").first()
+    if found is None:
+        raise DomainError(f"No class map {reference!r} in study {study.name}.", field="classmap")
+    return found

@@ -1,0 +1,229 @@
+"""Exports of a split: one zip in storage, written by a background task, visible only whole.
+
+    imagefolder   fold_K/CLASS/CELL.png (K: 0..k-1, or train/validation/test) + manifest.csv
+                  + dataset.json
+    csv           manifest.csv: cell_id,patient,scan,class,fold,patch (patch: the image's name
+                  in media storage)
+    json          dataset.json: taxonomy version, class map, data set and split with their
+                  hashes, strategy, parameters, seed, counts per fold and class
+
+The zip is built in a temporary file and only then put into storage (on local disk: renamed
+into place), and the export row names the file only after that; a failed export is marked
+failed with its error and leaves no file. `datasets.torch.ExportDataset` reads imagefolder
+exports.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+from PIL import Image
+
+from annotator import patches
+from annotator.errors import DomainError
+from annotator.models import Cell
+
+from .models import Export, Split
+
+MANIFEST_COLUMNS = ["cell_id", "patient", "scan", "class", "fold", "patch"]
+PROGRESS_EVERY = 50
+
+
+def fold_folder(fold) -> str:
+    return f"fold_{fold}"
+
+
+def describe(split: Split) -> dict:
+    """dataset.json: what is needed to reproduce and cite the export."""
+    dataset = split.dataset
+    class_map = dataset.class_map
+    taxonomy = dataset.study.taxonomy
+    return {
+        "format": "cytomark-export-1",
+        "study": dataset.study.name,
+        "taxonomy": {
+            "name": taxonomy.name,
+            "version": taxonomy.version,
+            "sha256": taxonomy.source_sha256,
+        },
+        "class_map": (
+            {
+                "name": class_map.name,
+                "version": class_map.version,
+                "collapsed": class_map.collapsed,
+                "classes": class_map.classes,
+            }
+            if class_map
+            else None
+        ),
+        "classes": dataset.classes,
+        "dataset": {
+            "name": dataset.name,
+            "version": dataset.version,
+            "sha256": dataset.sha256,
+            "source": dataset.source,
+            "filters": dataset.filters,
+            "cells": len(dataset.manifest),
+            "counts": dataset.counts,
+        },
+        "split": {
+            "id": split.pk,
+            "strategy": split.strategy,
+            **split.params,
+            "seed": split.seed,
+            "sha256": split.sha256,
+            "fold_counts": split.fold_counts,
+            "warnings": split.warnings,
+            "patient_check": split.patient_check,
+        },
+    }
+
+
+def manifest_rows(split: Split, patch_of: Callable[[list, object], str]) -> list[list]:
+    return [
+        [*row, fold, patch_of(row, fold)]
+        for row, fold in zip(split.dataset.manifest, split.folds, strict=True)
+    ]
+
+
+def manifest_csv(rows: list[list]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+    return out.getvalue().encode("utf-8")
+
+
+def image_name(row: list, fold) -> str:
+    return f"{fold_folder(fold)}/{row[3]}/{row[0]}.png"
+
+
+def _source_patch(cell: Cell) -> str:
+    if cell.scan_id is None and not cell.patch:
+        raise DomainError(
+            f"Cell {cell.pk} ({cell.external_id}) has no image: its label was imported without "
+            "the image files."
+        )
+    return patches.ensure_patch(cell).name
+
+
+def patch_png(name: str) -> bytes:
+    """The stored patch as PNG bytes: PNG files as they are, other formats re-encoded."""
+    with default_storage.open(name, "rb") as handle:
+        data = handle.read()
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return data
+    with Image.open(io.BytesIO(data)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, "PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def _storage_patch_names(split: Split) -> dict[int, str]:
+    cells = Cell.objects.filter(pk__in=[row[0] for row in split.dataset.manifest])
+    cells = cells.select_related("scan", "study")
+    return {cell.pk: _source_patch(cell) for cell in cells}
+
+
+def write_zip(export: Export, target: Path, progress: Callable[[int, int], None]) -> None:
+    """Write the export's zip to a local file."""
+    split = export.split
+    described = json.dumps(describe(split), indent=2).encode("utf-8")
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        if export.format == Export.Format.JSON:
+            archive.writestr("dataset.json", described)
+            progress(1, 1)
+            return
+        names = _storage_patch_names(split)
+        if export.format == Export.Format.CSV:
+            rows = manifest_rows(split, lambda row, fold: names[row[0]])
+            archive.writestr("manifest.csv", manifest_csv(rows))
+            archive.writestr("dataset.json", described)
+            progress(1, 1)
+            return
+        rows = manifest_rows(split, image_name)
+        total = len(rows)
+        for done, row in enumerate(rows, start=1):
+            # PNG is compressed already: store it as it is.
+            archive.writestr(row[5], patch_png(names[row[0]]), compress_type=zipfile.ZIP_STORED)
+            if done % PROGRESS_EVERY == 0 or done == total:
+                progress(done, total)
+        archive.writestr("manifest.csv", manifest_csv(rows))
+        archive.writestr("dataset.json", described)
+
+
+def store_atomically(name: str, local: Path) -> str:
+    """Put a finished local file into storage under `name`, whole or not at all."""
+    try:
+        target = Path(default_storage.path(name))
+    except NotImplementedError:
+        with local.open("rb") as handle:
+            return default_storage.save(name, File(handle))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    shutil.copyfile(local, partial)
+    os.replace(partial, target)
+    return name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def request_export(split: Split, export_format: str, user) -> Export:
+    """A queued export row; the caller starts the task once it is committed."""
+    if export_format not in Export.Format.values:
+        known = ", ".join(Export.Format.values)
+        raise DomainError(f"Unknown format {export_format!r}; use {known}.", field="format")
+    return Export.objects.create(split=split, format=export_format, created_by=user)
+
+
+def run_export(export_id: int) -> Export:
+    """Build the export's zip and publish it; failures are recorded on the row."""
+    export = Export.objects.select_related("split__dataset__study__taxonomy").get(pk=export_id)
+    if export.status == Export.Status.DONE:
+        return export
+    Export.objects.filter(pk=export.pk).update(status=Export.Status.RUNNING, error="")
+
+    def progress(done: int, total: int) -> None:
+        Export.objects.filter(pk=export.pk).update(done=done, total=total)
+
+    name = f"exports/{export.split.sha256[:16]}/{export.format}-{export.pk}.zip"
+    with tempfile.TemporaryDirectory(prefix="cytomark-export-") as folder:
+        local = Path(folder) / "export.zip"
+        try:
+            write_zip(export, local, progress)
+            stored = store_atomically(name, local)
+        except Exception as exc:  # recorded for the user; the task itself ends cleanly
+            Export.objects.filter(pk=export.pk).update(
+                status=Export.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+            )
+            export.refresh_from_db()
+            return export
+        with transaction.atomic():
+            Export.objects.filter(pk=export.pk).update(
+                status=Export.Status.DONE,
+                file=stored,
+                size_bytes=local.stat().st_size,
+                sha256=_sha256(local),
+                finished_at=timezone.now(),
+            )
+    export.refresh_from_db()
+    return export

@@ -1,0 +1,190 @@
+"""Tables of dataset curation: class maps, frozen data set versions, splits and exports.
+
+Class maps, versions and splits are immutable once written: `save()` refuses to update a stored
+row, and database triggers (migration 0002) refuse UPDATE statements too, so not even a bulk
+`update()` or a hand-written SQL statement can change what a citation points at. A change is
+always a new version.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ImmutableError(Exception):
+    """A stored class map, data set version or split was about to be changed."""
+
+
+class Immutable(models.Model):
+    """Rows that are written once and never updated."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding:
+            raise ImmutableError(
+                f"{self._meta.verbose_name} {self.pk} is frozen; make a new version instead."
+            )
+        super().save(*args, **kwargs)
+
+
+class ClassMap(Immutable):
+    """Which taxonomy nodes are merged into one training class (the rare-leaf merge)."""
+
+    study = models.ForeignKey(
+        "annotator.Study", on_delete=models.CASCADE, related_name="class_maps"
+    )
+    taxonomy = models.ForeignKey(
+        "annotator.Taxonomy", on_delete=models.PROTECT, related_name="class_maps"
+    )
+    name = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField()
+    collapsed = models.JSONField(help_text="Codes of the internal nodes merged into one class.")
+    classes = models.JSONField(
+        help_text="Ordered classes: [{code, name, nodes: [node codes mapped to it]}]."
+    )
+    threshold = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The cell threshold of the proposal it started from."
+    )
+    notes = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "name", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "name", "version"], name="class_map_name_version"
+            ),
+            models.CheckConstraint(condition=Q(version__gte=1), name="class_map_version_gte_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    def class_of(self) -> dict[str, str]:
+        """Node code -> class code, for every node that belongs to a class."""
+        return {node: item["code"] for item in self.classes for node in item["nodes"]}
+
+
+class DatasetVersion(Immutable):
+    """A frozen manifest of (cell, patient, scan, class), hashed, with its counts."""
+
+    study = models.ForeignKey("annotator.Study", on_delete=models.PROTECT, related_name="datasets")
+    name = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField()
+    source = models.CharField(max_length=200, help_text="The label source, e.g. a round name.")
+    source_round = models.ForeignKey(
+        "annotator.Round", null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    class_map = models.ForeignKey(
+        ClassMap, null=True, blank=True, on_delete=models.PROTECT, related_name="datasets"
+    )
+    filters = models.JSONField(default=dict, blank=True)
+    classes = models.JSONField(help_text="Class codes in their canonical order.")
+    manifest = models.JSONField(
+        help_text="Rows [cell_id, patient, scan, class] ordered by cell id."
+    )
+    counts = models.JSONField(help_text="Cells per class.")
+    sha256 = models.CharField(max_length=64)
+    notes = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "name", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "name", "version"], name="dataset_name_version"
+            ),
+            models.CheckConstraint(condition=Q(version__gte=1), name="dataset_version_gte_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class Split(Immutable):
+    """Fold assignment of a data set version by a named strategy and seed, hashed."""
+
+    class Strategy(models.TextChoices):
+        STRATIFIED_KFOLD = "stratified-kfold", "stratified k-fold (image-wise)"
+        PATIENT_KFOLD = "patient-kfold", "patient-wise stratified k-fold"
+        HOLDOUT = "holdout", "train / validation / test"
+
+    dataset = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="splits")
+    strategy = models.CharField(max_length=20, choices=Strategy.choices)
+    params = models.JSONField(help_text="k, or the fractions and whether grouped by patient.")
+    seed = models.BigIntegerField()
+    folds = models.JSONField(help_text="The fold of each manifest row, in the manifest's order.")
+    fold_counts = models.JSONField(help_text="{fold: {class: cells}}")
+    warnings = models.JSONField(default=list, blank=True)
+    patient_check = models.JSONField(
+        default=dict, blank=True, help_text="For grouped strategies: patients in two folds."
+    )
+    sha256 = models.CharField(max_length=64)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(strategy__in=["stratified-kfold", "patient-kfold", "holdout"]),
+                name="split_strategy_known",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.strategy} split {self.pk} of {self.dataset}"
+
+
+class Export(models.Model):
+    """A split written out in a format, by a background task, as one zip in storage."""
+
+    class Format(models.TextChoices):
+        IMAGEFOLDER = "imagefolder", "image folders per fold and class, with manifest.csv"
+        CSV = "csv", "manifest.csv alone"
+        JSON = "json", "dataset.json: everything needed to reproduce it"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    split = models.ForeignKey(Split, on_delete=models.PROTECT, related_name="exports")
+    format = models.CharField(max_length=12, choices=Format.choices)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    file = models.CharField(max_length=500, blank=True, help_text="Storage name of the zip.")
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(format__in=["imagefolder", "csv", "json"]), name="export_format_known"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="done") | ~Q(file=""), name="export_done_has_file"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.format} export {self.pk} of split {self.split_id}"
