@@ -111,15 +111,6 @@ def image_name(row: list, fold) -> str:
     return f"{fold_folder(fold)}/{row[3]}/{row[0]}.png"
 
 
-def _source_patch(cell: Cell) -> str:
-    if cell.scan_id is None and not cell.patch:
-        raise DomainError(
-            f"Cell {cell.pk} ({cell.external_id}) has no image: its label was imported without "
-            "the image files."
-        )
-    return patches.ensure_patch(cell).name
-
-
 def patch_png(name: str) -> bytes:
     """The stored patch as PNG bytes: PNG files as they are, other formats re-encoded."""
     with default_storage.open(name, "rb") as handle:
@@ -132,10 +123,23 @@ def patch_png(name: str) -> bytes:
     return buffer.getvalue()
 
 
-def _storage_patch_names(split: Split) -> dict[int, str]:
+def _storage_patch_names(split: Split, require_images: bool) -> dict[int, str]:
+    """Each cell's patch in media storage (cut now where missing); "" for a cell that has no
+    image (labels imported without their files), which only an imagefolder export refuses."""
     cells = Cell.objects.filter(pk__in=[row[0] for row in split.dataset.manifest])
     cells = cells.select_related("scan", "study")
-    return {cell.pk: _source_patch(cell) for cell in cells}
+    names = {}
+    for cell in cells:
+        has_image = cell.scan_id is not None or bool(cell.patch)
+        names[cell.pk] = patches.ensure_patch(cell).name if has_image else ""
+    missing = sum(1 for name in names.values() if not name)
+    if missing and require_images:
+        raise DomainError(
+            f"{missing} of the {len(names)} cells have no image (their labels were imported "
+            "without the image files): an imagefolder export needs them all; csv and json "
+            "exports work without."
+        )
+    return names
 
 
 def write_zip(export: Export, target: Path, progress: Callable[[int, int], None]) -> None:
@@ -147,7 +151,7 @@ def write_zip(export: Export, target: Path, progress: Callable[[int, int], None]
             archive.writestr("dataset.json", described)
             progress(1, 1)
             return
-        names = _storage_patch_names(split)
+        names = _storage_patch_names(split, export.format == Export.Format.IMAGEFOLDER)
         if export.format == Export.Format.CSV:
             rows = manifest_rows(split, lambda row, fold: names[row[0]])
             archive.writestr("manifest.csv", manifest_csv(rows))

@@ -1,0 +1,36 @@
+"""manage.py export_split SPLIT --format imagefolder|csv|json --out PATH: write the export here
+and now (the same code the background task runs), copy the zip to PATH."""
+
+import shutil
+
+from django.core.files.storage import default_storage
+from django.core.management.base import BaseCommand, CommandError
+
+from annotator.errors import DomainError
+from datasets.exports import request_export, run_export
+from datasets.models import Export
+from datasets.splits import find_split
+
+
+class Command(BaseCommand):
+    help = "Export a split as a zip (imagefolder, csv or json); prints the export's id and hash."
+
+    def add_arguments(self, parser):
+        parser.add_argument("split", help="Split id or hash (prefix of at least 8 characters).")
+        parser.add_argument("--format", required=True, choices=Export.Format.values)
+        parser.add_argument("--out", required=True, help="Where to copy the zip.")
+
+    def handle(self, *args, split, format, out, **options):
+        try:
+            found = find_split(split)
+            export = run_export(request_export(found, format, None).pk)
+        except DomainError as exc:
+            raise CommandError(str(exc)) from None
+        if export.status != Export.Status.DONE:
+            raise CommandError(f"Export {export.pk} failed: {export.error}")
+        with default_storage.open(export.file, "rb") as source, open(out, "wb") as target:
+            shutil.copyfileobj(source, target)
+        self.stdout.write(
+            f"export {export.pk} of split {found.pk} ({format}): {out}, {export.size_bytes} bytes, "
+            f"sha256 {export.sha256}"
+        )

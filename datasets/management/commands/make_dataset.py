@@ -1,0 +1,58 @@
+"""manage.py make_dataset --study NAME --name NAME [--classmap NAME] [--source gold]
+[--keep-cannot-classify] [--scans IDS] [--exclude-patients CODES] [--notes TEXT]."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotator.errors import DomainError
+from annotator.models import Study
+from datasets.classmaps import find_class_map
+from datasets.versions import make_dataset
+
+
+class Command(BaseCommand):
+    help = "Freeze a label source under a class map as a new data set version; prints id and hash."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--study", required=True)
+        parser.add_argument("--name", required=True)
+        parser.add_argument("--classmap", help="Class map NAME or NAME@VERSION (default: none).")
+        parser.add_argument("--source", default="gold", help="gold, or a round name.")
+        parser.add_argument("--keep-cannot-classify", action="store_true")
+        parser.add_argument("--scans", default="", help="Only these scan ids (comma-separated).")
+        parser.add_argument("--exclude-patients", default="", help="Patient codes to leave out.")
+        parser.add_argument("--notes", default="")
+
+    def handle(self, *args, **options):
+        study = Study.objects.filter(name=options["study"]).first()
+        if study is None:
+            raise CommandError(f"No study named {options['study']!r}.")
+        try:
+            scans = [int(s) for s in options["scans"].split(",") if s.strip()]
+        except ValueError:
+            raise CommandError("--scans takes scan ids separated by commas.") from None
+        filters = {
+            "exclude_cannot_classify": not options["keep_cannot_classify"],
+            "scans": scans,
+            "exclude_patients": [
+                p.strip() for p in options["exclude_patients"].split(",") if p.strip()
+            ],
+        }
+        try:
+            class_map = find_class_map(study, options["classmap"]) if options["classmap"] else None
+            version, created = make_dataset(
+                study,
+                options["name"],
+                None,
+                source=options["source"],
+                class_map=class_map,
+                filters=filters,
+                notes=options["notes"],
+            )
+        except DomainError as exc:
+            raise CommandError(str(exc)) from None
+        state = "made" if created else "unchanged, the latest version is"
+        self.stdout.write(
+            f"data set {version.name} v{version.version} {state}: id {version.pk} "
+            f"sha256 {version.sha256} ({len(version.manifest)} cells, "
+            f"{len(version.classes)} classes)"
+        )

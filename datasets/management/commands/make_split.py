@@ -1,0 +1,70 @@
+"""manage.py make_split --dataset NAME[@VERSION] --strategy stratified-kfold|patient-kfold|holdout
+[--k 5] [--seed 0] [--fractions 0.7,0.1,0.2] [--grouped] [--study NAME]."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotator.errors import DomainError
+from annotator.models import Study
+from datasets.models import Split
+from datasets.splits import make_split
+from datasets.versions import find_dataset
+
+
+class Command(BaseCommand):
+    help = "Split a data set version into folds; prints the split's id, hash and warnings."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dataset", required=True, help="Id, NAME or NAME@VERSION.")
+        parser.add_argument("--study", help="The study, where several have the data set name.")
+        parser.add_argument("--strategy", required=True, choices=Split.Strategy.values)
+        parser.add_argument("--k", type=int, default=5)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--fractions", default="0.7,0.1,0.2", help="holdout: train,validation,test"
+        )
+        parser.add_argument("--grouped", action="store_true", help="holdout: whole patients only")
+
+    def handle(self, *args, **options):
+        try:
+            study = None
+            if options["study"]:
+                study = Study.objects.filter(name=options["study"]).first()
+                if study is None:
+                    raise DomainError(f"No study named {options['study']!r}.")
+            dataset = find_dataset(options["dataset"], study)
+            fractions = _fractions(options["fractions"])
+            split, created = make_split(
+                dataset,
+                options["strategy"],
+                None,
+                k=options["k"],
+                seed=options["seed"],
+                fractions=fractions,
+                grouped=options["grouped"],
+            )
+        except DomainError as exc:
+            raise CommandError(str(exc)) from None
+        state = "made" if created else "exists already"
+        self.stdout.write(
+            f"split {split.pk} of {dataset.name} v{dataset.version} {state}: {split.strategy} "
+            f"sha256 {split.sha256}"
+        )
+        for fold, counts in split.fold_counts.items():
+            self.stdout.write(f"  fold {fold}: {sum(counts.values())} cells")
+        if split.patient_check:
+            check = split.patient_check
+            self.stdout.write(
+                f"  patients: {check['patients']}, in two folds: {check['patients_in_two_folds']}"
+            )
+        for warning in split.warnings:
+            self.stdout.write(f"warning: {warning}")
+
+
+def _fractions(text: str) -> dict:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise DomainError("--fractions takes three numbers: train,validation,test.") from None
+    if len(values) != 3:
+        raise DomainError("--fractions takes three numbers: train,validation,test.")
+    return dict(zip(("train", "validation", "test"), values, strict=True))
