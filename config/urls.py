@@ -25,6 +25,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("health/", annotator_views.health, name="health"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("datasets.api.urls")),
     path("api/v1/", include("annotator.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -1,0 +1,169 @@
+"""Shapes of the datasets API: they validate input and never change data."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from annotator.models import Study
+
+from ..models import ClassMap, DatasetVersion, Export, Split
+
+
+class CodesField(serializers.ListField):
+    """Node codes as a JSON list or one comma-separated string."""
+
+    child = serializers.CharField(max_length=16)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            data = [data]
+        if isinstance(data, list) and all(isinstance(item, str) for item in data):
+            data = [code.strip() for item in data for code in item.split(",") if code.strip()]
+        return super().to_internal_value(data)
+
+
+class ProposalQuerySerializer(serializers.Serializer):
+    study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
+    threshold = serializers.IntegerField(min_value=0, max_value=10**9, default=10)
+    collapse = CodesField(required=False, default=list)
+    expand = CodesField(required=False, default=list)
+
+
+class ClassMapCreateSerializer(ProposalQuerySerializer):
+    name = serializers.SlugField(max_length=100)
+    notes = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ClassMapSerializer(serializers.ModelSerializer):
+    study = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    taxonomy = serializers.StringRelatedField()
+    created_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = ClassMap
+        fields = [
+            "id",
+            "study",
+            "taxonomy",
+            "name",
+            "version",
+            "collapsed",
+            "classes",
+            "threshold",
+            "notes",
+            "created_by",
+            "created_at",
+        ]
+
+
+class DatasetCreateSerializer(serializers.Serializer):
+    study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
+    name = serializers.SlugField(max_length=100)
+    classmap = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="NAME or NAME@VERSION."
+    )
+    source = serializers.CharField(max_length=200, default="gold")
+    exclude_cannot_classify = serializers.BooleanField(default=True)
+    scans = serializers.ListField(child=serializers.IntegerField(min_value=1), default=list)
+    exclude_patients = serializers.ListField(
+        child=serializers.CharField(max_length=64), default=list
+    )
+    notes = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    study = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    class_map = serializers.StringRelatedField()
+    created_by = serializers.StringRelatedField()
+    cells = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DatasetVersion
+        fields = [
+            "id",
+            "study",
+            "name",
+            "version",
+            "source",
+            "class_map",
+            "filters",
+            "classes",
+            "counts",
+            "cells",
+            "sha256",
+            "notes",
+            "created_by",
+            "created_at",
+        ]
+
+    def get_cells(self, dataset) -> int:
+        return len(dataset.manifest)
+
+
+class DatasetDetailSerializer(DatasetSerializer):
+    class Meta(DatasetSerializer.Meta):
+        fields = [*DatasetSerializer.Meta.fields, "manifest"]
+
+
+class SplitCreateSerializer(serializers.Serializer):
+    dataset = serializers.PrimaryKeyRelatedField(queryset=DatasetVersion.objects.all())
+    strategy = serializers.ChoiceField(choices=Split.Strategy.values)
+    k = serializers.IntegerField(min_value=2, max_value=1000, default=5)
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+    fractions = serializers.DictField(
+        child=serializers.FloatField(min_value=0, max_value=1), required=False
+    )
+    grouped = serializers.BooleanField(default=False)
+
+
+class SplitSerializer(serializers.ModelSerializer):
+    dataset_name = serializers.CharField(source="dataset.name", read_only=True)
+    dataset_version = serializers.IntegerField(source="dataset.version", read_only=True)
+
+    class Meta:
+        model = Split
+        fields = [
+            "id",
+            "dataset",
+            "dataset_name",
+            "dataset_version",
+            "strategy",
+            "params",
+            "seed",
+            "fold_counts",
+            "warnings",
+            "patient_check",
+            "sha256",
+            "created_at",
+        ]
+
+
+class ExportCreateSerializer(serializers.Serializer):
+    split = serializers.PrimaryKeyRelatedField(queryset=Split.objects.all())
+    format = serializers.ChoiceField(choices=Export.Format.values)
+
+
+class ExportSerializer(serializers.ModelSerializer):
+    download = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Export
+        fields = [
+            "id",
+            "split",
+            "format",
+            "status",
+            "done",
+            "total",
+            "size_bytes",
+            "sha256",
+            "error",
+            "download",
+            "created_at",
+            "finished_at",
+        ]
+
+    def get_download(self, export) -> str | None:
+        if export.status != Export.Status.DONE:
+            return None
+        return f"/api/v1/exports/{export.pk}/download/"
