@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from annotator import views as annotator_views
+from datasets import views as datasets_views
 
 urlpatterns = [
     path("", annotator_views.home, name="home"),
@@ -20,6 +21,7 @@ urlpatterns = [
         annotator_views.agreement_page,
         name="agreement",
     ),
+    path("studies/<slug:study_name>/datasets/", datasets_views.datasets_page, name="datasets"),
     path("queue/<int:round_id>/", annotator_views.queue_page, name="queue"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -108,6 +108,10 @@ class DatasetVersion(Immutable):
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"
 
+    @property
+    def cell_count(self) -> int:
+        return sum(self.counts.values())
+
 
 class Split(Immutable):
     """Fold assignment of a data set version by a named strategy and seed, hashed."""
@@ -144,6 +148,10 @@ class Split(Immutable):
 
     def __str__(self) -> str:
         return f"{self.strategy} split {self.pk} of {self.dataset}"
+
+    @property
+    def fold_sizes(self) -> dict[str, int]:
+        return {fold: sum(counts.values()) for fold, counts in self.fold_counts.items()}
 
 
 class Export(models.Model):
