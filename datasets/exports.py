@@ -7,10 +7,10 @@
     json          dataset.json: taxonomy version, class map, data set and split with their
                   hashes, strategy, parameters, seed, counts per fold and class
 
-The zip is built in a temporary file and only then put into storage (on local disk: renamed
-into place), and the export row names the file only after that; a failed export is marked
-failed with its error and leaves no file. `datasets.torch.ExportDataset` reads imagefolder
-exports.
+The zip is written to a hidden partial file beside its final name and renamed into place when
+whole (on an object store: uploaded in one request from a local temporary file), and the export
+row names the file only after that; a failed export is marked failed with its error and leaves
+no file. `datasets.torch.ExportDataset` reads imagefolder exports.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from pathlib import Path
 
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
@@ -124,14 +122,15 @@ def patch_png(name: str) -> bytes:
 
 
 def _storage_patch_names(split: Split, require_images: bool) -> dict[int, str]:
-    """Each cell's patch in media storage (cut now where missing); "" for a cell that has no
-    image (labels imported without their files), which only an imagefolder export refuses."""
-    cells = Cell.objects.filter(pk__in=[row[0] for row in split.dataset.manifest])
-    cells = cells.select_related("scan", "study")
-    names = {}
-    for cell in cells:
-        has_image = cell.scan_id is not None or bool(cell.patch)
-        names[cell.pk] = patches.ensure_patch(cell).name if has_image else ""
+    """Each cell's patch in media storage (a scan cell's is cut now where missing); "" for a
+    cell that has no image (labels imported without their files), which only an imagefolder
+    export refuses."""
+    wanted = {row[0] for row in split.dataset.manifest}
+    rows = Cell.objects.filter(study=split.dataset.study_id).values_list("pk", "scan_id", "patch")
+    names = {pk: patch for pk, scan, patch in rows if pk in wanted and scan is None}
+    on_scans = [pk for pk, scan, _ in rows if pk in wanted and scan is not None]
+    for cell in Cell.objects.filter(pk__in=on_scans).select_related("scan", "study"):
+        names[cell.pk] = patches.ensure_patch(cell).name
     missing = sum(1 for name in names.values() if not name)
     if missing and require_images:
         raise DomainError(
@@ -142,11 +141,44 @@ def _storage_patch_names(split: Split, require_images: bool) -> dict[int, str]:
     return names
 
 
-def write_zip(export: Export, target: Path, progress: Callable[[int, int], None]) -> None:
-    """Write the export's zip to a local file."""
+class _HashingWriter:
+    """A write-only stream that hashes what passes through it on the way to a file.
+
+    It does not tell its position, so zipfile writes in streaming mode (sizes in data
+    descriptors, no seeking back): the bytes hashed are exactly the file's, in one pass.
+    """
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def tell(self) -> int:
+        raise OSError("not seekable")
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def write_zip(
+    export: Export, target: Path, progress: Callable[[int, int], None]
+) -> tuple[int, str]:
+    """Write the export's zip to a local file; returns its size and sha256."""
+    with target.open("wb") as handle:
+        stream = _HashingWriter(handle)
+        _write_members(export, stream, progress)
+    return stream.size, stream.digest.hexdigest()
+
+
+def _write_members(export: Export, stream, progress) -> None:
     split = export.split
     described = json.dumps(describe(split), indent=2).encode("utf-8")
-    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         if export.format == Export.Format.JSON:
             archive.writestr("dataset.json", described)
             progress(1, 1)
@@ -169,26 +201,33 @@ def write_zip(export: Export, target: Path, progress: Callable[[int, int], None]
         archive.writestr("dataset.json", described)
 
 
-def store_atomically(name: str, local: Path) -> str:
-    """Put a finished local file into storage under `name`, whole or not at all."""
+def _local_target(name: str) -> Path | None:
+    """The file system path of a storage name, or None for object stores."""
     try:
-        target = Path(default_storage.path(name))
+        return Path(default_storage.path(name))
     except NotImplementedError:
+        return None
+
+
+def _write_and_publish(export: Export, name: str, progress) -> tuple[str, int, str]:
+    """Write the zip where it will live and publish it whole: on local disk a hidden partial
+    file beside the target renamed into place (no copy of a large export); on an object store
+    a local temporary file uploaded in one request. Returns (storage name, size, sha256)."""
+    target = _local_target(name)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            size, digest = write_zip(export, partial, progress)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return name, size, digest
+    with tempfile.TemporaryDirectory(prefix="cytomark-export-") as folder:
+        local = Path(folder) / "export.zip"
+        size, digest = write_zip(export, local, progress)
         with local.open("rb") as handle:
-            return default_storage.save(name, File(handle))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.part")
-    shutil.copyfile(local, partial)
-    os.replace(partial, target)
-    return name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            return default_storage.save(name, File(handle)), size, digest
 
 
 def request_export(split: Split, export_format: str, user) -> Export:
@@ -210,24 +249,19 @@ def run_export(export_id: int) -> Export:
         Export.objects.filter(pk=export.pk).update(done=done, total=total)
 
     name = f"exports/{export.split.sha256[:16]}/{export.format}-{export.pk}.zip"
-    with tempfile.TemporaryDirectory(prefix="cytomark-export-") as folder:
-        local = Path(folder) / "export.zip"
-        try:
-            write_zip(export, local, progress)
-            stored = store_atomically(name, local)
-        except Exception as exc:  # recorded for the user; the task itself ends cleanly
-            Export.objects.filter(pk=export.pk).update(
-                status=Export.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
-            )
-            export.refresh_from_db()
-            return export
-        with transaction.atomic():
-            Export.objects.filter(pk=export.pk).update(
-                status=Export.Status.DONE,
-                file=stored,
-                size_bytes=local.stat().st_size,
-                sha256=_sha256(local),
-                finished_at=timezone.now(),
-            )
+    try:
+        stored, size, digest = _write_and_publish(export, name, progress)
+    except Exception as exc:  # recorded for the user; the task itself ends cleanly
+        Export.objects.filter(pk=export.pk).update(
+            status=Export.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+        )
+    else:
+        Export.objects.filter(pk=export.pk).update(
+            status=Export.Status.DONE,
+            file=stored,
+            size_bytes=size,
+            sha256=digest,
+            finished_at=timezone.now(),
+        )
     export.refresh_from_db()
     return export
