@@ -3,8 +3,10 @@
 The proposal follows the original study's rule: a leaf with fewer than `threshold` cells (10
 there) is merged into its parent, i.e. the parent is collapsed into one class; a collapsed node
 that still holds fewer than the threshold is merged into its own parent in turn, up to (never
-including) the root. On the public AML counts this collapses MYO and PMO and gives the 15
-classes of the release.
+including) the root. A leaf without any cell is simply absent (no class, no merge), and a node
+that cells were labelled with directly (the public release labels MYO, not its two leaves) is
+collapsed, since those cells belong to no single leaf. On the public AML labels this collapses
+MYO and PMO and gives the 15 classes of the release.
 """
 
 from __future__ import annotations
@@ -109,9 +111,16 @@ def _ancestors(tree: dict[str, TreeNode], code: str) -> list[str]:
 
 
 def _propose_collapsed(tree: dict[str, TreeNode], threshold: int) -> tuple[set[str], list[str]]:
+    """Parents of thin leaves (1 to threshold - 1 cells), and nodes that cells were labelled
+    with directly (their cells cannot be put in any one leaf), merged upwards while thin."""
     collapsed: set[str] = set()
     notes: list[str] = []
-    pending = [code for code, node in tree.items() if node.leaf and node.total < threshold]
+    pending = [code for code, node in tree.items() if node.leaf and 0 < node.total < threshold]
+    for code, node in tree.items():
+        if not node.leaf and node.direct and node.parent is not None:
+            collapsed.add(code)
+            if node.total < threshold:
+                pending.append(code)
     while pending:
         code = pending.pop()
         parent = tree[code].parent
@@ -132,7 +141,8 @@ def _propose_collapsed(tree: dict[str, TreeNode], threshold: int) -> tuple[set[s
 
 def classes_for(tree: dict[str, TreeNode], collapsed: set[str]) -> list[dict]:
     """The classes a set of collapsed nodes gives, in tree order: each collapsed node, each leaf
-    outside them, and each internal node outside them that cells were labelled with directly."""
+    outside them, and each internal node outside them that cells were labelled with directly;
+    a class without any cell is not a class of the data and is left out."""
     classes = []
     for code, node in tree.items():
         above = set(_ancestors(tree, code))
@@ -141,7 +151,7 @@ def classes_for(tree: dict[str, TreeNode], collapsed: set[str]) -> list[dict]:
         if code in collapsed:
             members = [code, *_descendants(tree, code)]
             classes.append(_class(node, members, node.total))
-        elif node.leaf or node.direct:
+        elif node.direct:
             classes.append(_class(node, [code], node.direct))
     return classes
 
@@ -189,6 +199,9 @@ def propose(
     for node in expand:
         if node in proposed:
             notes.append(f"{node} expanded by hand: its leaves stay separate classes.")
+    empty = [code for code, node in tree.items() if node.leaf and node.total == 0]
+    if empty:
+        notes.append(f"No cells of {', '.join(empty)}: they are no class of this data.")
     return Proposal(
         list(tree.values()), collapsed, classes_for(tree, set(collapsed)), threshold, notes
     )

@@ -268,3 +268,37 @@ def test_collapsing_nodes_merges_their_classes(imported, capsys):
 def test_report_command_errors(imported, arguments, message):
     with pytest.raises(CommandError, match=message):
         call_command("agreement_report", *arguments)
+
+
+def test_the_proposed_class_map_gives_the_15_public_classes(imported, tmp_path):
+    out = io.StringIO()
+    call_command("classmap", "--study", "tcia-aml", "--save", "aml-15", stdout=out)
+    assert "15 classes: NGS (8484), NGB (109), LYT (3937)" in out.getvalue()
+    call_command("make_dataset", "--study", "tcia-aml", "--name", "aml", "--classmap", "aml-15")
+    from datasets.models import DatasetVersion
+
+    version = DatasetVersion.objects.get(study=imported, name="aml")
+    public = Counter(line[1] for line in _lines())
+    assert version.counts == dict(public) and len(version.classes) == 15
+    assert version.class_map.collapsed == ["MYO", "PMO"]
+    out = io.StringIO()
+    call_command(
+        "make_split",
+        "--dataset",
+        "aml",
+        "--study",
+        "tcia-aml",
+        "--strategy",
+        "stratified-kfold",
+        "--k",
+        "5",
+        "--seed",
+        "0",
+        stdout=out,
+    )
+    assert "fold 4: 3673 cells" in out.getvalue()
+    # Patient-wise folds need patients, which the public release does not name.
+    with pytest.raises(CommandError, match="no known patient"):
+        call_command(
+            "make_split", "--dataset", "aml", "--study", "tcia-aml", "--strategy", "patient-kfold"
+        )
