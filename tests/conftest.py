@@ -3,15 +3,21 @@ scans inside the test import root, and API clients logged in as each role."""
 
 from __future__ import annotations
 
+import io
 import os
+import random
 import shutil
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from PIL import Image
 from rest_framework.test import APIClient
 
-from annotator.models import Membership, Study
+from annotator.annotation import gold_round_for, set_label
+from annotator.models import Cell, Membership, Patient, Study
 from annotator.scans import ingest_scan
 from annotator.synthetic import make_synthetic_scan
 from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, load_taxonomy_file
@@ -189,3 +195,55 @@ def log_in(page, base_url: str, username: str, password: str = "pass-word-123") 
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(base_url + "/")
+
+
+# Cells per gold class, far apart as in real studies; MYOA and PMOA are under the threshold of
+# 10, so their parents MYO and PMO are merged; EBO is just above it.
+CURATED_CLASS_SIZES = {
+    "NGS": 120,
+    "LYT": 60,
+    "MON": 30,
+    "MYON": 40,
+    "MYOA": 4,
+    "PMON": 12,
+    "PMOA": 3,
+    "EBO": 11,
+}
+CURATED_PATIENTS = 12
+
+
+@pytest.fixture
+def data_scientist(study):
+    user = UserFactory(username="dora")
+    Membership.objects.create(study=study, user=user, role=Membership.Role.DATA_SCIENTIST)
+    return user
+
+
+@pytest.fixture
+def curated(study, annotator):
+    """Patch-only cells with tiny PNGs, one patient each of twelve, labelled in a gold round."""
+    rng = random.Random(5)
+    patients = [
+        Patient.objects.create(code=f"P-{n:02d}", cohort="AML") for n in range(CURATED_PATIENTS)
+    ]
+    gold = gold_round_for(study, annotator)
+    colours = {
+        code: (index * 30, 100, 200 - index * 20) for index, code in enumerate(CURATED_CLASS_SIZES)
+    }
+    for code, size in CURATED_CLASS_SIZES.items():
+        for index in range(size):
+            buffer = io.BytesIO()
+            Image.new("RGB", (16, 16), colours[code]).save(buffer, "PNG")
+            name = default_storage.save(
+                f"patch-cells/test/{code}_{index}.png", ContentFile(buffer.getvalue())
+            )
+            patient = (
+                patients[index % CURATED_PATIENTS]
+                if size >= CURATED_PATIENTS
+                else rng.choice(patients[:3])
+            )
+            cell = Cell.objects.create(
+                study=study, patch=name, patient=patient, external_id=f"{code}/{index}"
+            )
+            set_label(cell, gold, annotator, node=code)
+    return gold

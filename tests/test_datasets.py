@@ -6,69 +6,24 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 import zipfile
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.db import DatabaseError, transaction
-from PIL import Image
 
-from annotator.annotation import gold_round_for, set_label
+from annotator.annotation import set_label
 from annotator.errors import DomainError
-from annotator.models import Cell, Label, Membership, Patient
+from annotator.models import Cell, Label
 from datasets import classmaps, exports, splits, versions
 from datasets.models import ClassMap, DatasetVersion, Export, ImmutableError, Split
 from datasets.torch import ExportDataset
 
-from .factories import UserFactory
-
-# Cells per gold class, far apart as in real studies; MYOA and PMOA are under the threshold of
-# 10, so their parents MYO and PMO are merged; EBO is just above it.
-CLASS_SIZES = {
-    "NGS": 120,
-    "LYT": 60,
-    "MON": 30,
-    "MYON": 40,
-    "MYOA": 4,
-    "PMON": 12,
-    "PMOA": 3,
-    "EBO": 11,
-}
-PATIENTS = 12
-
-
-@pytest.fixture
-def data_scientist(study):
-    user = UserFactory(username="dora")
-    Membership.objects.create(study=study, user=user, role=Membership.Role.DATA_SCIENTIST)
-    return user
-
-
-@pytest.fixture
-def curated(study, annotator):
-    """Patch-only cells with tiny PNGs, one patient each of twelve, labelled in a gold round."""
-    rng = random.Random(5)
-    patients = [Patient.objects.create(code=f"P-{n:02d}", cohort="AML") for n in range(PATIENTS)]
-    gold = gold_round_for(study, annotator)
-    colours = {code: (index * 30, 100, 200 - index * 20) for index, code in enumerate(CLASS_SIZES)}
-    for code, size in CLASS_SIZES.items():
-        for index in range(size):
-            buffer = io.BytesIO()
-            Image.new("RGB", (16, 16), colours[code]).save(buffer, "PNG")
-            name = default_storage.save(
-                f"patch-cells/test/{code}_{index}.png", ContentFile(buffer.getvalue())
-            )
-            patient = patients[index % PATIENTS] if size >= PATIENTS else rng.choice(patients[:3])
-            cell = Cell.objects.create(
-                study=study, patch=name, patient=patient, external_id=f"{code}/{index}"
-            )
-            set_label(cell, gold, annotator, node=code)
-    return gold
+from .conftest import CURATED_CLASS_SIZES as CLASS_SIZES
+from .conftest import CURATED_PATIENTS as PATIENTS
 
 
 def test_the_proposal_merges_the_parents_of_thin_leaves(study, curated):
