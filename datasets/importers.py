@@ -235,12 +235,12 @@ def _labels(round_: Round, index: int, lines, cells, nodes, report: ImportReport
                 )
             )
         elif label.node_id != (node.pk if node else None):
-            history.append(_change(label, node, LabelChange.Action.UPDATE))
+            history.append(history_entry(label, node, LabelChange.Action.UPDATE))
             label.node, label.cannot_classify = node, node is None
             label.version += 1
             change.append(label)
     made = Label.objects.bulk_create(create, batch_size=2000)
-    history.extend(_change(label, label.node, LabelChange.Action.CREATE) for label in made)
+    history.extend(history_entry(label, label.node, LabelChange.Action.CREATE) for label in made)
     Label.objects.bulk_update(change, ["node", "cannot_classify", "version"], batch_size=2000)
     LabelChange.objects.bulk_create(history, batch_size=2000)
     report.labels_created[round_.name] = len(made)
@@ -250,7 +250,8 @@ def _labels(round_: Round, index: int, lines, cells, nodes, report: ImportReport
         _items(round_, sorted(wanted))
 
 
-def _change(label: Label, new_node, action: str) -> LabelChange:
+def history_entry(label: Label, new_node, action: str) -> LabelChange:
+    """The history row of an imported label's creation or change (written in bulk)."""
     creating = action == LabelChange.Action.CREATE
     return LabelChange(
         label=label,

@@ -27,7 +27,7 @@ from django.db import transaction
 
 from annotator.models import Cell, Label, LabelChange, Membership, Round, Study, TaxonNode
 from annotator.taxonomy import SHIPPED_DIR, latest_version, load_taxonomy_file
-from datasets.importers import ImportProblem
+from datasets.importers import ImportProblem, history_entry
 
 PBC_TAXONOMY = "pbc-8"
 PBC_TAXONOMY_FILE = SHIPPED_DIR / "pbc-8.yaml"
@@ -300,33 +300,17 @@ def _labels(
                 Label(cell_id=cell_id, round=round_, node=image.node, rater_id=round_.rater_id)
             )
         elif label.node_id != image.node.pk:
-            history.append(_history(label, image.node, LabelChange.Action.UPDATE))
+            history.append(history_entry(label, image.node, LabelChange.Action.UPDATE))
             label.node, label.cannot_classify = image.node, False
             label.version += 1
             change.append(label)
     made = Label.objects.bulk_create(create, batch_size=BATCH)
-    history.extend(_history(label, label.node, LabelChange.Action.CREATE) for label in made)
+    history.extend(history_entry(label, label.node, LabelChange.Action.CREATE) for label in made)
     Label.objects.bulk_update(change, ["node", "cannot_classify", "version"], batch_size=BATCH)
     LabelChange.objects.bulk_create(history, batch_size=BATCH)
     report.labels_created = len(made)
     report.labels_changed = len(change)
     report.labels_unchanged = len(images) - len(made) - len(change)
-
-
-def _history(label: Label, new_node: TaxonNode, action: str) -> LabelChange:
-    creating = action == LabelChange.Action.CREATE
-    return LabelChange(
-        label=label,
-        cell_id=label.cell_id,
-        cell_ref=label.cell_id,
-        round_id=label.round_id,
-        action=action,
-        old_node=None if creating else label.node,
-        old_cannot_classify=False if creating else label.cannot_classify,
-        new_node=new_node,
-        new_cannot_classify=False,
-        changed_by_id=label.rater_id,
-    )
 
 
 def import_pbc(root: str | Path, study_name: str) -> PbcImportReport:
