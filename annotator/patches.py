@@ -100,7 +100,7 @@ def cut_patch_png(cell: Cell, geometry: PatchGeometry) -> bytes:
     return buffer.getvalue()
 
 
-def _store(name: str, data: bytes) -> None:
+def store_bytes(name: str, data: bytes) -> None:
     """Put the file in storage whole or not at all.
 
     On local disk the bytes go to a temporary file that is renamed into place (Django's
@@ -132,7 +132,7 @@ def ensure_patch(cell: Cell) -> Patch:
     geometry = patch_geometry(cell)
     name = patch_name(cell, geometry)
     if cell.cut_patch != name or not default_storage.exists(name):
-        _store(name, cut_patch_png(cell, geometry))
+        store_bytes(name, cut_patch_png(cell, geometry))
         Cell.objects.filter(pk=cell.pk).update(cut_patch=name)
         cell.cut_patch = name
     return Patch(name, geometry, settings.PATCH_BACKGROUND)

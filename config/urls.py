@@ -28,6 +28,7 @@ urlpatterns = [
     path("health/", annotator_views.health, name="health"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("datasets.api.urls")),
+    path("api/v1/", include("mltasks.api.urls")),
     path("api/v1/", include("annotator.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -1,0 +1,102 @@
+"""API of training runs: start, watch, cancel, read the report and its plots."""
+
+from __future__ import annotations
+
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.response import Response
+
+from datasets.api.views import overseen_studies
+from datasets.models import Split
+
+from .. import runs
+from ..models import TrainingRun
+from ..tasks import queue_run
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id",
+            "split",
+            "config",
+            "status",
+            "cancel_requested",
+            "progress",
+            "error",
+            "device",
+            "code_version",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+
+class TrainingRunCreateSerializer(serializers.Serializer):
+    split = serializers.PrimaryKeyRelatedField(queryset=Split.objects.none())
+    config = serializers.DictField(required=False, default=dict, help_text="docs/training.md")
+
+
+class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Training runs of the splits of your studies (coordinators, data scientists, admins).
+    POST starts one on the `training` queue (202); poll `progress`; `cancel/` stops it."""
+
+    serializer_class = TrainingRunSerializer
+
+    def get_queryset(self):
+        return TrainingRun.objects.filter(
+            split__dataset__study__in=overseen_studies(self.request.user)
+        ).defer("report")
+
+    @extend_schema(request=TrainingRunCreateSerializer, responses={202: TrainingRunSerializer})
+    @transaction.atomic
+    def create(self, request):
+        form = TrainingRunCreateSerializer(data=request.data)
+        form.fields["split"].queryset = Split.objects.filter(
+            dataset__study__in=overseen_studies(request.user)
+        )
+        form.is_valid(raise_exception=True)
+        run = runs.start_run(
+            form.validated_data["split"], request.user, form.validated_data["config"]
+        )
+        queue_run(run)
+        return Response(TrainingRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=TrainingRunSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Stop the run at its next step; nothing of it is published."""
+        run = runs.request_cancel(self.get_object())
+        return Response(TrainingRunSerializer(run).data)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True)
+    def report(self, request, pk=None):
+        """The report of a finished run (JSON); plot files under `plots/`."""
+        run = TrainingRun.objects.get(pk=self.get_object().pk)
+        if run.status != TrainingRun.Status.DONE:
+            raise NotFound(f"Run {run.pk} is {run.status}: its report exists once it is done.")
+        return Response({**run.report, "device": run.device, "code_version": run.code_version})
+
+    @extend_schema(
+        parameters=[OpenApiParameter("name", str, required=True, description="A plot's file.")],
+        responses={(200, "image/png"): OpenApiTypes.BINARY},
+    )
+    @action(detail=True)
+    def plot(self, request, pk=None):
+        """One of the report's PNG files (`?name=` as listed in the report)."""
+        run = TrainingRun.objects.get(pk=self.get_object().pk)
+        name = request.query_params.get("name", "")
+        listed = set((run.report.get("plots") or {}).values()) | {
+            item["file"] for item in run.report.get("saliency", [])
+        }
+        if name not in listed:
+            raise NotFound(f"Run {run.pk} has no plot {name!r}.")
+        return FileResponse(default_storage.open(name, "rb"), content_type="image/png")

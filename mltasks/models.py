@@ -1,0 +1,67 @@
+"""Training runs and the models they publish (one per fold)."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class TrainingRun(models.Model):
+    """A split + a config -> per-fold models, a report with plots; status and live progress."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    split = models.ForeignKey("datasets.Split", on_delete=models.PROTECT, related_name="runs")
+    config = models.JSONField(help_text="The full config, defaults filled in.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    cancel_requested = models.BooleanField(default=False)
+    progress = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    device = models.CharField(max_length=100, blank=True)
+    code_version = models.CharField(max_length=100, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "done", "failed", "cancelled"]),
+                name="training_run_status_known",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"training run {self.pk} ({self.status})"
+
+
+class FoldModel(models.Model):
+    """One fold's trained weights in storage, published only when the whole run succeeded."""
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="models")
+    fold = models.CharField(max_length=20)
+    weights = models.CharField(max_length=500, help_text="Storage name of the state dict.")
+    sha256 = models.CharField(max_length=64)
+    classes = models.JSONField(help_text="Class codes in output order.")
+    metrics = models.JSONField(default=dict, blank=True)
+    epochs = models.PositiveIntegerField(default=0)
+    seconds = models.FloatField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "fold"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "fold"], name="fold_model_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"model of fold {self.fold} of run {self.run_id}"

@@ -1,0 +1,201 @@
+"""The report of a training run, in the form the Munich AML study published: per-class
+precision, sensitivity and specificity as mean ± sd over the folds with images per class, the
+summed confusion matrix, each yes/no question's ROC curve and AUC with the human raters' points
+from the agreement rounds on the same cells, saliency maps, and what is needed to reproduce it.
+Plots are PNG files in storage (matplotlib `Figure`, no display needed)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from annotator.models import Label, Round
+from annotator.patches import store_bytes
+from annotator.reports import ClassMapping
+
+from .augment import to_float
+from .evaluation import FoldPredictions, fold_summary, group_roc, rater_point
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def class_groups(study, classes: list[str], class_map) -> dict[str, set[str]]:
+    """Each taxonomy group as the set of classes answering "yes": a class whose nodes (or their
+    ancestors) are among the group's nodes."""
+    mapping = ClassMapping(study)
+    nodes_of = (
+        {item["code"]: item["nodes"] for item in class_map.classes}
+        if class_map
+        else {code: [code] for code in classes}
+    )
+    groups = {}
+    for group in study.taxonomy.groups.prefetch_related("nodes"):
+        members = {node.code for node in group.nodes.all()}
+        groups[group.name] = {
+            klass
+            for klass in classes
+            if any(members & set(mapping.ancestors.get(node, [node])) for node in nodes_of[klass])
+        }
+    return groups
+
+
+def rater_points(run, test_cells: dict[int, str], groups: dict[str, set[str]]) -> list[dict]:
+    """Every other round's sensitivity/specificity on the test cells it labelled, per group."""
+    dataset = run.split.dataset
+    class_of = dataset.class_map.class_of() if dataset.class_map else {}
+    points = []
+    rounds = Round.objects.filter(study=dataset.study).exclude(pk=dataset.source_round_id)
+    for round_ in rounds.select_related("rater"):
+        answers = dict(
+            Label.objects.filter(round=round_, cell_id__in=list(test_cells)).values_list(
+                "cell_id", "node__code"
+            )
+        )
+        if not answers:
+            continue
+        cells = sorted(answers)
+        truth = [test_cells[cell] for cell in cells]
+        said = [None if answers[c] is None else class_of.get(answers[c], answers[c]) for c in cells]
+        for group, members in groups.items():
+            point = rater_point(truth, said, members)
+            if point is not None:
+                points.append({"round": round_.name, "kind": round_.kind, "group": group, **point})
+    return points
+
+
+def _confusion_png(matrix: list[list[int]], classes: list[str]) -> bytes:
+    counts = np.array(matrix, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    side = max(4.0, 0.45 * len(classes) + 1.5)
+    figure = Figure(figsize=(side + 1, side))
+    axes = figure.subplots()
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(classes)), classes, rotation=90)
+    axes.set_yticks(range(len(classes)), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true (gold)")
+    for row, col in zip(*np.nonzero(counts), strict=True):
+        colour = "white" if shares[row, col] > 0.6 else "black"
+        axes.text(
+            col, row, int(counts[row, col]), ha="center", va="center", fontsize=7, color=colour
+        )
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
+    return _png(figure)
+
+
+def _roc_png(group: str, roc: dict, points: list[dict]) -> bytes:
+    figure = Figure(figsize=(4.6, 4.6))
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="#bbb", linestyle="--", linewidth=0.8)
+    curve = roc.get("mean_curve") or {}
+    if curve:
+        auc = (roc.get("auc") or {}).get("mean")
+        sd = (roc.get("auc") or {}).get("sd")
+        label = (
+            "network" if auc is None else f"network, AUC {auc:.3f}" + (f" ± {sd:.3f}" if sd else "")
+        )
+        axes.plot(curve["fpr"], curve["tpr"], label=label)
+    for point in points:
+        axes.scatter(
+            [1 - point["specificity"]], [point["sensitivity"]], zorder=3, label=point["round"]
+        )
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlabel("1 - specificity")
+    axes.set_ylabel("sensitivity")
+    axes.set_title(f"{group}: network and human raters", fontsize=9)
+    axes.legend(fontsize=7, loc="lower right")
+    return _png(figure)
+
+
+def saliency_maps(model, data, index: np.ndarray, device, count: int) -> list[tuple[int, bytes]]:
+    """|d loss / d input| (max over colour channels) beside each patch, for `count` patches."""
+    model = model.to(device).eval()
+    made = []
+    for position in index[:count]:
+        images = to_float(data.images[position : position + 1]).to(device).requires_grad_(True)
+        target = torch.tensor([int(data.labels[position])], device=device)
+        loss = torch.nn.functional.cross_entropy(model(images), target)
+        (gradient,) = torch.autograd.grad(loss, images)
+        heat = gradient.abs().amax(dim=1)[0].cpu().numpy()
+        heat = heat / heat.max() if heat.max() > 0 else heat
+        patch = data.images[position].numpy()
+        figure = Figure(figsize=(6, 3))
+        left, right = figure.subplots(1, 2)
+        left.imshow(patch)
+        left.set_title(
+            f"cell {data.cell_ids[position]}: {data.classes[data.labels[position]]}", fontsize=8
+        )
+        right.imshow(patch)
+        right.imshow(heat, cmap="inferno", alpha=0.6)
+        right.set_title("saliency", fontsize=8)
+        for axes in (left, right):
+            axes.axis("off")
+        made.append((data.cell_ids[position], _png(figure)))
+    return made
+
+
+def build_report(run, data, results, device) -> dict:
+    """The report as JSON-ready data; plot files go to storage (their names under `_files`)."""
+    from .resnext import resnext50_32x4d
+
+    dataset = run.split.dataset
+    classes = data.classes
+    folds = [
+        FoldPredictions(result.fold, data.labels[result.test_index], result.probabilities)
+        for result in results
+    ]
+    summary = fold_summary(folds, classes)
+    groups = class_groups(dataset.study, classes, dataset.class_map)
+    test_cells = {data.cell_ids[i]: classes[data.labels[i]] for r in results for i in r.test_index}
+    points = rater_points(run, test_cells, groups)
+    base = f"training/run-{run.pk}"
+    files = {"confusion": f"{base}/confusion.png"}
+    store_bytes(files["confusion"], _confusion_png(summary["confusion"]["matrix"], classes))
+    rocs = {}
+    for group, members in sorted(groups.items()):
+        roc = group_roc(folds, classes, members) if members else {}
+        rocs[group] = {"members": sorted(members), **roc}
+        name = f"{base}/roc-{group}.png"
+        store_bytes(name, _roc_png(group, roc, [p for p in points if p["group"] == group]))
+        files[f"roc-{group}"] = name
+    first = results[0]
+    model = resnext50_32x4d(num_classes=len(classes))
+    model.load_state_dict(first.state_dict)
+    saliency = []
+    for cell, png in saliency_maps(
+        model, data, first.test_index, device, run.config["saliency_samples"]
+    ):
+        name = f"{base}/saliency-{cell}.png"
+        store_bytes(name, png)
+        saliency.append({"cell": cell, "file": name})
+    return {
+        "classes": classes,
+        "per_class": summary["per_class"],
+        "confusion": summary["confusion"],
+        "groups": rocs,
+        "raters": points,
+        "saliency": saliency,
+        "plots": files,
+        "folds": [
+            {
+                "fold": r.fold,
+                "epochs": r.epochs,
+                "seconds": round(r.seconds, 2),
+                "history": r.history,
+            }
+            for r in results
+        ],
+        "config": run.config,
+        "split": {"id": run.split_id, "strategy": run.split.strategy, "sha256": run.split.sha256},
+        "dataset": {"name": dataset.name, "version": dataset.version, "sha256": dataset.sha256},
+        "_files": [*files.values(), *(s["file"] for s in saliency)],
+    }

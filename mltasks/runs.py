@@ -1,0 +1,196 @@
+"""Training runs: start, run (the Celery task calls `execute`), cancel, and publish.
+
+A run's fold models are published (FoldModel rows) only when every fold finished and the
+report is written, in one transaction; a failed or cancelled run removes the weight files it
+stored and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from annotator.access import OVERSEEING_ROLES, require_role
+from annotator.errors import DomainError
+from annotator.patches import store_bytes
+from datasets.models import Split
+
+from . import report as reports
+from . import training
+from .models import FoldModel, TrainingRun
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_SECONDS = 0.5
+
+
+def code_version() -> str:
+    """The git commit of the code that trains, where it is a checkout; else the package's."""
+    root = Path(settings.BASE_DIR)
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return f"git {found.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"cytomark {version('cytomark')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def start_run(split: Split, user, config: dict | None = None) -> TrainingRun:
+    """A queued run with its full config (the caller queues the task once committed)."""
+    if user is not None:
+        require_role(user, split.dataset.study, OVERSEEING_ROLES, "train models")
+    full = training.load_config(config)
+    if len(split.dataset.classes) < 2:
+        raise DomainError("Training needs at least two classes in the data set.", "split")
+    return TrainingRun.objects.create(split=split, config=full, created_by=user)
+
+
+def request_cancel(run: TrainingRun) -> TrainingRun:
+    """Ask a queued or running run to stop; it stops at its next step."""
+    if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
+        raise DomainError(f"Run {run.pk} has ended ({run.status}); nothing to cancel.")
+    TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+    if run.status == TrainingRun.Status.QUEUED:
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
+        )
+    run.refresh_from_db()
+    return run
+
+
+class _Progress:
+    """Writes progress to the run at most every half second, with the time left."""
+
+    def __init__(self, run: TrainingRun, folds: int, config: dict):
+        self.run, self.folds, self.config = run, folds, config
+        self.started = time.monotonic()
+        self.last_write = 0.0
+        self.last_check = 0.0
+        self.state: dict = {"folds": folds}
+        self.fold_index = 0
+
+    def next_fold(self, index: int) -> None:
+        self.fold_index = index
+
+    def __call__(self, update: dict) -> None:
+        self.state.update(update)
+        self.state["fold_number"] = self.fold_index + 1
+        done = self._fraction()
+        self.state["fraction"] = done
+        elapsed = time.monotonic() - self.started
+        self.state["elapsed_seconds"] = round(elapsed, 1)
+        self.state["eta_seconds"] = round(elapsed / done - elapsed, 1) if done > 0 else None
+        now = time.monotonic()
+        if now - self.last_write >= PROGRESS_EVERY_SECONDS or "validation" in update:
+            TrainingRun.objects.filter(pk=self.run.pk).update(progress=dict(self.state))
+            self.last_write = now
+
+    def _fraction(self) -> float:
+        epochs = self.config["max_epochs"]
+        steps = self.state.get("steps") or 1
+        epoch = self.state.get("epoch", 1)
+        within = (epoch - 1 + self.state.get("step", 0) / steps) / epochs
+        return min(1.0, (self.fold_index + within) / self.folds)
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_check < PROGRESS_EVERY_SECONDS:
+            return False
+        self.last_check = now
+        return TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists()
+
+
+def execute(run_id: int) -> TrainingRun:
+    """Run the training of a queued run to its end: done, failed or cancelled."""
+    run = TrainingRun.objects.select_related("split__dataset__study").get(pk=run_id)
+    if run.status != TrainingRun.Status.QUEUED:
+        return run
+    config = run.config
+    device = training.pick_device(config)
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING,
+        started_at=timezone.now(),
+        device=_describe(device),
+        code_version=code_version(),
+    )
+    stored: list[str] = []
+    try:
+        data = training.load_data(run.split, config["image_size"])
+        plans = training.fold_plans(data, config, run.split.strategy)
+        progress = _Progress(run, len(plans), config)
+        results = []
+        for index, plan in enumerate(plans):
+            progress.next_fold(index)
+            result = training.train_fold(data, plan, config, device, progress, progress.should_stop)
+            payload = training.state_dict_bytes(result.state_dict, data.classes, config)
+            name = f"training/run-{run.pk}/fold-{result.fold}.pt"
+            store_bytes(name, payload)
+            stored.append(name)
+            results.append((result, name, hashlib.sha256(payload).hexdigest()))
+        report = reports.build_report(run, data, [r for r, _, _ in results], device)
+        stored.extend(report.pop("_files", []))
+        _publish(run, results, report)
+    except training.Cancelled:
+        _end(run, TrainingRun.Status.CANCELLED, "Cancelled by its user.", stored)
+    except Exception as exc:  # recorded on the run for its user, and logged in full
+        log.exception("Training run %s failed", run.pk)
+        message = f"{exc.__class__.__name__}: {exc}"
+        _end(run, TrainingRun.Status.FAILED, message + "\n" + traceback.format_exc(limit=3), stored)
+    run.refresh_from_db()
+    return run
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@transaction.atomic
+def _publish(run: TrainingRun, results, report: dict) -> None:
+    for result, name, digest in results:
+        FoldModel.objects.create(
+            run=run,
+            fold=result.fold,
+            weights=name,
+            sha256=digest,
+            classes=run.split.dataset.classes,
+            metrics={"history": result.history},
+            epochs=result.epochs,
+            seconds=result.seconds,
+        )
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.DONE,
+        report=report,
+        finished_at=timezone.now(),
+        progress={**run.progress, "fraction": 1.0},
+    )
+
+
+def _end(run: TrainingRun, status: str, message: str, stored: list[str]) -> None:
+    for name in stored:
+        default_storage.delete(name)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=status, error=message[:4000], finished_at=timezone.now()
+    )

@@ -1,0 +1,35 @@
+"""Celery tasks of mltasks (queue `training`): thin wrappers over the domain functions."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import transaction
+
+from . import runs
+from .models import TrainingRun
+
+log = logging.getLogger(__name__)
+
+
+@shared_task
+def train(run_id: int) -> str:
+    """Train a queued run (a run that is not queued any more is left as it is)."""
+    return runs.execute(run_id).status
+
+
+def queue_run(run: TrainingRun) -> None:
+    """Send the run to the `training` queue once committed; an unreachable broker fails the run
+    with the reason instead of leaving it queued for ever."""
+
+    def send() -> None:
+        try:
+            train.delay(run.pk)
+        except Exception as exc:  # any broker error: recorded on the run
+            log.warning("Could not queue training run %s", run.pk, exc_info=True)
+            TrainingRun.objects.filter(pk=run.pk).update(
+                status=TrainingRun.Status.FAILED, error=f"Could not queue the run: {exc}"
+            )
+
+    transaction.on_commit(send)

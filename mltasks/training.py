@@ -1,0 +1,334 @@
+"""Training a ResNeXt on a frozen split, the way the Munich AML study did.
+
+One model per fold (k-fold splits) or one model (holdout): random rotation and flips applied on
+the fly to whole batches on the device, every class oversampled towards a target count per
+epoch, early stopping on a validation part carved out of the training folds (stratified, seeded).
+The patches are decoded once into a uint8 cache in memory, so no epoch waits for image decoding.
+Everything is in the config (`DEFAULTS`, documented in docs/training.md); the seeds make a CPU
+run repeatable.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from django.core.files.storage import default_storage
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from annotator import patches
+from annotator.errors import DomainError
+from annotator.models import Cell
+from datasets.models import Split
+
+from .augment import augment_batch, to_float
+from .resnext import load_pretrained, resnext50_32x4d
+
+DEFAULTS = {
+    "image_size": 400,  # px: patches are resized to this square (the original: 400 x 400)
+    "batch_size": 32,
+    "max_epochs": 15,  # the original's loss levelled off after about 15 epochs
+    "patience": 3,  # early stopping: epochs without a better validation loss
+    "validation_fraction": 0.1,  # of the training folds, stratified
+    "oversample_to": 10000,  # training images per class per epoch (the original: 10,000)
+    "learning_rate": 0.0001,
+    "weight_decay": 0.0,
+    "rotate": True,
+    "flip": True,
+    "seed": 0,
+    "folds": None,  # which folds to train (None: all)
+    "pretrained": None,  # a torchvision-format resnext50_32x4d state dict file, for fine-tuning
+    "device": "auto",  # auto (CUDA when present), cpu or cuda
+    "threads": None,  # CPU threads (None: PyTorch's default)
+    "saliency_samples": 6,  # test patches with a saliency map in the report
+}
+
+
+def load_config(overrides: dict | None = None) -> dict:
+    """The defaults with `overrides` applied; unknown keys and wrong types are refused."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise DomainError(f"Unknown config key(s) {', '.join(unknown)}; known: {sorted(DEFAULTS)}.")
+    config = {**DEFAULTS, **overrides}
+    positive = ("image_size", "batch_size", "max_epochs", "oversample_to")
+    for key in positive:
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
+            raise DomainError(f"{key} must be a whole number of at least 1.", field=key)
+    if config["image_size"] < 32:
+        raise DomainError("image_size must be at least 32 px.", field="image_size")
+    if not 0 < config["validation_fraction"] < 1:
+        raise DomainError("validation_fraction must be between 0 and 1.", "validation_fraction")
+    if config["device"] not in ("auto", "cpu", "cuda"):
+        raise DomainError("device must be auto, cpu or cuda.", field="device")
+    if config["device"] == "cuda" and not torch.cuda.is_available():
+        raise DomainError("device cuda was asked for, but this machine has no CUDA.", "device")
+    return config
+
+
+def pick_device(config: dict) -> torch.device:
+    if config["device"] == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+@dataclass
+class TrainingData:
+    """The split's patches decoded once: uint8 images (N, H, W, 3), class indices, folds."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    cell_ids: list[int]
+    folds: list
+    classes: list[str]
+
+
+def _patch_names(split: Split) -> dict[int, str]:
+    ids = [row[0] for row in split.dataset.manifest]
+    names: dict[int, str] = {}
+    for cell in Cell.objects.filter(pk__in=ids).select_related("scan", "study"):
+        if cell.scan_id is None and not cell.patch:
+            continue
+        names[cell.pk] = patches.ensure_patch(cell).name
+    missing = len(ids) - len(names)
+    if missing:
+        raise DomainError(
+            f"{missing} of the {len(ids)} cells of the split have no image (labels imported "
+            "without their files); training needs every patch."
+        )
+    return names
+
+
+def load_data(split: Split, image_size: int) -> TrainingData:
+    """Decode every patch of the split once, resized to `image_size`."""
+    dataset = split.dataset
+    names = _patch_names(split)
+    index = {code: i for i, code in enumerate(dataset.classes)}
+    images = np.empty((len(dataset.manifest), image_size, image_size, 3), dtype=np.uint8)
+    for row_number, row in enumerate(dataset.manifest):
+        with default_storage.open(names[row[0]], "rb") as handle, Image.open(handle) as image:
+            picture = image.convert("RGB")
+            if picture.size != (image_size, image_size):
+                picture = picture.resize((image_size, image_size), Image.BILINEAR)
+            images[row_number] = np.asarray(picture)
+    return TrainingData(
+        images=torch.from_numpy(images),
+        labels=np.array([index[row[3]] for row in dataset.manifest]),
+        cell_ids=[row[0] for row in dataset.manifest],
+        folds=list(split.folds),
+        classes=list(dataset.classes),
+    )
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    fold: str
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+
+def fold_plans(data: TrainingData, config: dict, strategy: str) -> list[FoldPlan]:
+    """Train / validation / test indices per fold; validation carved from the training part."""
+    folds = np.array([str(f) for f in data.folds])
+    if strategy == Split.Strategy.HOLDOUT:
+        parts = {p: np.flatnonzero(folds == p) for p in ("train", "validation", "test")}
+        if not len(parts["validation"]):
+            parts["train"], parts["validation"] = _carve(data, parts["train"], config)
+        plans = [FoldPlan("test", parts["train"], parts["validation"], parts["test"])]
+    else:
+        plans = []
+        for fold in sorted(set(folds), key=int):
+            rest = np.flatnonzero(folds != fold)
+            train, validation = _carve(data, rest, config)
+            plans.append(FoldPlan(fold, train, validation, np.flatnonzero(folds == fold)))
+    wanted = config["folds"]
+    if wanted is not None:
+        wanted = {str(f) for f in wanted}
+        unknown = sorted(wanted - {plan.fold for plan in plans})
+        if unknown:
+            raise DomainError(f"The split has no fold(s) {', '.join(unknown)}.", field="folds")
+        plans = [plan for plan in plans if plan.fold in wanted]
+    return plans
+
+
+def _carve(data: TrainingData, index: np.ndarray, config: dict) -> tuple[np.ndarray, np.ndarray]:
+    labels = data.labels[index]
+    try:
+        train, validation = train_test_split(
+            index,
+            test_size=config["validation_fraction"],
+            random_state=config["seed"],
+            stratify=labels,
+        )
+    except ValueError:  # a class with a single cell cannot be stratified
+        train, validation = train_test_split(
+            index, test_size=config["validation_fraction"], random_state=config["seed"]
+        )
+    return np.sort(train), np.sort(validation)
+
+
+def oversampled_order(labels: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's order: each class present drawn `target` times (with replacement where it
+    has fewer cells, without where it has more), shuffled together."""
+    picks = []
+    for klass in np.unique(labels):
+        members = np.flatnonzero(labels == klass)
+        picks.append(rng.choice(members, size=target, replace=len(members) < target))
+    order = np.concatenate(picks)
+    rng.shuffle(order)
+    return order
+
+
+class Cancelled(Exception):
+    """The run was cancelled by its user."""
+
+
+@dataclass
+class FoldResult:
+    fold: str
+    state_dict: dict
+    test_index: np.ndarray
+    probabilities: np.ndarray
+    epochs: int
+    seconds: float
+    history: list[dict]
+
+
+ProgressFn = Callable[[dict], None]
+
+
+def _batches(indices: np.ndarray, size: int):
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
+
+
+def _forward(model, images, device, autocast: bool):
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+        return model(images)
+
+
+def predict(model, data: TrainingData, index: np.ndarray, config: dict, device) -> np.ndarray:
+    """Softmax probabilities of the cells at `index`, without augmentation."""
+    model.eval()
+    autocast = device.type == "cuda"
+    out = []
+    with torch.no_grad():
+        for batch in _batches(index, config["batch_size"]):
+            images = to_float(data.images[batch]).to(device, memory_format=torch.channels_last)
+            logits = _forward(model, images, device, autocast).float()
+            out.append(torch.softmax(logits, dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(data.classes)))
+
+
+def train_fold(
+    data: TrainingData,
+    plan: FoldPlan,
+    config: dict,
+    device: torch.device,
+    progress: ProgressFn,
+    should_stop: Callable[[], bool],
+) -> FoldResult:
+    """Train one model on the plan's training part; keep the epoch with the best validation
+    loss; predict the test part."""
+    started = time.perf_counter()
+    torch.manual_seed(config["seed"])
+    rng = np.random.default_rng(config["seed"])
+    generator = torch.Generator(device="cpu").manual_seed(config["seed"])
+    model = resnext50_32x4d(num_classes=1000 if config["pretrained"] else len(data.classes))
+    if config["pretrained"]:
+        load_pretrained(model, config["pretrained"])
+        model.fc = torch.nn.Linear(model.fc.in_features, len(data.classes))
+    model = model.to(device, memory_format=torch.channels_last)
+    optimiser = torch.optim.Adam(
+        model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"]
+    )
+    loss_fn = torch.nn.CrossEntropyLoss()
+    autocast = device.type == "cuda"
+    train_labels = data.labels[plan.train]
+    best_loss, best_state, stale, history = float("inf"), None, 0, []
+    epoch = 0
+    for epoch in range(1, config["max_epochs"] + 1):
+        model.train()
+        order = plan.train[oversampled_order(train_labels, config["oversample_to"], rng)]
+        steps = (len(order) + config["batch_size"] - 1) // config["batch_size"]
+        running = 0.0
+        for step, batch in enumerate(_batches(order, config["batch_size"]), start=1):
+            if should_stop():
+                raise Cancelled()
+            images = to_float(data.images[batch]).to(device, memory_format=torch.channels_last)
+            images = augment_batch(images, generator, rotate=config["rotate"], flip=config["flip"])
+            targets = torch.from_numpy(data.labels[batch]).to(device)
+            optimiser.zero_grad(set_to_none=True)
+            loss = loss_fn(_forward(model, images, device, autocast).float(), targets)
+            loss.backward()
+            optimiser.step()
+            running += loss.item()
+            progress(
+                {
+                    "fold": plan.fold,
+                    "epoch": epoch,
+                    "step": step,
+                    "steps": steps,
+                    "loss": loss.item(),
+                }
+            )
+        validation_loss, validation_accuracy = _validate(model, data, plan, config, device)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": running / max(1, steps),
+                "validation_loss": validation_loss,
+                "validation_accuracy": validation_accuracy,
+            }
+        )
+        progress({"fold": plan.fold, "epoch": epoch, "validation": history[-1]})
+        if validation_loss < best_loss:
+            best_loss, best_state, stale = validation_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config["patience"]:
+                break
+    model.load_state_dict(best_state)
+    probabilities = predict(model, data, plan.test, config, device)
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    return FoldResult(
+        plan.fold, state, plan.test, probabilities, epoch, time.perf_counter() - started, history
+    )
+
+
+def _validate(model, data, plan, config, device) -> tuple[float, float]:
+    probabilities = predict(model, data, plan.validation, config, device)
+    labels = data.labels[plan.validation]
+    if not len(labels):
+        return 0.0, 0.0
+    picked = probabilities[np.arange(len(labels)), labels]
+    loss = float(-np.log(np.clip(picked, 1e-12, 1)).mean())
+    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+    return loss, accuracy
+
+
+def state_dict_bytes(state: dict, classes: list[str], config: dict) -> bytes:
+    """The weights with what is needed to use them: classes and config."""
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "classes": classes, "config": json.dumps(config)}, buffer)
+    return buffer.getvalue()
+
+
+def load_model(data: bytes, expected_classes: list[str]) -> torch.nn.Module:
+    """A stored fold model, refused when its classes are not the ones expected."""
+    saved = torch.load(io.BytesIO(data), weights_only=True)
+    if list(saved["classes"]) != list(expected_classes):
+        raise DomainError(
+            f"The model's classes {saved['classes']} are not the expected {expected_classes}."
+        )
+    model = resnext50_32x4d(num_classes=len(expected_classes))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()

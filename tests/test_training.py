@@ -1,0 +1,159 @@
+"""Training runs: a CPU smoke run through a real Celery worker that produces a complete report,
+cancelling, failing, and the command."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.core.management import CommandError, call_command
+
+from annotator.errors import DomainError
+from datasets import classmaps, splits, versions
+from mltasks import runs, training
+from mltasks.models import FoldModel, TrainingRun
+
+from .conftest import client_for
+from .workers import celery_worker
+
+# Small enough for two CPU cores: 32 px images, a few images per class, one epoch.
+SMOKE = {
+    "image_size": 32,
+    "batch_size": 16,
+    "max_epochs": 1,
+    "oversample_to": 8,
+    "saliency_samples": 2,
+    "threads": 2,
+}
+
+
+@pytest.fixture
+def split(study, curated, data_scientist):
+    class_map, _ = classmaps.save_class_map(
+        study, "merged", classmaps.propose(study), data_scientist
+    )
+    version, _ = versions.make_dataset(study, "aml", data_scientist, class_map=class_map)
+    made, _ = splits.make_split(version, "patient-kfold", data_scientist, k=2, seed=0)
+    return made
+
+
+def _wait(run_id: int, states, seconds: float = 240) -> TrainingRun:
+    deadline = time.monotonic() + seconds
+    while True:
+        run = TrainingRun.objects.get(pk=run_id)
+        if run.status in states:
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} still {run.status}: {run.progress}"
+        time.sleep(0.2)
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_a_smoke_run_through_the_worker_gives_a_complete_report(
+    study, curated, split, data_scientist, rater, coordinator
+):
+    from annotator import annotation, rounds
+
+    # A blinded rater's answers on some of the cells: their points belong on the ROC plots.
+    blinded = rounds.create_blinded_round(study, rater, coordinator, mode="fraction", fraction=0.3)
+    for item in blinded.items.all():
+        gold = item.cell.labels.get(round__kind="gold").node.code
+        annotation.set_label(item.cell, blinded, rater, node=gold if item.position % 3 else "NGS")
+
+    with celery_worker(("training",), Path(settings.MEDIA_ROOT)):  # it reads this test's files
+        response = client_for(data_scientist).post(
+            "/api/v1/training-runs/", {"split": split.pk, "config": SMOKE}, format="json"
+        )
+        assert response.status_code == 202, response.json()
+        run = _wait(response.json()["id"], {"done", "failed", "cancelled"})
+    assert run.status == "done", run.error
+    report = run.report
+    assert report["classes"] == split.dataset.classes
+    for row in report["per_class"].values():
+        assert {"images", "precision", "sensitivity", "specificity"} <= set(row)
+        assert row["sensitivity"]["folds_used"] <= 2
+    assert sum(report["per_class"][c]["images"] for c in report["classes"]) == len(
+        split.dataset.manifest
+    )
+    matrix = report["confusion"]["matrix"]
+    assert sum(map(sum, matrix)) == len(split.dataset.manifest)
+    assert set(report["groups"]) == {"blast", "atypical"}
+    assert report["groups"]["blast"]["members"] == ["MYO"]
+    assert "mean_curve" in report["groups"]["atypical"]
+    assert {p["round"] for p in report["raters"]} == {blinded.name}
+    assert len(report["saliency"]) == 2
+    for name in [*report["plots"].values(), *(s["file"] for s in report["saliency"])]:
+        assert default_storage.exists(name), name
+    assert [f["fold"] for f in report["folds"]] == ["0", "1"]
+    assert report["split"]["sha256"] == split.sha256 and run.device.startswith("cpu")
+    assert run.code_version and run.progress["fraction"] == 1.0
+    models = FoldModel.objects.filter(run=run).order_by("fold")
+    assert [m.fold for m in models] == ["0", "1"]
+    with default_storage.open(models[0].weights, "rb") as handle:
+        model = training.load_model(handle.read(), split.dataset.classes)
+    assert model.fc.out_features == len(split.dataset.classes)
+    with (
+        default_storage.open(models[0].weights, "rb") as handle,
+        pytest.raises(DomainError, match="not the expected"),
+    ):
+        training.load_model(handle.read(), ["NGS", "LYT"])
+
+
+@pytest.mark.django_db
+def test_cancelling_stops_the_run_and_publishes_nothing(split, data_scientist):
+    run = runs.start_run(split, data_scientist, {**SMOKE, "max_epochs": 50})
+    TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+    runs.PROGRESS_EVERY_SECONDS = 0.0
+    try:
+        finished = runs.execute(run.pk)
+    finally:
+        runs.PROGRESS_EVERY_SECONDS = 0.5
+    assert finished.status == "cancelled" and "Cancelled" in finished.error
+    assert not FoldModel.objects.filter(run=run).exists()
+    assert not list((Path(settings.MEDIA_ROOT) / "training").rglob("*.pt"))
+    queued = runs.start_run(split, data_scientist, SMOKE)
+    assert runs.request_cancel(queued).status == "cancelled"
+    assert runs.execute(queued.pk).status == "cancelled"  # the worker then leaves it alone
+
+
+@pytest.mark.django_db
+def test_a_failure_is_recorded_and_publishes_nothing(split, data_scientist, tmp_path):
+    run = runs.start_run(split, data_scientist, {**SMOKE, "pretrained": str(tmp_path / "no.pt")})
+    finished = runs.execute(run.pk)
+    assert finished.status == "failed" and "no.pt" in finished.error
+    assert not FoldModel.objects.filter(run=run).exists()
+    with pytest.raises(DomainError, match="Unknown config key"):
+        runs.start_run(split, data_scientist, {"epochs": 3})
+    with pytest.raises(DomainError, match="image_size must be at least 32"):
+        runs.start_run(split, data_scientist, {"image_size": 8})
+
+
+@pytest.mark.django_db
+def test_the_train_command_runs_here_and_prints_the_report(split, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"image_size": 32, "batch_size": 16, "oversample_to": 4}')
+    out = io.StringIO()
+    call_command(
+        "train",
+        "--split",
+        str(split.pk),
+        "--config",
+        str(config),
+        "--set",
+        "max_epochs=1",
+        "--set",
+        "saliency_samples=1",
+        "--set",
+        'folds=["0"]',
+        stdout=out,
+    )
+    text = out.getvalue()
+    assert "done in" in text and "MYO" in text and "blast: AUC" in text
+    run = TrainingRun.objects.get()
+    assert run.config["image_size"] == 32 and run.config["max_epochs"] == 1
+    with pytest.raises(CommandError, match="--set takes KEY=VALUE"):
+        call_command("train", "--split", str(split.pk), "--set", "nonsense")
