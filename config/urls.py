@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from annotator import views as annotator_views
 from datasets import views as datasets_views
+from mltasks import views as mltasks_views
 
 urlpatterns = [
     path("", annotator_views.home, name="home"),
@@ -22,6 +23,8 @@ urlpatterns = [
         name="agreement",
     ),
     path("studies/<slug:study_name>/datasets/", datasets_views.datasets_page, name="datasets"),
+    path("studies/<slug:study_name>/training/", mltasks_views.training_page, name="training"),
+    path("training/<int:run_id>/", mltasks_views.run_report_page, name="training-report"),
     path("queue/<int:round_id>/", annotator_views.queue_page, name="queue"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

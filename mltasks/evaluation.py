@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 ROW_SUM_TOLERANCE = 1e-4
-SD_DDOF = 0
+SD_DDOF = 1
 MEAN_CURVE_POINTS = 101
 
 
@@ -249,7 +249,9 @@ def group_roc(folds: list[FoldPredictions], classes: list[str], members: set[str
         fpr, tpr, thresholds = roc_curve(is_member, scores)
         auc = float(roc_auc_score(is_member, scores))
         aucs.append(auc)
-        curves_on_grid.append(_curve_on_grid(fpr, tpr, grid))
+        # roc_curve's false-positive rates never decrease; at a repeated one (a vertical step)
+        # np.interp returns the last, i.e. the step's top, and in between follows the polyline.
+        curves_on_grid.append(np.interp(grid, fpr, tpr))
         row.update(
             auc=auc,
             fpr=fpr.tolist(),
@@ -418,24 +420,6 @@ def _rate(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     result = np.full(numerator.shape, np.nan)
     np.divide(numerator, denominator, out=result, where=denominator != 0)
     return result
-
-
-def _curve_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """One ROC curve's true-positive rate at each grid false-positive rate.
-
-    `roc_curve` repeats a false-positive rate along a vertical step. Between two distinct rates
-    the curve runs from the top of the left step to the bottom of the right one, and at a step
-    itself its top is taken, so the polyline is followed exactly and read as a function.
-    """
-    distinct_fpr, first = np.unique(fpr, return_index=True)
-    last = np.append(first[1:] - 1, len(fpr) - 1)
-    step_bottom = tpr[first]
-    step_top = tpr[last]
-    left = np.searchsorted(distinct_fpr, grid, side="right") - 1
-    right = np.minimum(left + 1, len(distinct_fpr) - 1)
-    span = distinct_fpr[right] - distinct_fpr[left]
-    fraction = np.divide(grid - distinct_fpr[left], span, out=np.zeros_like(grid), where=span > 0)
-    return step_top[left] + fraction * (step_bottom[right] - step_top[left])
 
 
 def _json_float(value: float) -> float | None:

@@ -157,3 +157,53 @@ def test_the_train_command_runs_here_and_prints_the_report(split, tmp_path):
     assert run.config["image_size"] == 32 and run.config["max_epochs"] == 1
     with pytest.raises(CommandError, match="--set takes KEY=VALUE"):
         call_command("train", "--split", str(split.pk), "--set", "nonsense")
+
+
+@pytest.mark.django_db
+def test_the_pages_show_runs_and_the_report(split, data_scientist, annotator):
+    from django.test import Client
+
+    run = runs.start_run(split, data_scientist, {**SMOKE, "folds": ["1"]})
+    runs.execute(run.pk)
+    browser = Client()
+    browser.force_login(data_scientist)
+    listing = browser.get("/studies/munich/training/")
+    assert listing.status_code == 200 and f'data-run="{run.pk}"' in listing.content.decode()
+    page = browser.get(f"/training/{run.pk}/").content.decode()
+    assert 'data-code="MYO"' in page and "AUC" in page and "saliency of cell" in page
+    report = browser.get(f"/api/v1/training-runs/{run.pk}/report/").json()
+    plot = browser.get(
+        f"/api/v1/training-runs/{run.pk}/plot/", {"name": report["plots"]["confusion"]}
+    )
+    assert plot.status_code == 200 and plot["Content-Type"] == "image/png"
+    assert (
+        browser.get(
+            f"/api/v1/training-runs/{run.pk}/plot/", {"name": "annotator/../settings.py"}
+        ).status_code
+        == 404
+    )
+    started = browser.post(
+        "/studies/munich/training/",
+        {
+            "split": split.pk,
+            "image_size": 32,
+            "max_epochs": 1,
+            "oversample_to": 4,
+            "batch_size": 8,
+            "seed": 0,
+        },
+        follow=True,
+    )
+    assert "queued" in started.content.decode()
+    queued = TrainingRun.objects.exclude(pk=run.pk).get()
+    assert queued.config["image_size"] == 32 and queued.config["patience"] == 3
+    cancelled = browser.post(
+        "/studies/munich/training/", {"action": "cancel", "run": queued.pk}, follow=True
+    )
+    assert "cancel requested" in cancelled.content.decode()
+    queued.refresh_from_db()
+    assert queued.status == "cancelled"
+    outsider = Client()
+    outsider.force_login(annotator)
+    assert outsider.get("/studies/munich/training/").status_code == 403
+    assert outsider.get(f"/training/{run.pk}/").status_code == 403

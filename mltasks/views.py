@@ -1,0 +1,105 @@
+"""Pages of training: start and watch runs of a study, read a run's report."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+
+from annotator import access
+from annotator.errors import DomainError
+from datasets.models import Split
+
+from . import runs
+from .models import TrainingRun
+from .tasks import queue_run
+
+
+class StartForm(forms.Form):
+    """A run's split and the config keys worth changing from the page (the rest: defaults).
+    The initial values make a small run that a CPU finishes in minutes; the original
+    protocol is image_size 400, max_epochs 15, oversample_to 10000."""
+
+    split = forms.ModelChoiceField(queryset=Split.objects.none())
+    image_size = forms.IntegerField(min_value=32, max_value=1024, initial=64)
+    max_epochs = forms.IntegerField(min_value=1, max_value=500, initial=2)
+    oversample_to = forms.IntegerField(min_value=1, max_value=1_000_000, initial=32)
+    batch_size = forms.IntegerField(min_value=1, max_value=4096, initial=16)
+    seed = forms.IntegerField(min_value=0, initial=0)
+
+
+def _overseen(request, study_name: str):
+    study = get_object_or_404(access.visible_studies(request.user), name=study_name)
+    if not access.roles_in(request.user, study) & access.OVERSEEING_ROLES:
+        raise PermissionDenied("Only coordinators, data scientists and admins train models.")
+    return study
+
+
+@login_required
+def training_page(request, study_name: str):
+    """The study's training runs with live progress, and a form to start one."""
+    study = _overseen(request, study_name)
+    form = StartForm(request.POST or None)
+    form.fields["split"].queryset = Split.objects.filter(dataset__study=study).defer(
+        "folds", "dataset__manifest"
+    )
+    if request.method == "POST":
+        action = request.POST.get("action", "start")
+        try:
+            if action == "cancel":
+                run = get_object_or_404(
+                    TrainingRun, pk=request.POST.get("run"), split__dataset__study=study
+                )
+                runs.request_cancel(run)
+                messages.success(request, f"Run {run.pk}: cancel requested.")
+                return redirect(request.path)
+            if form.is_valid():
+                data = dict(form.cleaned_data)
+                split = data.pop("split")
+                run = runs.start_run(split, request.user, data)
+                queue_run(run)
+                messages.success(request, f"Training run {run.pk} queued.")
+                return redirect(request.path)
+        except DomainError as exc:
+            messages.error(request, str(exc))
+    study_runs = (
+        TrainingRun.objects.filter(split__dataset__study=study)
+        .select_related("split__dataset")
+        .defer("report", "split__folds", "split__dataset__manifest")
+    )
+    return render(
+        request, "mltasks/training.html", {"study": study, "form": form, "runs": study_runs}
+    )
+
+
+@login_required
+def run_report_page(request, run_id: int):
+    """A finished run's report: the per-class table, confusion, ROC with raters, saliency."""
+    run = get_object_or_404(TrainingRun.objects.select_related("split__dataset__study"), pk=run_id)
+    study = _overseen(request, run.split.dataset.study.name)
+    report = run.report or {}
+    plot_url = reverse("training-run-plot", args=[run.pk]) + "?name="
+    rows = [{"code": code, **values} for code, values in (report.get("per_class") or {}).items()]
+    groups = [
+        {"name": name, **values, "plot": plot_url + report["plots"].get(f"roc-{name}", "")}
+        for name, values in (report.get("groups") or {}).items()
+    ]
+    return render(
+        request,
+        "mltasks/report.html",
+        {
+            "run": run,
+            "study": study,
+            "report": report,
+            "rows": rows,
+            "groups": groups,
+            "confusion_plot": plot_url + (report.get("plots") or {}).get("confusion", ""),
+            "saliency": [
+                {**item, "url": plot_url + item["file"]} for item in report.get("saliency", [])
+            ],
+            "raters": report.get("raters", []),
+        },
+    )
