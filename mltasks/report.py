@@ -162,7 +162,8 @@ def build_report(run, data, results, device) -> dict:
     store_bytes(files["confusion"], _confusion_png(summary["confusion"]["matrix"], classes))
     rocs = {}
     for group, members in sorted(groups.items()):
-        roc = group_roc(folds, classes, members) if members else {}
+        # A question that every class (or none) answers "yes" has no ROC curve.
+        roc = group_roc(folds, classes, members) if 0 < len(members) < len(classes) else {}
         rocs[group] = {"members": sorted(members), **roc}
         name = f"{base}/roc-{group}.png"
         store_bytes(name, _roc_png(group, roc, [p for p in points if p["group"] == group]))
