@@ -390,6 +390,36 @@ class RoundItem(models.Model):
         return f"item {self.position} of round {self.round_id}"
 
 
+class Suggestion(models.Model):
+    """A trained model's class for a cell that no gold round labelled yet (pre-annotation).
+
+    Shown beside the cell in the gold-round screen, to accept with one key; never anywhere a
+    blinded rater can reach. `node` is set where the class is one taxonomy node a label can
+    take (a leaf); a merged class (e.g. MYO of the 15-class map) names its code only.
+    """
+
+    cell = models.OneToOneField(Cell, on_delete=models.CASCADE, related_name="suggestion")
+    code = models.CharField(max_length=16, help_text="The model's class code.")
+    node = models.ForeignKey(
+        TaxonNode, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    probability = models.FloatField()
+    source = models.CharField(max_length=200, help_text="Which model, e.g. training run 12.")
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["cell"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(probability__gte=0) & Q(probability__lte=1),
+                name="suggestion_probability_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.probability:.2f}) for cell {self.cell_id}"
+
+
 class Label(models.Model):
     """The current answer of one round for one cell: a taxon node or "cannot classify"."""
 

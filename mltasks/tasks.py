@@ -19,6 +19,14 @@ def train(run_id: int) -> str:
     return runs.execute(run_id).status
 
 
+@shared_task
+def preannotate(run_id: int) -> int:
+    """Suggest classes for the study's unlabelled cells with a finished run's models."""
+    from .inference import preannotate as suggest
+
+    return suggest(TrainingRun.objects.get(pk=run_id), None)
+
+
 def queue_run(run: TrainingRun) -> None:
     """Send the run to the `training` queue once committed; an unreachable broker fails the run
     with the reason instead of leaving it queued for ever."""

@@ -106,6 +106,15 @@ def _patch_names(split: Split) -> dict[int, str]:
     return names
 
 
+def decode_patch(name: str, image_size: int) -> np.ndarray:
+    """A stored patch as uint8 RGB pixels, resized to `image_size` square."""
+    with default_storage.open(name, "rb") as handle, Image.open(handle) as image:
+        picture = image.convert("RGB")
+        if picture.size != (image_size, image_size):
+            picture = picture.resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(picture)
+
+
 def load_data(split: Split, image_size: int) -> TrainingData:
     """Decode every patch of the split once, resized to `image_size`."""
     dataset = split.dataset
@@ -113,11 +122,7 @@ def load_data(split: Split, image_size: int) -> TrainingData:
     index = {code: i for i, code in enumerate(dataset.classes)}
     images = np.empty((len(dataset.manifest), image_size, image_size, 3), dtype=np.uint8)
     for row_number, row in enumerate(dataset.manifest):
-        with default_storage.open(names[row[0]], "rb") as handle, Image.open(handle) as image:
-            picture = image.convert("RGB")
-            if picture.size != (image_size, image_size):
-                picture = picture.resize((image_size, image_size), Image.BILINEAR)
-            images[row_number] = np.asarray(picture)
+        images[row_number] = decode_patch(names[row[0]], image_size)
     return TrainingData(
         images=torch.from_numpy(images),
         labels=np.array([index[row[3]] for row in dataset.manifest]),

@@ -205,3 +205,26 @@ def test_markers_are_dragged_deleted_and_undone_with_the_server_following(
     _wait_until_saved(page)
     assert moved.labels.get().node.code == "LYT"
     assert problems == []
+
+
+def test_a_suggested_class_is_accepted_with_enter(
+    chromium, live_server, annotator, study, scan, planted
+):
+    from annotator.models import Suggestion
+
+    page, problems = chromium
+    target = planted[4]
+    cell = Cell.objects.create(study=study, scan=scan, x=target["x"], y=target["y"])
+    leaf = TaxonNode.objects.get(taxonomy=study.taxonomy, code="LYT")
+    Suggestion.objects.create(cell=cell, code="LYT", node=leaf, probability=0.91, source="test")
+    _log_in_and_open(page, live_server, scan)
+    page.wait_for_function("window.cytomark.viewer.world.getItemAt(0).getFullyLoaded()")
+    point = _screen_point(page, target["x"], target["y"])
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_selector("#picker-suggestion:not([hidden])")
+    assert page.inner_text("#picker-suggestion") == "Suggested: LYT (91 %) · Enter accepts"
+    page.keyboard.press("Enter")
+    _wait_until_saved(page)
+    label = Label.objects.get(cell=cell, round__rater=annotator)
+    assert label.node.code == "LYT"
+    assert problems == []

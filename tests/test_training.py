@@ -207,3 +207,32 @@ def test_the_pages_show_runs_and_the_report(split, data_scientist, annotator):
     outsider.force_login(annotator)
     assert outsider.get("/studies/munich/training/").status_code == 403
     assert outsider.get(f"/training/{run.pk}/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_preannotation_suggests_classes_for_unlabelled_cells_only(
+    study, split, data_scientist, annotator
+):
+    from annotator.models import Cell, Suggestion
+
+    run = runs.start_run(split, data_scientist, {**SMOKE, "folds": ["0"]})
+    assert runs.execute(run.pk).status == "done"
+    labelled = Cell.objects.filter(study=study).first()
+    fresh = [
+        Cell.objects.create(study=study, patch=labelled.patch.name, external_id=f"new/{n}")
+        for n in range(3)
+    ]
+    out = io.StringIO()
+    call_command("preannotate", "--run", str(run.pk), stdout=out)
+    assert "3 cell(s) of munich have a suggestion" in out.getvalue()
+    suggestions = Suggestion.objects.filter(cell__in=fresh)
+    assert suggestions.count() == 3 and not Suggestion.objects.filter(cell=labelled).exists()
+    for suggestion in suggestions:
+        assert suggestion.code in split.dataset.classes and 0 <= suggestion.probability <= 1
+        # A merged class (MYO, PMO) is no single leaf: it names its code, not a node.
+        assert (suggestion.node is None) == (suggestion.code in ("MYO", "PMO"))
+    body = client_for(annotator).get(f"/api/v1/cells/{fresh[0].pk}/").json()
+    assert body["suggestion"]["code"] == suggestions.get(cell=fresh[0]).code
+    assert body["suggestion"]["source"] == f"training run {run.pk}"
+    with pytest.raises(CommandError, match="No training run"):
+        call_command("preannotate", "--run", "999999")

@@ -8,7 +8,18 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..access import visible_cells, visible_studies
-from ..models import Cell, Label, LabelChange, Membership, Round, Scan, Study, TaxonNode, Taxonomy
+from ..models import (
+    Cell,
+    Label,
+    LabelChange,
+    Membership,
+    Round,
+    Scan,
+    Study,
+    Suggestion,
+    TaxonNode,
+    Taxonomy,
+)
 from ..taxonomy import group_leaf_codes
 
 
@@ -227,6 +238,7 @@ class CellSerializer(VisibleChoicesMixin, serializers.ModelSerializer):
     x = serializers.IntegerField(min_value=0)
     y = serializers.IntegerField(min_value=0)
     patch_url = serializers.SerializerMethodField()
+    suggestion = serializers.SerializerMethodField()
 
     class Meta:
         model = Cell
@@ -239,12 +251,27 @@ class CellSerializer(VisibleChoicesMixin, serializers.ModelSerializer):
             "external_id",
             "version",
             "patch_url",
+            "suggestion",
             "created_at",
         ]
         read_only_fields = ["external_id", "version", "created_at"]
 
     def get_patch_url(self, cell: Cell) -> str:
         return reverse("cell-patch", args=[cell.pk])
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_suggestion(self, cell: Cell) -> dict | None:
+        """A trained model's class for the cell (pre-annotation), if any."""
+        try:
+            found = cell.suggestion
+        except Suggestion.DoesNotExist:
+            return None
+        return {
+            "code": found.code,
+            "node": found.node.code if found.node_id else None,
+            "probability": round(found.probability, 4),
+            "source": found.source,
+        }
 
 
 class CellMoveSerializer(serializers.Serializer):

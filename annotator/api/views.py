@@ -254,7 +254,11 @@ class CellViewSet(viewsets.ModelViewSet):
         return super().list(request, *args, **kwargs)
 
     def get_queryset(self):
-        queryset = access.visible_cells(self.request.user).select_related("study").order_by("id")
+        queryset = (
+            access.visible_cells(self.request.user)
+            .select_related("study", "suggestion__node")
+            .order_by("id")
+        )
         scan = int_param(self.request, "scan")
         if scan is not None:
             # An unknown scan is a 404, not an empty list that reads as "no cells yet".

@@ -9,14 +9,16 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
+from annotator.access import OVERSEEING_ROLES, require_role
 from datasets.api.views import overseen_studies
 from datasets.models import Split
 
 from .. import runs
 from ..models import TrainingRun
+from ..tasks import preannotate as preannotate_task
 from ..tasks import queue_run
 
 
@@ -75,6 +77,18 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         """Stop the run at its next step; nothing of it is published."""
         run = runs.request_cancel(self.get_object())
         return Response(TrainingRunSerializer(run).data)
+
+    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"])
+    def preannotate(self, request, pk=None):
+        """Queue pre-annotation: the run's models suggest a class for every cell of the study
+        that no gold round labelled yet; the gold-round screen shows the suggestions."""
+        run = self.get_object()
+        require_role(request.user, run.split.dataset.study, OVERSEEING_ROLES, "pre-annotate")
+        if run.status != TrainingRun.Status.DONE:
+            raise ValidationError({"detail": f"Run {run.pk} is {run.status}, not done."})
+        transaction.on_commit(lambda: preannotate_task.delay(run.pk))
+        return Response({"queued": True, "run": run.pk}, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @action(detail=True)

@@ -46,6 +46,12 @@
     return cell;
   }
 
+  // The leaf a suggestion names, when it names one the taxonomy lets a label take.
+  function acceptableSuggestion(cell) {
+    const node = cell && cell.suggestion && cell.suggestion.node;
+    return node && nodes.has(node) && nodes.get(node).leaf ? node : null;
+  }
+
   function labelCode(cell) {
     if (!cell.label) return null;
     return cell.label.cannot_classify ? CANNOT : cell.label.node;
@@ -615,6 +621,15 @@
     for (const button of pickerTree.querySelectorAll(".leaf")) {
       button.classList.toggle("current", button.dataset.code === code);
     }
+    // A trained model's suggestion (pre-annotation), offered while the cell is unlabelled.
+    const hint = document.getElementById("picker-suggestion");
+    const offered = acceptableSuggestion(cell);
+    hint.hidden = !cell.suggestion || Boolean(code);
+    if (cell.suggestion && !code) {
+      const percent = Math.round(cell.suggestion.probability * 100);
+      hint.textContent = "Suggested: " + cell.suggestion.code + " (" + percent + " %)" +
+        (offered ? " · Enter accepts" : " · pick the leaf");
+    }
     const t = transform();
     const stage = viewer.element.getBoundingClientRect();
     let left = cell.x * t.scale + t.dx + markerRadius(t) + 16;
@@ -682,7 +697,9 @@
       search.focus();
     } else if (key === "Enter") {
       const cell = cells.get(selectedKey);
-      if (cell) viewer.viewport.panTo(viewer.viewport.imageToViewportCoordinates(cell.x, cell.y));
+      const offered = cell && !labelCode(cell) && acceptableSuggestion(cell);
+      if (offered) labelSelected(offered);
+      else if (cell) viewer.viewport.panTo(viewer.viewport.imageToViewportCoordinates(cell.x, cell.y));
     } else {
       return;
     }
@@ -786,7 +803,7 @@
     ]);
     const labelByCell = new Map(savedLabels.map((label) => [label.cell, label]));
     for (const saved of savedCells) {
-      const cell = addCell({ id: saved.id, x: saved.x, y: saved.y, version: saved.version });
+      const cell = addCell({ id: saved.id, x: saved.x, y: saved.y, version: saved.version, suggestion: saved.suggestion });
       cell.label = labelByCell.get(saved.id) || null;
       cell.savedLabel = cell.label;
     }

@@ -1,0 +1,24 @@
+"""manage.py preannotate --run ID: suggest classes for the study's unlabelled cells."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotator.errors import DomainError
+from mltasks.inference import preannotate
+from mltasks.models import TrainingRun
+
+
+class Command(BaseCommand):
+    help = "Apply a finished run's models to the cells no gold round labelled yet."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--run", type=int, required=True)
+
+    def handle(self, *args, run, **options):
+        found = TrainingRun.objects.filter(pk=run).first()
+        if found is None:
+            raise CommandError(f"No training run {run}.")
+        try:
+            count = preannotate(found, None)
+        except DomainError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"{count} cell(s) of {found.split.dataset.study.name} have a suggestion")
