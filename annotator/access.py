@@ -77,8 +77,14 @@ def scan_for_tiles(user, scan_id: int) -> Scan | None:
 
 
 def visible_cells(user) -> QuerySet[Cell]:
-    return Cell.objects.filter(study__in=visible_studies(user)).exclude(
-        study__in=blinded_studies(user)
+    """Cells of the user's studies, except those of a study they rate blinded and those on a
+    scan of such a study (through another study the scan is in, its positions and patch
+    would give the blinded cells away)."""
+    blinded = blinded_studies(user)
+    return (
+        Cell.objects.filter(study__in=visible_studies(user))
+        .exclude(study__in=blinded)
+        .exclude(scan__in=Scan.objects.filter(studies__in=blinded))
     )
 
 

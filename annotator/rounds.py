@@ -248,12 +248,25 @@ def schedule_repeat(
 
 
 def closing_time(round_: Round) -> datetime | None:
-    """When the round closed to its rater: the opening of the first repeat that has opened."""
+    """When the round closed to its rater: the opening of the first later round of the same
+    rater over any of the same cells (a repeat of it, a second repeat of the same original,
+    or another blinded round) that has opened. Otherwise the rater could look up an earlier
+    answer while answering again."""
     now = timezone.now()
+    later = (
+        Round.objects.filter(
+            rater_id=round_.rater_id,
+            kind__in=BLINDED_KINDS,
+            pk__gt=round_.pk,
+            items__cell__in=RoundItem.objects.filter(round=round_).values("cell"),
+        )
+        .distinct()
+        .only("not_before", "created_at")
+    )
     opened = [
-        repeat.not_before or repeat.created_at
-        for repeat in round_.repeated_by.all()
-        if (repeat.not_before or repeat.created_at) <= now
+        other.not_before or other.created_at
+        for other in later
+        if (other.not_before or other.created_at) <= now
     ]
     return min(opened) if opened else None
 

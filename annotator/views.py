@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 
 from . import access, annotation, blinding, report_plots, reports, rounds
 from .errors import DomainError
-from .models import Cell, Membership, Round, Scan
+from .models import Cell, Membership, Round
 from .taxonomy import group_leaf_codes
 
 
@@ -29,7 +29,12 @@ def home(request):
         access.visible_studies(request.user)
         .select_related("taxonomy")
         .prefetch_related(
-            Prefetch("scans", queryset=Scan.objects.select_related("patient").order_by("id")),
+            Prefetch(
+                "scans",
+                queryset=access.visible_scans(request.user)
+                .select_related("patient")
+                .order_by("id"),
+            ),
             Prefetch("memberships", queryset=Membership.objects.filter(user=request.user)),
         )
         .order_by("name")

@@ -216,7 +216,11 @@ def _write_and_publish(export: Export, name: str, progress) -> tuple[str, int, s
     target = _local_target(name)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.part")
+        handle, partial_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
+        os.close(handle)
+        partial = Path(partial_name)
         try:
             size, digest = write_zip(export, partial, progress)
             os.replace(partial, target)
@@ -241,9 +245,13 @@ def request_export(split: Split, export_format: str, user) -> Export:
 def run_export(export_id: int) -> Export:
     """Build the export's zip and publish it; failures are recorded on the row."""
     export = Export.objects.select_related("split__dataset__study__taxonomy").get(pk=export_id)
-    if export.status == Export.Status.DONE:
+    # Claimed in one statement: a task delivered twice writes the export once.
+    claimed = Export.objects.filter(
+        pk=export.pk, status__in=[Export.Status.QUEUED, Export.Status.FAILED]
+    ).update(status=Export.Status.RUNNING, error="")
+    if not claimed:
+        export.refresh_from_db()
         return export
-    Export.objects.filter(pk=export.pk).update(status=Export.Status.RUNNING, error="")
 
     def progress(done: int, total: int) -> None:
         Export.objects.filter(pk=export.pk).update(done=done, total=total)

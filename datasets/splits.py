@@ -103,8 +103,11 @@ def _kfold(labels, groups, k: int, seed: int) -> list[int]:
     with warnings.catch_warnings():
         # scikit-learn's "least populated class" warning: reported in words by this module.
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        for fold, (_, test) in enumerate(pieces):
-            folds[test] = fold
+        try:
+            for fold, (_, test) in enumerate(pieces):
+                folds[test] = fold
+        except ValueError as exc:  # e.g. every class has fewer cells than folds
+            raise DomainError(f"These folds cannot be made: {exc}", field="k") from None
     return folds.tolist()
 
 

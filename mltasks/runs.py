@@ -122,22 +122,26 @@ class _Progress:
 def execute(run_id: int) -> TrainingRun:
     """Run the training of a queued run to its end: done, failed or cancelled."""
     run = TrainingRun.objects.select_related("split__dataset__study").get(pk=run_id)
-    if run.status != TrainingRun.Status.QUEUED:
-        return run
     config = run.config
     device = training.pick_device(config)
-    if config["threads"]:
-        torch.set_num_threads(config["threads"])
-    TrainingRun.objects.filter(pk=run.pk).update(
+    # Claimed in one statement: a task delivered twice trains once.
+    claimed = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
         status=TrainingRun.Status.RUNNING,
         started_at=timezone.now(),
         device=_describe(device),
         code_version=code_version(),
     )
+    if not claimed:
+        run.refresh_from_db()
+        return run
     stored: list[str] = []
     try:
+        if config["threads"]:
+            torch.set_num_threads(config["threads"])
         data = training.load_data(run.split, config["image_size"])
-        plans = training.fold_plans(data, config, run.split.strategy)
+        plans = training.fold_plans(
+            data, config, run.split.strategy, bool(run.split.params.get("grouped"))
+        )
         progress = _Progress(run, len(plans), config)
         results = []
         for index, plan in enumerate(plans):

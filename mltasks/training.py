@@ -14,6 +14,7 @@ import copy
 import io
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from django.core.files.storage import default_storage
 from PIL import Image
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from annotator import patches
 from annotator.errors import DomainError
@@ -51,6 +52,38 @@ DEFAULTS = {
 }
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# Each key's check, and what the message says it must be.
+CONFIG_CHECKS = {
+    "image_size": (lambda v: _whole(v) and 32 <= v <= 4096, "a whole number from 32 to 4096"),
+    "batch_size": (lambda v: _whole(v) and 1 <= v <= 65536, "a whole number of at least 1"),
+    "max_epochs": (lambda v: _whole(v) and 1 <= v <= 10000, "a whole number of at least 1"),
+    "patience": (lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
+    "validation_fraction": (lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
+    "oversample_to": (lambda v: _whole(v) and 1 <= v <= 10**7, "a whole number of at least 1"),
+    "learning_rate": (lambda v: _number(v) and 0 < v < 10, "a positive number"),
+    "weight_decay": (lambda v: _number(v) and 0 <= v < 10, "a number of at least 0"),
+    "rotate": (lambda v: isinstance(v, bool), "true or false"),
+    "flip": (lambda v: isinstance(v, bool), "true or false"),
+    "seed": (lambda v: _whole(v) and 0 <= v < 2**32, "a whole number from 0 to 4294967295"),
+    "folds": (
+        lambda v: v is None or (isinstance(v, list) and all(isinstance(f, str | int) for f in v)),
+        "null or a list of fold names",
+    ),
+    "pretrained": (lambda v: v is None or isinstance(v, str), "null or a file path"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    "threads": (lambda v: v is None or (_whole(v) and 1 <= v <= 1024), "null or a whole number"),
+    "saliency_samples": (lambda v: _whole(v) and 0 <= v <= 100, "a whole number from 0 to 100"),
+}
+
+
 def load_config(overrides: dict | None = None) -> dict:
     """The defaults with `overrides` applied; unknown keys and wrong types are refused."""
     overrides = dict(overrides or {})
@@ -58,16 +91,9 @@ def load_config(overrides: dict | None = None) -> dict:
     if unknown:
         raise DomainError(f"Unknown config key(s) {', '.join(unknown)}; known: {sorted(DEFAULTS)}.")
     config = {**DEFAULTS, **overrides}
-    positive = ("image_size", "batch_size", "max_epochs", "oversample_to")
-    for key in positive:
-        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
-            raise DomainError(f"{key} must be a whole number of at least 1.", field=key)
-    if config["image_size"] < 32:
-        raise DomainError("image_size must be at least 32 px.", field="image_size")
-    if not 0 < config["validation_fraction"] < 1:
-        raise DomainError("validation_fraction must be between 0 and 1.", "validation_fraction")
-    if config["device"] not in ("auto", "cpu", "cuda"):
-        raise DomainError("device must be auto, cpu or cuda.", field="device")
+    for key, (check, wanted) in CONFIG_CHECKS.items():
+        if not check(config[key]):
+            raise DomainError(f"{key} must be {wanted}, not {config[key]!r}.", field=key)
     if config["device"] == "cuda" and not torch.cuda.is_available():
         raise DomainError("device cuda was asked for, but this machine has no CUDA.", "device")
     return config
@@ -88,6 +114,7 @@ class TrainingData:
     cell_ids: list[int]
     folds: list
     classes: list[str]
+    patients: list[str] | None = None
 
 
 def _patch_names(split: Split) -> dict[int, str]:
@@ -129,6 +156,7 @@ def load_data(split: Split, image_size: int) -> TrainingData:
         cell_ids=[row[0] for row in dataset.manifest],
         folds=list(split.folds),
         classes=list(dataset.classes),
+        patients=[row[1] for row in dataset.manifest],
     )
 
 
@@ -140,19 +168,24 @@ class FoldPlan:
     test: np.ndarray
 
 
-def fold_plans(data: TrainingData, config: dict, strategy: str) -> list[FoldPlan]:
-    """Train / validation / test indices per fold; validation carved from the training part."""
+def fold_plans(
+    data: TrainingData, config: dict, strategy: str, grouped: bool = False
+) -> list[FoldPlan]:
+    """Train / validation / test indices per fold; validation carved from the training part,
+    by whole patients where the split keeps patients apart (else early stopping would be
+    steered by cells of the training patients)."""
     folds = np.array([str(f) for f in data.folds])
+    grouped = grouped or strategy == Split.Strategy.PATIENT_KFOLD
     if strategy == Split.Strategy.HOLDOUT:
         parts = {p: np.flatnonzero(folds == p) for p in ("train", "validation", "test")}
         if not len(parts["validation"]):
-            parts["train"], parts["validation"] = _carve(data, parts["train"], config)
+            parts["train"], parts["validation"] = _carve(data, parts["train"], config, grouped)
         plans = [FoldPlan("test", parts["train"], parts["validation"], parts["test"])]
     else:
         plans = []
         for fold in sorted(set(folds), key=int):
             rest = np.flatnonzero(folds != fold)
-            train, validation = _carve(data, rest, config)
+            train, validation = _carve(data, rest, config, grouped)
             plans.append(FoldPlan(fold, train, validation, np.flatnonzero(folds == fold)))
     wanted = config["folds"]
     if wanted is not None:
@@ -164,19 +197,30 @@ def fold_plans(data: TrainingData, config: dict, strategy: str) -> list[FoldPlan
     return plans
 
 
-def _carve(data: TrainingData, index: np.ndarray, config: dict) -> tuple[np.ndarray, np.ndarray]:
+def _carve(
+    data: TrainingData, index: np.ndarray, config: dict, grouped: bool
+) -> tuple[np.ndarray, np.ndarray]:
     labels = data.labels[index]
+    share = config["validation_fraction"]
+    if grouped and data.patients is not None:
+        groups = np.array([data.patients[i] for i in index])
+        n_splits = max(2, round(1 / share))
+        if len(set(groups)) >= n_splits:
+            splitter = StratifiedGroupKFold(n_splits, shuffle=True, random_state=config["seed"])
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning)
+                keep, held = next(splitter.split(np.zeros(len(index)), labels, groups))
+            return np.sort(index[keep]), np.sort(index[held])
+        if len(set(groups)) >= 2:
+            splitter = GroupShuffleSplit(1, test_size=share, random_state=config["seed"])
+            keep, held = next(splitter.split(np.zeros(len(index)), labels, groups))
+            return np.sort(index[keep]), np.sort(index[held])
     try:
         train, validation = train_test_split(
-            index,
-            test_size=config["validation_fraction"],
-            random_state=config["seed"],
-            stratify=labels,
+            index, test_size=share, random_state=config["seed"], stratify=labels
         )
     except ValueError:  # a class with a single cell cannot be stratified
-        train, validation = train_test_split(
-            index, test_size=config["validation_fraction"], random_state=config["seed"]
-        )
+        train, validation = train_test_split(index, test_size=share, random_state=config["seed"])
     return np.sort(train), np.sort(validation)
 
 

@@ -156,6 +156,19 @@ def test_every_api_endpoint_hides_scan_position_patient_and_labels(
         "round": others[0],
         "study": "munich",
     }
+    bodies = [
+        *WRITE_BODIES,
+        {
+            "study": "munich",
+            "scan": scan.pk,
+            "x": 5,
+            "y": 5,
+            "cell": cells[0],
+            "round": mine[0],
+            "node": "NGS",
+            "version": 1,
+        },
+    ]
     client = _logged_in(rater)
     before = _state()
     tried = 0
@@ -172,7 +185,7 @@ def test_every_api_endpoint_hides_scan_position_patient_and_labels(
                     _assert_clean(response, scan, f"{where} {query}", allow_answer=own_answer)
                     tried += 1
                 continue
-            for body in WRITE_BODIES:
+            for body in bodies:
                 response = client.generic(
                     method, url, json.dumps(body), content_type="application/json"
                 )
@@ -318,3 +331,36 @@ def test_pages_show_the_rater_nothing_of_the_scan(blinded, scan, rater):
     waiting = browser.get(f"/queue/{blinded['repeat'].pk}/")
     assert b"opens on" in waiting.content
     assert browser.get(f"/queue/{blinded['bert'].pk}/").status_code == 404
+
+
+def test_a_second_repeat_closes_the_first(blinded, rater, coordinator):
+    original, first = blinded["rita"], blinded["repeat"]
+    past = timezone.now() - timedelta(days=1)
+    Round.objects.filter(pk=first.pk).update(not_before=past - timedelta(days=1))
+    second = rounds.schedule_repeat(original, coordinator, not_before=past)
+    client = _logged_in(rater)
+    assert client.get(f"/api/v1/queue/{second.pk}/items/1/").status_code == 200
+    for closed in (original, first):
+        response = client.get(f"/api/v1/queue/{closed.pk}/items/1/")
+        assert response.status_code == 403, closed.name
+
+
+def test_a_scan_shared_with_another_study_gives_nothing_away(blinded, scan, rater, annotator):
+    from annotator.models import Membership, Study
+
+    copy = Study.objects.create(name="copy", title="copy", taxonomy=scan.studies.first().taxonomy)
+    copy.scans.add(scan)
+    Membership.objects.create(study=copy, user=rater, role=Membership.Role.ANNOTATOR)
+    Membership.objects.create(study=copy, user=annotator, role=Membership.Role.ANNOTATOR)
+    spot = blinded["cells"][0]
+    twin = annotation.create_cell(copy, scan, spot.x, spot.y, annotator)
+    client = _logged_in(rater)
+    assert client.get("/api/v1/cells/", {"study": "copy"}).json()["results"] == []
+    assert client.get(f"/api/v1/cells/{twin.pk}/patch.png").status_code == 404
+    assert client.get(f"/api/v1/scans/{scan.pk}/tiles/scan.dzi").status_code == 404
+    home = client.get("/")
+    _assert_clean(home, scan, "home page with a shared scan")
+    placed = client.post(
+        "/api/v1/cells/", {"study": "copy", "scan": scan.pk, "x": 10**6, "y": 1}, format="json"
+    )
+    assert placed.status_code == 400 and "outside the scan" not in placed.content.decode()

@@ -154,6 +154,8 @@ def test_patient_folds_never_share_a_patient_and_thin_classes_are_explained(
     assert any("Class EBO has 11 cell(s), fewer than the 20 folds" in w for w in thin.warnings)
     with pytest.raises(DomainError, match="more than the 12 patients"):
         splits.make_split(version, "patient-kfold", data_scientist, k=13)
+    with pytest.raises(DomainError, match="These folds cannot be made"):
+        splits.make_split(version, "stratified-kfold", data_scientist, k=200)
 
 
 def test_holdout_parts_and_grouped_holdout(study, curated, data_scientist):
@@ -184,6 +186,12 @@ def test_the_imagefolder_export_reads_back_through_the_torch_dataset(
     split, _ = splits.make_split(version, "patient-kfold", data_scientist, k=3, seed=0)
     export = exports.run_export(exports.request_export(split, "imagefolder", data_scientist).pk)
     assert export.status == "done" and export.done == export.total == len(version.manifest)
+    again = exports.run_export(export.pk)  # a second delivery of the task: nothing rewritten
+    assert (again.status, again.sha256, again.finished_at) == (
+        "done",
+        export.sha256,
+        export.finished_at,
+    )
     with default_storage.open(export.file, "rb") as handle:
         archive = zipfile.ZipFile(io.BytesIO(handle.read()))
     names = set(archive.namelist())

@@ -128,7 +128,11 @@ def test_a_failure_is_recorded_and_publishes_nothing(split, data_scientist, tmp_
     assert not FoldModel.objects.filter(run=run).exists()
     with pytest.raises(DomainError, match="Unknown config key"):
         runs.start_run(split, data_scientist, {"epochs": 3})
-    with pytest.raises(DomainError, match="image_size must be at least 32"):
+    for key, value in (("validation_fraction", "0.1"), ("threads", "x"), ("seed", -1)):
+        with pytest.raises(DomainError, match=f"{key} must be"):
+            runs.start_run(split, data_scientist, {key: value})
+    assert runs.execute(run.pk).status == "failed"  # a second delivery changes nothing
+    with pytest.raises(DomainError, match="image_size must be a whole number from 32 to 4096"):
         runs.start_run(split, data_scientist, {"image_size": 8})
 
 
@@ -236,3 +240,14 @@ def test_preannotation_suggests_classes_for_unlabelled_cells_only(
     assert body["suggestion"]["source"] == f"training run {run.pk}"
     with pytest.raises(CommandError, match="No training run"):
         call_command("preannotate", "--run", "999999")
+
+
+@pytest.mark.django_db
+def test_patient_folds_carve_validation_by_whole_patients(split):
+    data = training.load_data(split, 32)
+    config = training.load_config({"validation_fraction": 0.25})
+    for plan in training.fold_plans(data, config, split.strategy):
+        train = {data.patients[i] for i in plan.train}
+        validation = {data.patients[i] for i in plan.validation}
+        test = {data.patients[i] for i in plan.test}
+        assert validation and not train & validation and not (train | validation) & test

@@ -7,7 +7,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..access import visible_cells, visible_studies
+from ..access import blinded_studies, visible_cells, visible_scans, visible_studies
 from ..models import (
     Cell,
     Label,
@@ -228,9 +228,11 @@ class ScanCreateSerializer(VisibleChoicesMixin, serializers.Serializer):
 
 
 class CellSerializer(VisibleChoicesMixin, serializers.ModelSerializer):
+    # A study the user rates blinded, and its scans, read as unknown here: placing a cell
+    # would otherwise tell the rater which scans belong to it, and how large they are.
     visible_querysets = {
-        "study": visible_studies,
-        "scan": lambda user: Scan.objects.filter(studies__in=visible_studies(user)).distinct(),
+        "study": lambda user: visible_studies(user).exclude(pk__in=blinded_studies(user)),
+        "scan": visible_scans,
     }
 
     study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from annotator.api.serializers import IdField
 from annotator.models import Study
 
 from ..models import ClassMap, DatasetVersion, Export, Split
@@ -106,7 +107,7 @@ class DatasetDetailSerializer(DatasetSerializer):
 
 
 class SplitCreateSerializer(serializers.Serializer):
-    dataset = serializers.PrimaryKeyRelatedField(queryset=DatasetVersion.objects.all())
+    dataset = IdField(queryset=DatasetVersion.objects.all())
     strategy = serializers.ChoiceField(choices=Split.Strategy.values)
     k = serializers.IntegerField(min_value=2, max_value=1000, default=5)
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
@@ -139,7 +140,7 @@ class SplitSerializer(serializers.ModelSerializer):
 
 
 class ExportCreateSerializer(serializers.Serializer):
-    split = serializers.PrimaryKeyRelatedField(queryset=Split.objects.all())
+    split = IdField(queryset=Split.objects.all())
     format = serializers.ChoiceField(choices=Export.Format.values)
 
 

@@ -13,6 +13,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from annotator.access import OVERSEEING_ROLES, require_role
+from annotator.api.serializers import IdField
 from datasets.api.views import overseen_studies
 from datasets.models import Split
 
@@ -42,7 +43,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 
 
 class TrainingRunCreateSerializer(serializers.Serializer):
-    split = serializers.PrimaryKeyRelatedField(queryset=Split.objects.none())
+    split = IdField(queryset=Split.objects.none())
     config = serializers.DictField(required=False, default=dict, help_text="docs/training.md")
 
 
