@@ -46,14 +46,19 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def default_reference(study: Study) -> Round:
-    """The study's gold round with the most labels: the usual reference of a blinded round."""
-    gold = (
+def largest_gold_round(study: Study) -> Round | None:
+    """The study's gold round with the most labels (the earliest on a tie), or None."""
+    return (
         study.rounds.filter(kind=Round.Kind.GOLD)
         .annotate(labelled=Count("labels"))
         .order_by("-labelled", "id")
         .first()
     )
+
+
+def default_reference(study: Study) -> Round:
+    """The usual reference of a blinded round: the study's largest gold round."""
+    gold = largest_gold_round(study)
     if gold is None or gold.labelled == 0:
         raise DomainError(
             f"Study {study.name} has no gold labels to draw a blinded round from.",

@@ -18,6 +18,7 @@ from django.db import transaction
 
 from annotator.errors import DomainError
 from annotator.models import Label, Round, Study, TaxonNode
+from annotator.rounds import largest_gold_round
 
 from .models import ClassMap
 
@@ -65,15 +66,8 @@ def label_counts(study: Study, round_: Round | None = None) -> Counter:
 
 
 def gold_source(study: Study) -> Round:
-    """The study's gold round with the most labels: the default label source."""
-    from django.db.models import Count
-
-    gold = (
-        study.rounds.filter(kind=Round.Kind.GOLD)
-        .annotate(labelled=Count("labels"))
-        .order_by("-labelled", "id")
-        .first()
-    )
+    """The default label source: the study's gold round with the most labels."""
+    gold = largest_gold_round(study)
     if gold is None:
         raise DomainError(f"Study {study.name} has no gold round yet.", field="source")
     return gold
