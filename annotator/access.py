@@ -24,6 +24,17 @@ def visible_studies(user) -> QuerySet[Study]:
     return Study.objects.filter(memberships__user=user).distinct()
 
 
+def overseen_studies(user) -> QuerySet[Study]:
+    """Studies in which the user sees every label: coordinator, data scientist or admin."""
+    if not user.is_authenticated:
+        return Study.objects.none()
+    if user.is_superuser:
+        return Study.objects.all()
+    return Study.objects.filter(
+        memberships__user=user, memberships__role__in=OVERSEEING_ROLES
+    ).distinct()
+
+
 def roles_in(user, study: Study) -> set[str]:
     if not user.is_authenticated:
         return set()

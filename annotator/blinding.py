@@ -77,6 +77,11 @@ def first_unanswered(round_: Round) -> int | None:
 def queue_item(round_: Round, position: int) -> QueueItem:
     """The item at `position` (1-based) of an open round, with the rater's answer so far."""
     require_open(round_)
+    return _queue_state(round_, position)
+
+
+def _queue_state(round_: Round, position: int) -> QueueItem:
+    """The item at `position` as the rater sees it (the round is known to be open)."""
     items = list(round_.items.values_list("position", "cell_id", "token").order_by("position"))
     if not 1 <= position <= len(items):
         raise NotFoundError(f"Position {position} is outside the queue (1 to {len(items)}).")
@@ -118,7 +123,7 @@ def answer_item(
         cannot_classify=cannot_classify,
         seconds_spent=seconds_spent,
     )
-    return queue_item(item.round, item.position)
+    return _queue_state(item.round, item.position)  # `_item` checked that it is open
 
 
 def patch_png(user, token: str) -> bytes:

@@ -16,6 +16,7 @@ from django.db import transaction
 
 from .annotation import gold_round_for, set_label
 from .models import Cell, Membership, Study
+from .rounds import examiner
 from .scans import ingest_scan
 from .synthetic import make_synthetic_scans
 from .taxonomy import latest_version, load_shipped_taxonomies
@@ -78,22 +79,16 @@ def seed_demo(
 @transaction.atomic
 def _seed_gold_round(study: Study, scans) -> None:
     """The examiner's gold labels of every planted cell (once: a labelled round is kept)."""
-    examiner, created = get_user_model().objects.get_or_create(
-        username=DEMO_EXAMINER, defaults={"first_name": "Gold examiner", "is_active": False}
-    )
-    if created:
-        examiner.set_unusable_password()
-        examiner.save(update_fields=["password"])
-    Membership.objects.get_or_create(study=study, user=examiner, role=Membership.Role.ANNOTATOR)
-    gold = gold_round_for(study, examiner)
+    rater = examiner(study, DEMO_EXAMINER, "Gold examiner")
+    gold = gold_round_for(study, rater)
     if gold.labels.exists():
         return
     for scan, manifest in scans:
         for spot in manifest["cells"]:
             cell = Cell.objects.create(
-                study=study, scan=scan, x=spot["x"], y=spot["y"], created_by=examiner
+                study=study, scan=scan, x=spot["x"], y=spot["y"], created_by=rater
             )
-            set_label(cell, gold, examiner, node=spot["code"], seconds_spent=4.0)
+            set_label(cell, gold, rater, node=spot["code"], seconds_spent=4.0)
 
 
 @transaction.atomic

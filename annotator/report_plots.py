@@ -26,28 +26,40 @@ def _svg(figure: Figure) -> str:
     return text[text.index("<svg") :]
 
 
-def confusion_svg(comparison: Comparison) -> str:
-    """Heatmap of the confusion matrix: colour is the share of the reference row, the number
-    the count of cells."""
-    result = comparison.agreement
-    matrix = np.array(result.matrix, dtype=float).reshape(len(result.labels), len(result.labels))
-    rows = matrix.sum(axis=1, keepdims=True)
-    shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    side = max(3.5, 0.42 * len(result.labels) + 1.5)
+def confusion_figure(matrix, labels: list[str], *, rows: str, columns: str) -> Figure:
+    """Heatmap of a confusion matrix: colour is the share of the row's total, the number the
+    count of cells. Shared by the agreement report and the training report."""
+    counts = np.array(matrix, dtype=float).reshape(len(labels), len(labels))
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    side = max(3.5, 0.42 * len(labels) + 1.5)
     figure = Figure(figsize=(side + 1, side))
     axes = figure.subplots()
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(result.labels))
-    axes.set_xticks(ticks, result.labels, rotation=90)
-    axes.set_yticks(ticks, result.labels)
-    axes.set_xlabel(f"{comparison.b.name} (rater)")
-    axes.set_ylabel(f"{comparison.a.name} (reference)")
-    for row, col in zip(*np.nonzero(matrix), strict=True):
+    ticks = range(len(labels))
+    axes.set_xticks(ticks, labels, rotation=90)
+    axes.set_yticks(ticks, labels)
+    axes.set_xlabel(columns)
+    axes.set_ylabel(rows)
+    for row, col in zip(*np.nonzero(counts), strict=True):
         colour = "white" if shares[row, col] > 0.6 else "black"
-        count = int(matrix[row, col])
+        count = int(counts[row, col])
         axes.text(col, row, count, ha="center", va="center", fontsize=7, color=colour)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the reference row")
-    return _svg(figure)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the row")
+    return figure
+
+
+def confusion_svg(comparison: Comparison) -> str:
+    """The comparison's confusion heatmap, reference rows and rater columns."""
+    result = comparison.agreement
+    return _svg(
+        confusion_figure(
+            result.matrix,
+            result.labels,
+            rows=f"{comparison.a.name} (reference)",
+            columns=f"{comparison.b.name} (rater)",
+        )
+    )
 
 
 def group_points_svg(report: Report, group: str) -> str:

@@ -15,13 +15,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
 from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, Role, require_role, roles_in
 from .errors import DomainError, ForbiddenError
-from .models import Cell, Label, Round, RoundItem, Study
+from .models import Cell, Label, Membership, Round, RoundItem, Study
 
 SAMPLING_MODES = ("all", "per-class", "fraction")
 
@@ -39,6 +40,19 @@ class Progress:
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 0.0
+
+
+def examiner(study: Study, username: str, first_name: str):
+    """A rater of labels made elsewhere (an imported data set, the demo's gold round): a user
+    who cannot log in, annotator of the study."""
+    user, created = get_user_model().objects.get_or_create(
+        username=username[:150], defaults={"first_name": first_name, "is_active": False}
+    )
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    Membership.objects.get_or_create(study=study, user=user, role=Role.ANNOTATOR)
+    return user
 
 
 def new_token() -> str:

@@ -163,10 +163,12 @@ class RepeatForm(forms.Form):
     name = forms.CharField(max_length=200, required=False)
 
 
-def _overseen_study(request, study_name: str):
+def overseen_study(request, study_name: str, what: str = "see this page"):
+    """The named study of the user's, for pages of coordinators, data scientists and admins:
+    404 for a study they are not in, 403 naming `what` for one they are in another role."""
     study = get_object_or_404(access.visible_studies(request.user), name=study_name)
     if not access.roles_in(request.user, study) & access.OVERSEEING_ROLES:
-        raise PermissionDenied("Only coordinators, data scientists and admins see this page.")
+        raise PermissionDenied(f"Only coordinators, data scientists and admins {what}.")
     return study
 
 
@@ -174,7 +176,7 @@ def _overseen_study(request, study_name: str):
 def rounds_page(request, study_name: str):
     """Coordinators: every round of the study with its progress; create blinded rounds and
     schedule repeats."""
-    study = _overseen_study(request, study_name)
+    study = overseen_study(request, study_name)
     create_form, repeat_form = BlindedRoundForm(study), None
     if request.method == "POST":
         action = request.POST.get("action")
@@ -240,7 +242,7 @@ def _schedule_repeat(study, user, data) -> Round:
 @require_GET
 def agreement_page(request, study_name: str):
     """The agreement report as a page with plots; JSON and CSV through the API."""
-    study = _overseen_study(request, study_name)
+    study = overseen_study(request, study_name)
     collapse = [c.strip() for c in request.GET.get("collapse", "").split(",") if c.strip()]
     try:
         report = reports.build_report(study, collapse=collapse)

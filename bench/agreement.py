@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,18 +67,7 @@ def sklearn_kappas(pairs) -> list[float]:
 
 
 def run(args) -> None:
-    with (
-        tempfile.TemporaryDirectory(prefix="cytomark-bench-agreement-") as tmp,
-        benchenv.temporary_database(DB_NAME) as db_url,
-    ):
-        env = benchenv.project_env(
-            settings="config.settings.base",
-            db_url=db_url,
-            folder=Path(tmp),
-            redis_db=args.redis_db,
-            celery_db=args.redis_db,
-        )
-        benchenv.setup_django(env)
+    with benchenv.django_in_process(DB_NAME, args.redis_db):
         from annotator import report_plots, reports
         from datasets.importers import import_tcia_aml
 

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -99,6 +100,25 @@ def setup_django(env: dict[str, str]) -> None:
     import django
 
     django.setup()
+
+
+@contextlib.contextmanager
+def django_in_process(db_name: str, redis_db: int) -> Iterator[Path]:
+    """Django set up in this process on a fresh bench database and a temporary folder for
+    files (both removed afterwards); yields the folder."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"{db_name}-") as folder,
+        temporary_database(db_name) as db_url,
+    ):
+        env = project_env(
+            settings="config.settings.base",
+            db_url=db_url,
+            folder=Path(folder),
+            redis_db=redis_db,
+            celery_db=redis_db,
+        )
+        setup_django(env)
+        yield Path(folder)
 
 
 def redis_db_keys(db: int) -> list[bytes]:

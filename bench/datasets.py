@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import random
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -112,18 +111,7 @@ def plain_zip_loop(names: list[str], target: Path) -> None:
 
 
 def run(args) -> None:
-    with (
-        tempfile.TemporaryDirectory(prefix="cytomark-bench-datasets-") as tmp,
-        benchenv.temporary_database(DB_NAME) as db_url,
-    ):
-        env = benchenv.project_env(
-            settings="config.settings.base",
-            db_url=db_url,
-            folder=Path(tmp),
-            redis_db=args.redis_db,
-            celery_db=args.redis_db,
-        )
-        benchenv.setup_django(env)
+    with benchenv.django_in_process(DB_NAME, args.redis_db) as tmp:
         from sklearn.model_selection import StratifiedGroupKFold
 
         from datasets import classmaps, exports, splits, versions

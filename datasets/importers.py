@@ -22,7 +22,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -31,13 +30,12 @@ from annotator.models import (
     Cell,
     Label,
     LabelChange,
-    Membership,
     Round,
     RoundItem,
     Study,
     TaxonNode,
 )
-from annotator.rounds import new_token
+from annotator.rounds import examiner, new_token
 from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, latest_version, load_taxonomy_file
 
 NOT_IN_ROUND = "nan"
@@ -131,68 +129,56 @@ def _check_images(lines: list[AnnotationLine], images: Path) -> None:
         raise ImportProblem(f"{len(missing)} image(s) missing under {images}: {first} ...")
 
 
-def _rater(study: Study, number: int):
-    """An examiner of the release: a user who cannot log in, annotator of the study."""
-    user, created = get_user_model().objects.get_or_create(
-        username=f"{study.name}-examiner-{number}"[:150],
-        defaults={"first_name": f"Examiner {number}", "is_active": False},
+def imported_round(study: Study, name: str, kind: str, rater, **defaults) -> Round:
+    """The named round of an import, made on first use; a round of that name that is not the
+    import's own (another kind or rater) stops the import rather than being mixed into."""
+    round_, _ = Round.objects.get_or_create(
+        study=study, name=name, defaults={"kind": kind, "rater": rater, **defaults}
     )
-    if created:
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    Membership.objects.get_or_create(study=study, user=user, role=Membership.Role.ANNOTATOR)
-    return user
+    if round_.kind != kind or round_.rater_id != rater.pk:
+        raise ImportProblem(
+            f"Study {study.name} has a round {name!r} that is not the imported {kind} round of "
+            f"{rater.get_username()}; rename it or import into another study."
+        )
+    return round_
 
 
 def _rounds(study: Study) -> list[Round]:
-    first, second = _rater(study, 1), _rater(study, 2)
-    gold, _ = Round.objects.get_or_create(
-        study=study, name=ROUND_NAMES[0], defaults={"kind": Round.Kind.GOLD, "rater": first}
+    first = examiner(study, f"{study.name}-examiner-1", "Examiner 1")
+    second = examiner(study, f"{study.name}-examiner-2", "Examiner 2")
+    gold = imported_round(study, ROUND_NAMES[0], Round.Kind.GOLD, first)
+    blinded = imported_round(study, ROUND_NAMES[1], Round.Kind.BLINDED, second, reference=gold)
+    repeat = imported_round(
+        study, ROUND_NAMES[2], Round.Kind.REPEAT, second, repeats=blinded, reference=gold
     )
-    blinded, _ = Round.objects.get_or_create(
-        study=study,
-        name=ROUND_NAMES[1],
-        defaults={"kind": Round.Kind.BLINDED, "rater": second, "reference": gold},
-    )
-    repeat, _ = Round.objects.get_or_create(
-        study=study,
-        name=ROUND_NAMES[2],
-        defaults={
-            "kind": Round.Kind.REPEAT,
-            "rater": second,
-            "repeats": blinded,
-            "reference": gold,
-        },
-    )
-    expected = [
-        (gold, Round.Kind.GOLD, first),
-        (blinded, Round.Kind.BLINDED, second),
-        (repeat, Round.Kind.REPEAT, second),
-    ]
-    for round_, kind, rater in expected:
-        if round_.kind != kind or round_.rater_id != rater.pk:
-            raise ImportProblem(
-                f"Study {study.name} has a round {round_.name!r} that is not the imported "
-                f"{kind} round of {rater.get_username()}; rename it or import into another study."
-            )
     return [gold, blinded, repeat]
 
 
-def _study(name: str) -> Study:
-    taxonomy = latest_version("aml-18") or load_taxonomy_file(DEFAULT_TAXONOMY_FILE).taxonomy
+def study_on_taxonomy(
+    name: str, taxonomy_name: str, taxonomy_file, *, title: str, description: str, what: str
+) -> Study:
+    """The study of an import, made on the latest version of its shipped taxonomy; an existing
+    study on another taxonomy stops the import."""
+    taxonomy = latest_version(taxonomy_name) or load_taxonomy_file(taxonomy_file).taxonomy
     study, _ = Study.objects.get_or_create(
-        name=name,
-        defaults={
-            "title": "AML cytomorphology (TCIA public release)",
-            "taxonomy": taxonomy,
-            "description": "Imported from the public Munich AML cytomorphology annotation file.",
-        },
+        name=name, defaults={"title": title, "taxonomy": taxonomy, "description": description}
     )
-    if study.taxonomy.name != "aml-18":
+    if study.taxonomy.name != taxonomy_name:
         raise ImportProblem(
-            f"Study {name} uses taxonomy {study.taxonomy}, not the AML taxonomy aml-18."
+            f"Study {name} uses taxonomy {study.taxonomy}, not the {what} {taxonomy_name}."
         )
     return study
+
+
+def _study(name: str) -> Study:
+    return study_on_taxonomy(
+        name,
+        "aml-18",
+        DEFAULT_TAXONOMY_FILE,
+        title="AML cytomorphology (TCIA public release)",
+        description="Imported from the public Munich AML cytomorphology annotation file.",
+        what="AML taxonomy",
+    )
 
 
 def _cells(study: Study, lines, images: Path | None, report: ImportReport) -> dict[str, int]:

@@ -20,14 +20,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from annotator.models import Cell, Label, LabelChange, Membership, Round, Study, TaxonNode
-from annotator.taxonomy import SHIPPED_DIR, latest_version, load_taxonomy_file
-from datasets.importers import ImportProblem, history_entry
+from annotator.models import Cell, Label, LabelChange, Round, Study, TaxonNode
+from annotator.rounds import examiner
+from annotator.taxonomy import SHIPPED_DIR
+from datasets.importers import ImportProblem, history_entry, imported_round, study_on_taxonomy
 
 PBC_TAXONOMY = "pbc-8"
 PBC_TAXONOMY_FILE = SHIPPED_DIR / "pbc-8.yaml"
@@ -217,42 +217,20 @@ def _check_image(
 
 
 def _study(name: str) -> Study:
-    taxonomy = latest_version(PBC_TAXONOMY) or load_taxonomy_file(PBC_TAXONOMY_FILE).taxonomy
-    study, _ = Study.objects.get_or_create(
-        name=name,
-        defaults={
-            "title": "Peripheral blood cells (Barcelona 2019)",
-            "taxonomy": taxonomy,
-            "description": "Imported from the Barcelona PBC image folders.",
-        },
+    return study_on_taxonomy(
+        name,
+        PBC_TAXONOMY,
+        PBC_TAXONOMY_FILE,
+        title="Peripheral blood cells (Barcelona 2019)",
+        description="Imported from the Barcelona PBC image folders.",
+        what="peripheral blood taxonomy",
     )
-    if study.taxonomy.name != PBC_TAXONOMY:
-        raise ImportProblem(
-            f"Study {name} uses taxonomy {study.taxonomy}, not the peripheral blood taxonomy "
-            f"{PBC_TAXONOMY}."
-        )
-    return study
 
 
 def _gold_round(study: Study) -> Round:
     """The round `gold` of the release's examiner: a user who cannot log in, annotator here."""
-    examiner, created = get_user_model().objects.get_or_create(
-        username=f"{study.name}-pbc-examiner",
-        defaults={"first_name": "PBC examiner", "is_active": False},
-    )
-    if created:
-        examiner.set_unusable_password()
-        examiner.save(update_fields=["password"])
-    Membership.objects.get_or_create(study=study, user=examiner, role=Membership.Role.ANNOTATOR)
-    round_, _ = Round.objects.get_or_create(
-        study=study, name=GOLD_ROUND, defaults={"kind": Round.Kind.GOLD, "rater": examiner}
-    )
-    if round_.kind != Round.Kind.GOLD or round_.rater_id != examiner.pk:
-        raise ImportProblem(
-            f"Study {study.name} has a round {GOLD_ROUND!r} that is not the gold round of "
-            f"{examiner.get_username()}; rename it or import into another study."
-        )
-    return round_
+    rater = examiner(study, f"{study.name}-pbc-examiner", "PBC examiner")
+    return imported_round(study, GOLD_ROUND, Round.Kind.GOLD, rater)
 
 
 def _cells(

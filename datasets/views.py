@@ -5,11 +5,10 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 
-from annotator import access
 from annotator.errors import DomainError
+from annotator.views import overseen_study
 
 from . import classmaps, exports, splits, versions
 from .models import ClassMap, DatasetVersion, Export, Split
@@ -104,9 +103,7 @@ def _handle_post(request, study, proposal, dataset_form, split_form, export_form
 @login_required
 def datasets_page(request, study_name: str):
     """Coordinators, data scientists and admins: curate the study's data sets."""
-    study = get_object_or_404(access.visible_studies(request.user), name=study_name)
-    if not access.roles_in(request.user, study) & access.OVERSEEING_ROLES:
-        raise PermissionDenied("Only coordinators, data scientists and admins curate data sets.")
+    study = overseen_study(request, study_name, "curate data sets")
     proposal_form = ProposalForm(request.GET or None)
     options = proposal_form.cleaned_data if proposal_form.is_valid() else {}
     proposal, problem = None, ""

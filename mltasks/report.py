@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from annotator.models import Label, Round
 from annotator.patches import store_bytes
+from annotator.report_plots import confusion_figure
 from annotator.reports import ClassMapping
 
 from .augment import to_float
@@ -68,27 +69,6 @@ def rater_points(run, test_cells: dict[int, str], groups: dict[str, set[str]]) -
             if point is not None:
                 points.append({"round": round_.name, "kind": round_.kind, "group": group, **point})
     return points
-
-
-def _confusion_png(matrix: list[list[int]], classes: list[str]) -> bytes:
-    counts = np.array(matrix, dtype=float)
-    rows = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    side = max(4.0, 0.45 * len(classes) + 1.5)
-    figure = Figure(figsize=(side + 1, side))
-    axes = figure.subplots()
-    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    axes.set_xticks(range(len(classes)), classes, rotation=90)
-    axes.set_yticks(range(len(classes)), classes)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true (gold)")
-    for row, col in zip(*np.nonzero(counts), strict=True):
-        colour = "white" if shares[row, col] > 0.6 else "black"
-        axes.text(
-            col, row, int(counts[row, col]), ha="center", va="center", fontsize=7, color=colour
-        )
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
-    return _png(figure)
 
 
 def _roc_png(group: str, roc: dict, points: list[dict]) -> bytes:
@@ -159,7 +139,10 @@ def build_report(run, data, results, device) -> dict:
     points = rater_points(run, test_cells, groups)
     base = f"training/run-{run.pk}"
     files = {"confusion": f"{base}/confusion.png"}
-    store_bytes(files["confusion"], _confusion_png(summary["confusion"]["matrix"], classes))
+    confusion = confusion_figure(
+        summary["confusion"]["matrix"], classes, rows="true (gold)", columns="predicted"
+    )
+    store_bytes(files["confusion"], _png(confusion))
     rocs = {}
     for group, members in sorted(groups.items()):
         # A question that every class (or none) answers "yes" has no ROC curve.

@@ -5,12 +5,11 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
-from annotator import access
 from annotator.errors import DomainError
+from annotator.views import overseen_study
 from datasets.models import Split
 
 from . import runs
@@ -31,17 +30,10 @@ class StartForm(forms.Form):
     seed = forms.IntegerField(min_value=0, initial=0)
 
 
-def _overseen(request, study_name: str):
-    study = get_object_or_404(access.visible_studies(request.user), name=study_name)
-    if not access.roles_in(request.user, study) & access.OVERSEEING_ROLES:
-        raise PermissionDenied("Only coordinators, data scientists and admins train models.")
-    return study
-
-
 @login_required
 def training_page(request, study_name: str):
     """The study's training runs with live progress, and a form to start one."""
-    study = _overseen(request, study_name)
+    study = overseen_study(request, study_name, "train models")
     form = StartForm(request.POST or None)
     form.fields["split"].queryset = Split.objects.filter(dataset__study=study).defer(
         "folds", "dataset__manifest"
@@ -79,7 +71,7 @@ def training_page(request, study_name: str):
 def run_report_page(request, run_id: int):
     """A finished run's report: the per-class table, confusion, ROC with raters, saliency."""
     run = get_object_or_404(TrainingRun.objects.select_related("split__dataset__study"), pk=run_id)
-    study = _overseen(request, run.split.dataset.study.name)
+    study = overseen_study(request, run.split.dataset.study.name, "train models")
     report = run.report or {}
     plot_url = reverse("training-run-plot", args=[run.pk]) + "?name="
     rows = [{"code": code, **values} for code, values in (report.get("per_class") or {}).items()]

@@ -17,25 +17,13 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from annotator.access import OVERSEEING_ROLES
+from annotator.access import overseen_studies
 from annotator.api.views import int_param
-from annotator.models import Study
 
 from .. import classmaps, exports, splits, versions
 from ..models import ClassMap, DatasetVersion, Export, Split
 from ..tasks import start_export
 from . import serializers as s
-
-
-def overseen_studies(user):
-    """Studies whose data sets the user may see and make."""
-    if not user.is_authenticated:
-        return Study.objects.none()
-    if user.is_superuser:
-        return Study.objects.all()
-    return Study.objects.filter(
-        memberships__user=user, memberships__role__in=OVERSEEING_ROLES
-    ).distinct()
 
 
 def _validated(serializer_class, request, data, **querysets):

@@ -12,9 +12,8 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from annotator.access import OVERSEEING_ROLES, require_role
+from annotator.access import OVERSEEING_ROLES, overseen_studies, require_role
 from annotator.api.serializers import IdField
-from datasets.api.views import overseen_studies
 from datasets.models import Split
 
 from .. import runs
