@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from collections.abc import Callable
 
-from .models import Cell, Label, Membership, Round, Scan, Study
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.db.models import Model, QuerySet
+
+from .models import Cell, Label, Membership, Round, Scan, Study, Taxonomy
 
 Role = Membership.Role
 # Roles that see every label of a study (the agreement and curation work needs them).
@@ -115,3 +118,49 @@ def visible_labels(user) -> QuerySet[Label]:
     return Label.objects.filter(round__in=visible_rounds(user)).exclude(
         round__study__in=blinded_studies(user)
     )
+
+
+def visible_taxonomies(user) -> QuerySet[Taxonomy]:
+    """Taxonomies are published trees: every logged-in user may read and use them."""
+    return Taxonomy.objects.all() if user.is_authenticated else Taxonomy.objects.none()
+
+
+def visible_users(user):
+    """Users the requester may name (a round's rater): members of the studies the requester
+    sees with open eyes. A study rated blind adds nobody: its member list is hidden."""
+    members = Membership.objects.filter(
+        study__in=visible_studies(user).exclude(pk__in=blinded_studies(user))
+    ).values("user")
+    return get_user_model().objects.filter(pk__in=members)
+
+
+# Who sees which rows, one function per model. Every writable related field of the API draws
+# its choices (the browsable API's select lists) and what a write may reference from here, so
+# a new endpoint is scoped by construction; a model that has no entry is refused, never shown.
+VISIBILITY: dict[type[Model], Callable[[object], QuerySet]] = {
+    Study: visible_studies,
+    Scan: visible_scans,
+    Cell: visible_cells,
+    Round: visible_rounds,
+    Label: visible_labels,
+    Taxonomy: visible_taxonomies,
+}
+
+
+def register_visibility(model: type[Model], visible: Callable[[object], QuerySet]) -> None:
+    """Say which rows of `model` a user sees (called by each app for its own models)."""
+    VISIBILITY[model] = visible
+
+
+def visible_objects(model: type[Model], user) -> QuerySet:
+    """The rows of `model` that `user` may see or reference."""
+    if model is get_user_model():
+        return visible_users(user)
+    try:
+        visible = VISIBILITY[model]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"No visibility rule for {model.__name__}: register one with "
+            "annotator.access.register_visibility before an API field refers to it."
+        ) from None
+    return visible(user)

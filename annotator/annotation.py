@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from .access import ANNOTATING_ROLES, require_role
-from .errors import ConflictError, DomainError
+from .errors import ConflictError, DomainError, InUseError
 from .models import Cell, Label, LabelChange, Round, Scan, Study, TaxonNode
 
 
@@ -57,6 +57,33 @@ def create_cell(study: Study, scan: Scan, x: int, y: int, user) -> Cell:
     return Cell.objects.create(study=study, scan=scan, x=x, y=y, created_by=user)
 
 
+def _refuse_if_others_work_on(cell: Cell, user, change: str) -> None:
+    """Refuse to move or delete a cell that a blinded round samples or that another round
+    labelled: their answers were given to the patch at this position, and would silently
+    belong to another one. The rounds are named, so the examiner knows whom to ask."""
+    queued = sorted(
+        {str(name) for name in cell.round_items.values_list("round__name", flat=True)}
+    )
+    if queued:
+        raise InUseError(
+            f"Cell {cell.pk} cannot be {change}: it is in the blinded round(s) "
+            f"{', '.join(queued)}, whose raters see its patch."
+        )
+    others = sorted(
+        {
+            label.round.name or str(label.round)
+            for label in cell.labels.exclude(round__rater=user).select_related(
+                "round__rater", "round__study"
+            )
+        }
+    )
+    if others:
+        raise InUseError(
+            f"Cell {cell.pk} cannot be {change}: it carries labels of the round(s) "
+            f"{', '.join(others)}, given to the patch at this position."
+        )
+
+
 @transaction.atomic
 def move_cell(cell: Cell, x: int, y: int, user, expected_version: int | None) -> Cell:
     """Move a cell's marker; refused when made on a stale copy."""
@@ -67,6 +94,7 @@ def move_cell(cell: Cell, x: int, y: int, user, expected_version: int | None) ->
     if cell.scan is None:
         raise DomainError("A patch-only cell has no position to move.", field="x")
     _check_version(cell, expected_version, "cell")
+    _refuse_if_others_work_on(cell, user, "moved")
     _check_position(cell.scan, x, y)
     Cell.objects.filter(pk=cell.pk).update(x=x, y=y, version=F("version") + 1)
     cell.refresh_from_db()
@@ -82,17 +110,7 @@ def delete_cell(cell: Cell, user, expected_version: int | None) -> None:
     cell = Cell.objects.select_for_update().select_related("study").get(pk=cell.pk)
     require_role(user, cell.study, ANNOTATING_ROLES, "delete cells")
     _check_version(cell, expected_version, "cell")
-    queued = cell.round_items.count()
-    if queued:
-        raise DomainError(
-            f"Cell {cell.pk} is in {queued} blinded round(s); it cannot be deleted.", field="cell"
-        )
-    others = cell.labels.exclude(round__rater=user)
-    if others.exists():
-        raise DomainError(
-            f"Cell {cell.pk} has labels in {others.count()} other round(s); it cannot be deleted.",
-            field="cell",
-        )
+    _refuse_if_others_work_on(cell, user, "deleted")
     for label in cell.labels.select_related("round"):
         delete_label(label, user, expected_version=None)
     cell.delete()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+import numpy as np
 from django.core.files.storage import default_storage
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from PIL import Image
 
 from . import annotation, patches
@@ -126,15 +128,60 @@ def answer_item(
     return _queue_state(item.round, item.position)  # `_item` checked that it is open
 
 
+# The eight ways to lay a square patch down (rotations by 90 degrees, with and without a
+# mirror). A cell's class does not depend on its orientation; index 0 is the stored patch.
+ORIENTATIONS = 8
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    turned = np.rot90(pixels, k=orientation % 4)
+    return turned[:, ::-1] if orientation >= 4 else turned
+
+
+def _token_seed(token: str) -> int:
+    """A secret number per item token (keyed by SECRET_KEY): the same item always looks the
+    same, and nothing the rater holds predicts another round's version of the cell."""
+    digest = salted_hmac("cytomark.blinded-patch", token).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _orientation(item: RoundItem) -> int:
+    """A non-identity orientation, different for each blinded round over the same cell (up
+    to seven rounds): the cell's rounds, ranked by id, step on from a secret start."""
+    rounds = list(
+        RoundItem.objects.filter(cell_id=item.cell_id)
+        .order_by("round_id")
+        .values_list("round_id", "token")
+    )
+    start = _token_seed(rounds[0][1]) % (ORIENTATIONS - 1)
+    rank = [round_id for round_id, _ in rounds].index(item.round_id)
+    return 1 + (start + rank) % (ORIENTATIONS - 1)
+
+
+def blinded_pixels(item: RoundItem, pixels: np.ndarray) -> np.ndarray:
+    """What the rater of `item` sees of a patch: turned and/or mirrored, and with every pixel
+    nudged by -1, 0 or +1 grey level (far below what an eye or the morphology notices).
+
+    So no two rounds serve the same bytes or the same pixels for a cell, and neither equals the
+    ordinary patch: a rater who kept the images of an earlier round cannot match a repeat's
+    items to them by hash, even after undoing the turn. Comparing them by eye stays possible
+    (docs/agreement.md).
+    """
+    noise = np.random.default_rng(_token_seed(item.token)).integers(-1, 2, size=pixels.shape)
+    nudged = np.clip(pixels.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(_orient(nudged, _orientation(item)))
+
+
 def patch_png(user, token: str) -> bytes:
-    """The item's patch as a PNG made afresh from its pixels: no metadata of any source file."""
+    """The item's patch as a PNG made afresh from its pixels, in this item's own orientation
+    and noise (`blinded_pixels`): no metadata of any source file, no bytes shared with the
+    ordinary patch or another round's."""
     item = _item(user, token)
-    cell = item.cell
-    name = patches.ensure_patch(cell).name
+    name = patches.ensure_patch(item.cell).name
     with default_storage.open(name, "rb") as handle, Image.open(handle) as source:
-        image = source.convert("RGB")
+        pixels = np.asarray(source.convert("RGB"))
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", compress_level=3)
+    Image.fromarray(blinded_pixels(item, pixels)).save(buffer, "PNG", compress_level=3)
     return buffer.getvalue()
 
 

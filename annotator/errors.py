@@ -23,3 +23,8 @@ class NotFoundError(DomainError):
 
 class ForbiddenError(DomainError):
     """The caller may see the thing but not do this to it now (answered 403)."""
+
+
+class InUseError(DomainError):
+    """The object carries other people's work (answers, gold labels), so it cannot change
+    under them (answered 409, naming that work)."""

@@ -6,3 +6,11 @@ class DatasetsConfig(AppConfig):
 
     name = "datasets"
     verbose_name = "Data sets"
+
+    def ready(self) -> None:
+        from annotator.access import register_visibility
+
+        from .access import RULES
+
+        for model, visible in RULES.items():
+            register_visibility(model, visible)

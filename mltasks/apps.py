@@ -6,3 +6,11 @@ class MltasksConfig(AppConfig):
 
     name = "mltasks"
     verbose_name = "Machine learning"
+
+    def ready(self) -> None:
+        from annotator.access import register_visibility
+
+        from .access import RULES
+
+        for model, visible in RULES.items():
+            register_visibility(model, visible)

@@ -45,9 +45,9 @@ def blinded(study, scan, gold_cells, annotator, rater, second_annotator, coordin
     """Rita's round (half answered) and its repeat, Bert's round, Rita's own gold label."""
     own = annotation.create_cell(study, scan, 40, 40, rater)
     annotation.set_label(own, annotation.gold_round_for(study, rater), rater, node="NGS")
-    rita = rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
+    rita = rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="rita-blind-r1")
     bert = rounds.create_blinded_round(
-        study, second_annotator, coordinator, mode="all", seed=2, name="b1"
+        study, second_annotator, coordinator, mode="all", seed=2, name="bert-blind-b1"
     )
     for item in bert.items.all():
         annotation.set_label(item.cell, bert, second_annotator, node="LYT")
@@ -127,9 +127,48 @@ def _state():
     )
 
 
-def test_every_api_endpoint_hides_scan_position_patient_and_labels(
-    blinded, scan, rater, annotator, second_annotator
-):
+@pytest.fixture
+def curation(study, blinded, coordinator):
+    """A data set, split, export and training run of the study: what an overseer's forms
+    would list (their names carry the study's cells and classes)."""
+    from datasets import exports, splits, versions
+    from mltasks.models import TrainingRun
+
+    dataset, _ = versions.make_dataset(study, "munich-secret-set", coordinator)
+    split, _ = splits.make_split(dataset, "holdout", coordinator, seed=0)
+    exports.request_export(split, "csv", coordinator)
+    TrainingRun.objects.create(split=split, config={}, created_by=coordinator)
+    return dataset
+
+
+@pytest.fixture
+def second_hat(rater, aml_taxonomy):
+    """Rita also coordinates a study of her own: overseeing powers there, none here."""
+    from annotator.models import Membership, Study
+
+    own = Study.objects.create(name="ritas-own", title="Rita's own", taxonomy=aml_taxonomy)
+    Membership.objects.create(study=own, user=rater, role=Membership.Role.COORDINATOR)
+    return own
+
+
+def _hidden_strings(blinded, curation, scan, mine=()) -> list[str]:
+    """What the browsable API's forms would show of the study: cells by position, other
+    raters' rounds, the data set's name, the scan."""
+    strings = [*_forbidden_strings(scan), curation.name]
+    strings += [f"({cell.x}, {cell.y})" for cell in blinded["cells"]]
+    strings += [str(cell) for cell in blinded["cells"]]
+    strings += [str(r) for r in Round.objects.exclude(pk__in=mine)]
+    return strings
+
+
+def _own_rounds(user) -> list[int]:
+    return list(Round.objects.filter(rater=user).values_list("pk", flat=True))
+
+
+def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys: bool) -> int:
+    """Every operation of the schema, with every id the client could guess, as GET with each
+    query parameter and as writes with bodies naming the hidden things; nothing may show a
+    hidden string, no write may be accepted, nothing may change. Returns the requests made."""
     cells = [c.pk for c in blinded["cells"]]
     labels = list(Label.objects.values_list("pk", flat=True))
     gold_rounds = list(Round.objects.filter(kind="gold").values_list("pk", flat=True))
@@ -138,8 +177,25 @@ def test_every_api_endpoint_hides_scan_position_patient_and_labels(
     tokens = list(blinded["bert"].items.values_list("token", flat=True)[:2]) + list(
         blinded["repeat"].items.values_list("token", flat=True)[:2]
     )
+    from datasets.models import DatasetVersion, Export, Split
+    from mltasks.models import TrainingRun
+
+    curated_ids = [
+        *DatasetVersion.objects.values_list("pk", flat=True),
+        *Split.objects.values_list("pk", flat=True),
+        *Export.objects.values_list("pk", flat=True),
+        *TrainingRun.objects.values_list("pk", flat=True),
+    ]
     values = {
-        "id": [*cells[:3], scan.pk, *labels[:3], *others, *mine, scan.studies.first().pk],
+        "id": [
+            *cells[:3],
+            scan.pk,
+            *labels[:3],
+            *others,
+            *mine,
+            scan.studies.first().pk,
+            *curated_ids,
+        ],
         "scan_id": [scan.pk],
         "cell_id": cells[:3],
         "level": [0, 12],
@@ -149,12 +205,15 @@ def test_every_api_endpoint_hides_scan_position_patient_and_labels(
         "position": [1],
         "token": tokens,
         "format": ["json"],
+        "name": ["plot.png"],
     }
     query_values = {
         "scan": scan.pk,
         "cell": cells[0],
         "round": others[0],
         "study": "munich",
+        "dataset": curated_ids[0],
+        "split": curated_ids[1],
     }
     bodies = [
         *WRITE_BODIES,
@@ -167,33 +226,84 @@ def test_every_api_endpoint_hides_scan_position_patient_and_labels(
             "round": mine[0],
             "node": "NGS",
             "version": 1,
+            "dataset": curated_ids[0],
+            "split": curated_ids[1],
         },
     ]
-    client = _logged_in(rater)
+
+    def check(response, where, allow_answer=False):
+        text = response.content.decode("utf-8", "replace")
+        for needle in hidden:
+            assert needle not in text, f"{where} shows {needle!r}"
+        if check_keys:
+            _assert_clean(response, scan, where, allow_answer=allow_answer)
+        else:
+            assert response.status_code < 500, f"{where}: {response.status_code}"
+
     before = _state()
     tried = 0
     for path, method, params in _schema_operations():
         for url in _fill(path, values):
-            where = f"{method} {url}"
+            where = f"{method} {url} ({accept})"
             if method == "GET":
                 queries = [{}] + [
                     {name: query_values[name]} for name in params if name in query_values
                 ]
                 for query in queries:
-                    response = client.get(url, query)
+                    response = client.get(url, query, HTTP_ACCEPT=accept)
                     own_answer = url.startswith("/api/v1/queue/")  # her answer, same round
-                    _assert_clean(response, scan, f"{where} {query}", allow_answer=own_answer)
+                    check(response, f"{where} {query}", allow_answer=own_answer)
                     tried += 1
                 continue
             for body in bodies:
                 response = client.generic(
-                    method, url, json.dumps(body), content_type="application/json"
+                    method,
+                    url,
+                    json.dumps(body),
+                    content_type="application/json",
+                    HTTP_ACCEPT=accept,
                 )
-                _assert_clean(response, scan, f"{where} {body}")
+                check(response, f"{where} {body}")
                 assert response.status_code >= 400, f"{where} {body} was accepted"
                 tried += 1
+    assert _state() == before, "a request of the sweep changed something"
+    return tried
+
+
+SWEEP_ACCEPTS = ["application/json", "text/html"]
+
+
+@pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
+def test_every_api_endpoint_hides_scan_position_patient_and_labels(
+    blinded, curation, scan, rater, accept
+):
+    hidden = _hidden_strings(blinded, curation, scan, _own_rounds(rater))
+    tried = _sweep(_logged_in(rater), blinded, scan, accept=accept, hidden=hidden, check_keys=True)
     assert tried > 150
-    assert _state() == before, "a request of the blinded rater changed something"
+
+
+@pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
+def test_a_blinded_rater_who_coordinates_another_study_learns_nothing_more(
+    blinded, curation, scan, rater, second_hat, accept
+):
+    hidden = _hidden_strings(blinded, curation, scan, _own_rounds(rater))
+    tried = _sweep(_logged_in(rater), blinded, scan, accept=accept, hidden=hidden, check_keys=True)
+    assert tried > 150
+
+
+@pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
+def test_a_member_of_another_study_learns_nothing_of_this_one(
+    blinded, curation, scan, outsider, accept
+):
+    from annotator.models import Membership
+
+    elsewhere = outsider.memberships.get().study
+    Membership.objects.create(study=elsewhere, user=outsider, role=Membership.Role.COORDINATOR)
+    hidden = _hidden_strings(blinded, curation, scan)
+    tried = _sweep(
+        _logged_in(outsider), blinded, scan, accept=accept, hidden=hidden, check_keys=False
+    )
+    assert tried > 150
 
 
 def test_lists_show_none_of_the_study_cells_scans_or_labels(blinded, scan, rater):
@@ -203,7 +313,7 @@ def test_lists_show_none_of_the_study_cells_scans_or_labels(blinded, scan, rater
     assert client.get("/api/v1/labels/").json()["results"] == []
     rounds_seen = client.get("/api/v1/rounds/").json()["results"]
     assert {r["name"] for r in rounds_seen} == {
-        "r1",
+        "rita-blind-r1",
         blinded["repeat"].name,
         annotation.gold_round_for(blinded["rita"].study, rater).name,
     }

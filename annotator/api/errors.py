@@ -6,7 +6,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from ..errors import ConflictError, DomainError, ForbiddenError, NotFoundError
+from ..errors import ConflictError, DomainError, ForbiddenError, InUseError, NotFoundError
 from ..models import Cell, Label
 from ..taxonomy import TaxonomyError
 
@@ -34,6 +34,8 @@ def exception_handler(exc, context):
             {"detail": str(exc), "current": describe_current(exc.current)},
             status=status.HTTP_409_CONFLICT,
         )
+    if isinstance(exc, InUseError):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, NotFoundError):
         return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, ForbiddenError):

@@ -21,6 +21,7 @@ from ..models import (
     Taxonomy,
 )
 from ..taxonomy import group_leaf_codes
+from .scoping import ScopedModelSerializer, ScopedSerializer
 
 
 class IdField(serializers.PrimaryKeyRelatedField):
@@ -34,7 +35,7 @@ class IdField(serializers.PrimaryKeyRelatedField):
             self.fail("incorrect_type", data_type=type(data).__name__)
 
 
-class TaxonNodeSerializer(serializers.ModelSerializer):
+class TaxonNodeSerializer(ScopedModelSerializer):
     parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
 
     class Meta:
@@ -42,13 +43,13 @@ class TaxonNodeSerializer(serializers.ModelSerializer):
         fields = ["code", "name", "parent", "order", "colour", "hotkey", "is_leaf", "aliases"]
 
 
-class TaxonomySummarySerializer(serializers.ModelSerializer):
+class TaxonomySummarySerializer(ScopedModelSerializer):
     class Meta:
         model = Taxonomy
         fields = ["id", "name", "version", "title"]
 
 
-class TaxonomySerializer(serializers.ModelSerializer):
+class TaxonomySerializer(ScopedModelSerializer):
     """A taxonomy with its tree (nested children) and its groups expanded to leaves."""
 
     tree = serializers.SerializerMethodField()
@@ -126,7 +127,7 @@ class TaxonomySerializer(serializers.ModelSerializer):
         return sum(1 for node in taxonomy.nodes.all() if node.is_leaf)
 
 
-class MembershipSerializer(serializers.ModelSerializer):
+class MembershipSerializer(ScopedModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
 
     class Meta:
@@ -134,11 +135,19 @@ class MembershipSerializer(serializers.ModelSerializer):
         fields = ["username", "role"]
 
 
-class StudySerializer(serializers.ModelSerializer):
+class StudySerializer(ScopedModelSerializer):
     taxonomy = TaxonomySummarySerializer(read_only=True)
     taxonomy_id = IdField(queryset=Taxonomy.objects.all(), source="taxonomy", write_only=True)
-    members = MembershipSerializer(source="memberships", many=True, read_only=True)
-    scan_count = serializers.IntegerField(read_only=True)
+    members = MembershipSerializer(
+        source="memberships",
+        many=True,
+        read_only=True,
+        allow_null=True,
+        help_text="Null for a study you rate blinded: who else works on it is hidden.",
+    )
+    scan_count = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="Null for a study you rate blinded."
+    )
     my_roles = serializers.SerializerMethodField()
 
     class Meta:
@@ -162,8 +171,17 @@ class StudySerializer(serializers.ModelSerializer):
         user = self.context["request"].user
         return sorted(m.role for m in study.memberships.all() if m.user_id == user.pk)
 
+    def to_representation(self, instance):
+        """A blinded rater learns neither how many scans the study has nor who else is in it
+        (the gold examiner among them)."""
+        data = super().to_representation(instance)
+        if instance.pk in self.context.get("blinded_study_ids", ()):
+            data["scan_count"] = None
+            data["members"] = None
+        return data
 
-class ScanSerializer(serializers.ModelSerializer):
+
+class ScanSerializer(ScopedModelSerializer):
     patient = serializers.CharField(source="patient.code", default=None, read_only=True)
     cohort = serializers.CharField(source="patient.cohort", default=None, read_only=True)
     studies = serializers.SerializerMethodField()
@@ -193,22 +211,7 @@ class ScanSerializer(serializers.ModelSerializer):
         return sorted(s.name for s in scan.studies.all() if visible is None or s.pk in visible)
 
 
-class VisibleChoicesMixin:
-    """Limit related-object choices to what the requesting user may see, so an id from a
-    study the user is not in reads as unknown rather than revealing that it exists."""
-
-    visible_querysets: dict = {}
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        request = self.context.get("request")
-        if request is not None:
-            for name, make_queryset in self.visible_querysets.items():
-                if name in self.fields:
-                    self.fields[name].queryset = make_queryset(request.user)
-
-
-class ScanCreateSerializer(VisibleChoicesMixin, serializers.Serializer):
+class ScanCreateSerializer(ScopedSerializer):
     """Register a scan: upload the file, or name a file under a server import root."""
 
     visible_querysets = {"study": visible_studies}
@@ -227,7 +230,7 @@ class ScanCreateSerializer(VisibleChoicesMixin, serializers.Serializer):
         return attrs
 
 
-class CellSerializer(VisibleChoicesMixin, serializers.ModelSerializer):
+class CellSerializer(ScopedModelSerializer):
     # A study the user rates blinded, and its scans, read as unknown here: placing a cell
     # would otherwise tell the rater which scans belong to it, and how large they are.
     visible_querysets = {
@@ -276,13 +279,13 @@ class CellSerializer(VisibleChoicesMixin, serializers.ModelSerializer):
         }
 
 
-class CellMoveSerializer(serializers.Serializer):
+class CellMoveSerializer(ScopedSerializer):
     x = serializers.IntegerField(min_value=0)
     y = serializers.IntegerField(min_value=0)
     version = serializers.IntegerField(min_value=1)
 
 
-class LabelSerializer(serializers.ModelSerializer):
+class LabelSerializer(ScopedModelSerializer):
     node = serializers.SlugRelatedField(slug_field="code", read_only=True)
     rater = serializers.CharField(source="rater.username", read_only=True)
 
@@ -302,7 +305,7 @@ class LabelSerializer(serializers.ModelSerializer):
         ]
 
 
-class LabelWriteSerializer(VisibleChoicesMixin, serializers.Serializer):
+class LabelWriteSerializer(ScopedSerializer):
     """Input of a label: a node code or cannot_classify, and the seconds spent on it."""
 
     visible_querysets = {
@@ -321,14 +324,14 @@ class LabelWriteSerializer(VisibleChoicesMixin, serializers.Serializer):
     seconds_spent = serializers.FloatField(min_value=0, max_value=86400, default=0)
 
 
-class LabelUpdateSerializer(serializers.Serializer):
+class LabelUpdateSerializer(ScopedSerializer):
     node = serializers.CharField(required=False, allow_null=True, max_length=16)
     cannot_classify = serializers.BooleanField(default=False)
     seconds_spent = serializers.FloatField(min_value=0, max_value=86400, default=0)
     version = serializers.IntegerField(min_value=1)
 
 
-class LabelChangeSerializer(serializers.ModelSerializer):
+class LabelChangeSerializer(ScopedModelSerializer):
     old_node = serializers.SlugRelatedField(slug_field="code", read_only=True)
     new_node = serializers.SlugRelatedField(slug_field="code", read_only=True)
     changed_by = serializers.CharField(source="changed_by.username", read_only=True)
@@ -351,7 +354,7 @@ class LabelChangeSerializer(serializers.ModelSerializer):
         ]
 
 
-class RoundSerializer(serializers.ModelSerializer):
+class RoundSerializer(ScopedModelSerializer):
     """A round with its progress. How its sample was drawn (reference, seed, design) is shown
     only to those who oversee the study: a blinded rater must not learn that their sample was,
     say, ten cells of every gold class."""
@@ -391,7 +394,7 @@ class RoundSerializer(serializers.ModelSerializer):
         return data
 
 
-class RoundCreateSerializer(VisibleChoicesMixin, serializers.Serializer):
+class RoundCreateSerializer(ScopedSerializer):
     """A blinded round for a rater over a seeded sample of a gold round's cells."""
 
     visible_querysets = {"study": visible_studies}
@@ -424,7 +427,7 @@ class RoundCreateSerializer(VisibleChoicesMixin, serializers.Serializer):
         return attrs
 
 
-class RepeatCreateSerializer(serializers.Serializer):
+class RepeatCreateSerializer(ScopedSerializer):
     not_before = serializers.DateTimeField(
         help_text="The rater cannot open the repeat before this time (the washout)."
     )
@@ -432,7 +435,7 @@ class RepeatCreateSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
 
 
-class QueueAnswerSerializer(serializers.Serializer):
+class QueueAnswerSerializer(ScopedSerializer):
     node = serializers.CharField(required=False, allow_null=True, max_length=16)
     cannot_classify = serializers.BooleanField(default=False)
     seconds_spent = serializers.FloatField(min_value=0, max_value=86400, default=0)

@@ -15,8 +15,9 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
-from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 from .. import access, annotation, reports
 from ..models import LabelChange, Membership, Taxonomy
@@ -117,6 +118,13 @@ class StudyViewSet(
             .order_by("name")
         )
 
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        context["blinded_study_ids"] = set(
+            access.blinded_studies(self.request.user).values_list("pk", flat=True)
+        )
+        return context
+
     def get_permissions(self):
         if self.action == "create":
             return [permissions.IsAdminUser()]
@@ -134,7 +142,7 @@ class StudyViewSet(
     )
     @action(
         detail=True,
-        renderer_classes=[JSONRenderer, BrowsableAPIRenderer, CSVTextRenderer],
+        renderer_classes=[*api_settings.DEFAULT_RENDERER_CLASSES, CSVTextRenderer],
     )
     def agreement(self, request, pk=None):
         """The agreement report (coordinators, data scientists, admins): default pairs are gold

@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import DATABASES, REDIS_URL, SECRET_KEY, env
+from .base import DATABASES, REDIS_URL, REST_FRAMEWORK, SECRET_KEY, env
 
 DEBUG = env.bool("DEBUG", default=False)
 if DEBUG:
@@ -43,4 +43,10 @@ WHITENOISE_USE_FINDERS = False
 STORAGES = {
     **STORAGES,  # noqa: F405
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# The API answers JSON only: the browsable API's HTML forms are a development convenience.
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from annotator.access import overseen_studies
+from annotator.api.scoping import ScopedModelSerializer, ScopedSerializer
 from annotator.api.serializers import IdField
 from annotator.models import Study
 
@@ -23,7 +25,9 @@ class CodesField(serializers.ListField):
         return super().to_internal_value(data)
 
 
-class ProposalQuerySerializer(serializers.Serializer):
+class ProposalQuerySerializer(ScopedSerializer):
+    visible_querysets = {"study": overseen_studies}
+
     study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
     threshold = serializers.IntegerField(min_value=0, max_value=10**9, default=10)
     collapse = CodesField(required=False, default=list)
@@ -35,7 +39,7 @@ class ClassMapCreateSerializer(ProposalQuerySerializer):
     notes = serializers.CharField(required=False, allow_blank=True, default="")
 
 
-class ClassMapSerializer(serializers.ModelSerializer):
+class ClassMapSerializer(ScopedModelSerializer):
     study = serializers.SlugRelatedField(slug_field="name", read_only=True)
     taxonomy = serializers.StringRelatedField()
     created_by = serializers.StringRelatedField()
@@ -57,7 +61,9 @@ class ClassMapSerializer(serializers.ModelSerializer):
         ]
 
 
-class DatasetCreateSerializer(serializers.Serializer):
+class DatasetCreateSerializer(ScopedSerializer):
+    visible_querysets = {"study": overseen_studies}
+
     study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
     name = serializers.SlugField(max_length=100)
     classmap = serializers.CharField(
@@ -72,7 +78,7 @@ class DatasetCreateSerializer(serializers.Serializer):
     notes = serializers.CharField(required=False, allow_blank=True, default="")
 
 
-class DatasetSerializer(serializers.ModelSerializer):
+class DatasetSerializer(ScopedModelSerializer):
     study = serializers.SlugRelatedField(slug_field="name", read_only=True)
     class_map = serializers.StringRelatedField()
     created_by = serializers.StringRelatedField()
@@ -106,7 +112,7 @@ class DatasetDetailSerializer(DatasetSerializer):
         fields = [*DatasetSerializer.Meta.fields, "manifest"]
 
 
-class SplitCreateSerializer(serializers.Serializer):
+class SplitCreateSerializer(ScopedSerializer):
     dataset = IdField(queryset=DatasetVersion.objects.all())
     strategy = serializers.ChoiceField(choices=Split.Strategy.values)
     k = serializers.IntegerField(min_value=2, max_value=1000, default=5)
@@ -117,7 +123,7 @@ class SplitCreateSerializer(serializers.Serializer):
     grouped = serializers.BooleanField(default=False)
 
 
-class SplitSerializer(serializers.ModelSerializer):
+class SplitSerializer(ScopedModelSerializer):
     dataset_name = serializers.CharField(source="dataset.name", read_only=True)
     dataset_version = serializers.IntegerField(source="dataset.version", read_only=True)
 
@@ -139,12 +145,12 @@ class SplitSerializer(serializers.ModelSerializer):
         ]
 
 
-class ExportCreateSerializer(serializers.Serializer):
+class ExportCreateSerializer(ScopedSerializer):
     split = IdField(queryset=Split.objects.all())
     format = serializers.ChoiceField(choices=Export.Format.values)
 
 
-class ExportSerializer(serializers.ModelSerializer):
+class ExportSerializer(ScopedModelSerializer):
     download = serializers.SerializerMethodField()
 
     class Meta:

@@ -17,20 +17,18 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from annotator.access import overseen_studies
 from annotator.api.views import int_param
 
 from .. import classmaps, exports, splits, versions
-from ..models import ClassMap, DatasetVersion, Export, Split
+from ..access import visible_class_maps, visible_datasets, visible_exports, visible_splits
+from ..models import Export
 from ..tasks import start_export
 from . import serializers as s
 
 
-def _validated(serializer_class, request, data, **querysets):
-    """Validate input with its related-object choices limited to what the user may see."""
-    form = serializer_class(data=data)
-    for name, queryset in querysets.items():
-        form.fields[name].queryset = queryset
+def _validated(serializer_class, request, data):
+    """Validate input; its related-object choices are what the user may see (scoping)."""
+    form = serializer_class(data=data, context={"request": request})
     form.is_valid(raise_exception=True)
     return form.validated_data
 
@@ -55,7 +53,7 @@ class ClassMapViewSet(
     serializer_class = s.ClassMapSerializer
 
     def get_queryset(self):
-        maps = ClassMap.objects.filter(study__in=overseen_studies(self.request.user))
+        maps = visible_class_maps(self.request.user)
         return self.filter_study(maps.select_related("study", "taxonomy", "created_by"))
 
     @extend_schema(parameters=[STUDY_PARAMETER])
@@ -70,7 +68,6 @@ class ClassMapViewSet(
             s.ProposalQuerySerializer,
             request,
             request.query_params,
-            study=overseen_studies(request.user),
         )
         proposal = classmaps.propose(
             data["study"],
@@ -82,9 +79,7 @@ class ClassMapViewSet(
 
     @extend_schema(request=s.ClassMapCreateSerializer, responses={201: s.ClassMapSerializer})
     def create(self, request):
-        data = _validated(
-            s.ClassMapCreateSerializer, request, request.data, study=overseen_studies(request.user)
-        )
+        data = _validated(s.ClassMapCreateSerializer, request, request.data)
         proposal = classmaps.propose(
             data["study"],
             threshold=data["threshold"],
@@ -107,7 +102,7 @@ class DatasetViewSet(
     the latest one when nothing changed); versions are never changed or deleted."""
 
     def get_queryset(self):
-        found = DatasetVersion.objects.filter(study__in=overseen_studies(self.request.user))
+        found = visible_datasets(self.request.user)
         found = found.select_related("study", "class_map", "created_by").order_by("-id")
         if self.action == "list":
             found = found.defer("manifest")
@@ -122,9 +117,7 @@ class DatasetViewSet(
 
     @extend_schema(request=s.DatasetCreateSerializer, responses={201: s.DatasetSerializer})
     def create(self, request):
-        data = _validated(
-            s.DatasetCreateSerializer, request, request.data, study=overseen_studies(request.user)
-        )
+        data = _validated(s.DatasetCreateSerializer, request, request.data)
         study = data["study"]
         class_map = classmaps.find_class_map(study, data["classmap"]) if data["classmap"] else None
         made, created = versions.make_dataset(
@@ -165,7 +158,7 @@ class SplitViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     serializer_class = s.SplitSerializer
 
     def get_queryset(self):
-        found = Split.objects.filter(dataset__study__in=overseen_studies(self.request.user))
+        found = visible_splits(self.request.user)
         found = found.select_related("dataset").defer("folds", "dataset__manifest")
         dataset = int_param(self.request, "dataset")
         return found.filter(dataset_id=dataset) if dataset is not None else found
@@ -176,8 +169,7 @@ class SplitViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     @extend_schema(request=s.SplitCreateSerializer, responses={201: s.SplitSerializer})
     def create(self, request):
-        visible = DatasetVersion.objects.filter(study__in=overseen_studies(request.user))
-        data = _validated(s.SplitCreateSerializer, request, request.data, dataset=visible)
+        data = _validated(s.SplitCreateSerializer, request, request.data)
         made, created = splits.make_split(
             data["dataset"],
             data["strategy"],
@@ -200,7 +192,7 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     serializer_class = s.ExportSerializer
 
     def get_queryset(self):
-        found = Export.objects.filter(split__dataset__study__in=overseen_studies(self.request.user))
+        found = visible_exports(self.request.user)
         split = int_param(self.request, "split")
         return found.filter(split_id=split) if split is not None else found
 
@@ -211,8 +203,7 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     @extend_schema(request=s.ExportCreateSerializer, responses={202: s.ExportSerializer})
     @transaction.atomic
     def create(self, request):
-        visible = Split.objects.filter(dataset__study__in=overseen_studies(request.user))
-        data = _validated(s.ExportCreateSerializer, request, request.data, split=visible)
+        data = _validated(s.ExportCreateSerializer, request, request.data)
         export = exports.request_export(data["split"], data["format"], request.user)
         start_export(export)
         return Response(s.ExportSerializer(export).data, status=status.HTTP_202_ACCEPTED)

@@ -12,17 +12,19 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from annotator.access import OVERSEEING_ROLES, overseen_studies, require_role
+from annotator.access import OVERSEEING_ROLES, require_role
+from annotator.api.scoping import ScopedModelSerializer, ScopedSerializer
 from annotator.api.serializers import IdField
 from datasets.models import Split
 
 from .. import runs
+from ..access import visible_runs
 from ..models import TrainingRun
 from ..tasks import preannotate as preannotate_task
 from ..tasks import queue_run
 
 
-class TrainingRunSerializer(serializers.ModelSerializer):
+class TrainingRunSerializer(ScopedModelSerializer):
     class Meta:
         model = TrainingRun
         fields = [
@@ -41,8 +43,8 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         ]
 
 
-class TrainingRunCreateSerializer(serializers.Serializer):
-    split = IdField(queryset=Split.objects.none())
+class TrainingRunCreateSerializer(ScopedSerializer):
+    split = IdField(queryset=Split.objects.all())
     config = serializers.DictField(required=False, default=dict, help_text="docs/training.md")
 
 
@@ -53,17 +55,12 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     serializer_class = TrainingRunSerializer
 
     def get_queryset(self):
-        return TrainingRun.objects.filter(
-            split__dataset__study__in=overseen_studies(self.request.user)
-        ).defer("report")
+        return visible_runs(self.request.user).defer("report")
 
     @extend_schema(request=TrainingRunCreateSerializer, responses={202: TrainingRunSerializer})
     @transaction.atomic
     def create(self, request):
-        form = TrainingRunCreateSerializer(data=request.data)
-        form.fields["split"].queryset = Split.objects.filter(
-            dataset__study__in=overseen_studies(request.user)
-        )
+        form = TrainingRunCreateSerializer(data=request.data, context={"request": request})
         form.is_valid(raise_exception=True)
         run = runs.start_run(
             form.validated_data["split"], request.user, form.validated_data["config"]

@@ -140,7 +140,10 @@
         }
         queue.shift();
         if (op.onRefused) await op.onRefused(error).catch(() => {});
-        toast(error.status === 409 ? "Changed by someone else: " + error.message : error.message);
+        // A 409 with the stored state is a change made on a stale copy; one without it says why
+        // the change is refused (e.g. another round's answers are tied to this cell).
+        const stale = error.status === 409 && error.body && error.body.current;
+        toast(stale ? "Changed by someone else: " + error.message : error.message);
         refreshStatus();
       }
       render();
