@@ -45,7 +45,9 @@ def blinded(study, scan, gold_cells, annotator, rater, second_annotator, coordin
     """Rita's round (half answered) and its repeat, Bert's round, Rita's own gold label."""
     own = annotation.create_cell(study, scan, 40, 40, rater)
     annotation.set_label(own, annotation.gold_round_for(study, rater), rater, node="NGS")
-    rita = rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="rita-blind-r1")
+    rita = rounds.create_blinded_round(
+        study, rater, coordinator, mode="all", seed=1, name="rita-blind-r1"
+    )
     bert = rounds.create_blinded_round(
         study, second_annotator, coordinator, mode="all", seed=2, name="bert-blind-b1"
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from annotator.annotation import gold_round_for, set_label
 from annotator.models import Cell, Label, LabelChange, TaxonNode
 
 from .conftest import log_in, new_page
@@ -157,8 +158,18 @@ def test_a_change_on_a_stale_copy_shows_the_newer_label_instead_of_overwriting_i
     assert problems == []
 
 
+def _drag_right(page, x: int, y: int) -> None:
+    """Drag the marker at a level-0 point 40 screen pixels to the right."""
+    start = _screen_point(page, x, y)
+    page.mouse.move(start["x"], start["y"])
+    page.mouse.down()
+    for step in range(1, 9):
+        page.mouse.move(start["x"] + 5 * step, start["y"])
+    page.mouse.up()
+
+
 def test_markers_are_dragged_deleted_and_undone_with_the_server_following(
-    chromium, live_server, annotator, study, scan, planted
+    chromium, live_server, annotator, second_annotator, study, scan, planted
 ):
     page, problems = chromium
     first, second = planted[2], planted[3]
@@ -170,13 +181,7 @@ def test_markers_are_dragged_deleted_and_undone_with_the_server_following(
     _wait_until_saved(page)
     assert Label.objects.count() == 2
 
-    # Drag the first marker 40 screen pixels to the right.
-    start = _screen_point(page, first["x"], first["y"])
-    page.mouse.move(start["x"], start["y"])
-    page.mouse.down()
-    for step in range(1, 9):
-        page.mouse.move(start["x"] + 5 * step, start["y"])
-    page.mouse.up()
+    _drag_right(page, first["x"], first["y"])
     _wait_until_saved(page)
     moved = Cell.objects.order_by("id").first()
     assert moved.x > first["x"] + 10 and abs(moved.y - first["y"]) <= 3 and moved.version == 2
@@ -204,6 +209,22 @@ def test_markers_are_dragged_deleted_and_undone_with_the_server_following(
     page.keyboard.press("Control+z")
     _wait_until_saved(page)
     assert moved.labels.get().node.code == "LYT"
+
+    # Once another examiner has labelled the cell too, it stays where it is: the server
+    # refuses the move (409), the page says why and puts the marker back.
+    set_label(moved, gold_round_for(study, second_annotator), second_annotator, node="NGS")
+    moved.refresh_from_db()
+    page.keyboard.press("Escape")
+    _drag_right(page, moved.x, moved.y)
+    page.wait_for_selector("#toast:not([hidden])", timeout=15000)
+    assert "cannot be moved" in page.inner_text("#toast")
+    _wait_until_saved(page)
+    assert Cell.objects.get(pk=moved.pk).x == moved.x
+    page.wait_for_function(
+        "([id, x]) => [...window.cytomark.cells.values()].some(c => c.id === id && c.x === x)",
+        arg=[moved.pk, moved.x],
+        timeout=15000,
+    )
     assert problems == []
 
 

@@ -4,7 +4,8 @@ DRF gives a writable related field the whole table as its queryset. That queryse
 what a write may reference and what the browsable API lists in its forms' select boxes, so an
 unscoped field shows every cell, round or split of the database to anyone who asks for HTML.
 Here every writable related field takes its queryset from `annotator.access.visible_objects`
-for the requesting user (no request or an anonymous one: nothing), unless the serializer names a narrower one.
+for the requesting user (no request or an anonymous one: nothing), unless the serializer names
+a narrower one.
 """
 
 from __future__ import annotations
