@@ -21,6 +21,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from PIL import Image
 
+from . import access
 from .errors import DomainError
 from .models import Patient, Scan, Study
 
@@ -59,10 +60,26 @@ class IngestResult:
     created: bool
 
 
-def check_import_path(path: str | Path) -> Path:
-    """Resolve a server-side path and refuse it unless it lies inside a configured import root."""
-    resolved = Path(path).resolve()
+def import_roots_for(user, study: Study) -> list[Path]:
+    """The server folders from which `user` may register files into `study`.
+
+    The import roots (`SCAN_IMPORT_ROOTS`) are shared by every study, so only a site
+    administrator (a superuser) may name any file under them. A study's coordinators and admins
+    may name files under the study's own folder in each root, `ROOT/STUDY-NAME/`, which the
+    operator fills for that study: a file meant for another study is outside it.
+    """
     roots = [Path(root).resolve() for root in settings.SCAN_IMPORT_ROOTS]
+    if user is not None and user.is_superuser:
+        return roots
+    return [root / study.name for root in roots]
+
+
+def check_import_path(path: str | Path, roots: list[Path] | None = None) -> Path:
+    """Resolve a server-side path and refuse it unless it lies inside one of `roots` (by default
+    the configured import roots); symbolic links are followed first, so none leads out."""
+    resolved = Path(path).resolve()
+    if roots is None:
+        roots = [Path(root).resolve() for root in settings.SCAN_IMPORT_ROOTS]
     if not any(resolved.is_relative_to(root) for root in roots):
         allowed = ", ".join(str(root) for root in roots) or "(none configured)"
         raise ScanError(
@@ -187,20 +204,22 @@ def ingest_scan(
     user=None,
     display_name: str | None = None,
     check_roots: bool = True,
+    roots: list[Path] | None = None,
 ) -> IngestResult:
     """Register one scan file in a study, or recognise it (by checksum) as already registered.
 
-    `check_roots` is off only for files the server received itself (uploads), which live in a
-    temporary folder rather than an import root.
+    `user` is who registers it; None is the operator on the command line. A file already known
+    is attached only if `user` sees that scan already (see `_attach_known`). `check_roots` is
+    off only for files the server received itself (uploads), which live in a temporary folder
+    rather than an import root; `roots` narrows the import roots (see `import_roots_for`).
     """
-    path = check_import_path(path) if check_roots else Path(path)
+    field = "path" if check_roots else "file"
+    path = check_import_path(path, roots) if check_roots else Path(path)
     name = display_name or path.name
     digest = sha256_of(path)
     existing = Scan.objects.filter(sha256=digest).first()
     if existing:
-        _check_same_patient(existing, patient_code, name)
-        study.scans.add(existing)
-        return IngestResult(existing, created=False)
+        return _attach_known(existing, study, user, patient_code, name, field)
 
     facts = inspect_slide(path, name)
     # Slides are multi-file in some formats; Cytomark stores single-file ones as they are.
@@ -233,12 +252,12 @@ def ingest_scan(
             study.scans.add(scan)
     except IntegrityError:
         default_storage.delete(storage_name)
-        # Another request registered the same file a moment ago: use that one.
+        # Another request registered the same file a moment ago: the same rules as for any
+        # known file apply to it.
         existing = Scan.objects.filter(sha256=digest).first()
         if existing is None:
             raise
-        study.scans.add(existing)
-        return IngestResult(existing, created=False)
+        return _attach_known(existing, study, user, patient_code, name, field)
     except BaseException:
         default_storage.delete(storage_name)
         raise
@@ -246,13 +265,30 @@ def ingest_scan(
     return IngestResult(scan, created=True)
 
 
-def _check_same_patient(scan: Scan, patient_code: str | None, name: str) -> None:
+def _attach_known(
+    scan: Scan, study: Study, user, patient_code: str | None, name: str, field: str
+) -> IngestResult:
+    """Add an already registered scan to `study`, if `user` may see it already.
+
+    Having the same bytes is no proof of the right to see a scan (a blinded rater may have
+    saved a file of the study she rates, an outsider may guess a public one): attaching it
+    would show its tiles, patient and studies. So a scan the user does not see is refused
+    with a message that names nothing of it, and a patient mismatch names no patient.
+    """
+    if user is not None and not access.visible_scans(user).filter(pk=scan.pk).exists():
+        raise ScanError(
+            f"{name}: cannot be registered in study {study.name}: the same file is already "
+            "registered and you may not see it; ask a site administrator to add it to this study",
+            field=field,
+        )
     if patient_code and scan.patient and scan.patient.code != patient_code:
         raise ScanError(
-            f"{name}: this file is already registered as scan {scan.pk} of patient "
-            f"{scan.patient.code}, not {patient_code}",
+            f"{name}: this file is already registered as scan {scan.pk} of another patient, "
+            f"not {patient_code}",
             field="patient",
         )
+    study.scans.add(scan)
+    return IngestResult(scan, created=False)
 
 
 def local_path(scan: Scan) -> Path:

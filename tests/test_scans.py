@@ -55,7 +55,7 @@ def test_same_file_twice_is_recognised_by_checksum(
 def test_same_file_claimed_for_another_patient_is_refused(study, coordinator, synthetic_scan_files):
     path, _ = synthetic_scan_files[0]
     ingest_scan(path, study=study, patient_code="P-1", user=coordinator)
-    with pytest.raises(ScanError, match=r"already registered as scan \d+ of patient P-1, not P-2"):
+    with pytest.raises(ScanError, match=r"as scan \d+ of another patient, not P-2"):
         ingest_scan(path, study=study, patient_code="P-2", user=coordinator)
 
 
