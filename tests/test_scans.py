@@ -83,7 +83,7 @@ def tiff_bytes() -> bytes:
         (
             "truncated.tiff",
             lambda scans: scans[0][0].read_bytes()[: scans[0][0].stat().st_size // 2],
-            "corrupt or truncated",
+            "truncated file",
         ),
         ("garbage.tiff", lambda scans: b"II*\x00" + bytes(range(256)) * 40, "corrupt"),
         ("cut.png", lambda scans: _png_bytes()[:-200], "truncated image"),
