@@ -359,9 +359,14 @@ def _attach_known(
     Having the same bytes is no proof of the right to see a scan (a blinded rater may have
     saved a file of the study she rates, an outsider may guess a public one): attaching it
     would show its tiles, patient and studies. So a scan the user does not see is refused
-    with a message that names nothing of it, and a patient mismatch names no patient.
+    with a message that names nothing of it, and a patient mismatch names no patient. A site
+    administrator (or the operator, `user` None) may attach any known scan, one left in no
+    study included.
     """
-    if user is not None and not access.visible_scans(user).filter(pk=scan.pk).exists():
+    may_attach = (
+        user is None or user.is_superuser or access.visible_scans(user).filter(pk=scan.pk).exists()
+    )
+    if not may_attach:
         raise ScanError(
             f"{name}: cannot be registered in study {study.name}: the same file is already "
             "registered and you may not see it; ask a site administrator to add it to this study",
