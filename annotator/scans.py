@@ -15,21 +15,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openslide
+import tifffile
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from PIL import Image
 
+from . import access
 from .errors import DomainError
 from .models import Patient, Scan, Study
 
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 8 * 1024 * 1024
-# Decompression-bomb guard for photographs opened through Pillow: a field-of-view photo is far
-# smaller than this; whole-slide images go through OpenSlide, which reads them tile by tile.
-MAX_PHOTO_PIXELS = 400_000_000
+# What checking a file may cost, whatever size it claims. A photograph is decoded whole (and
+# served from memory whole), so its pixels are capped; a whole-slide image is read tile by tile,
+# so its tiles are capped, and only PROBE_GRID x PROBE_GRID windows of PROBE_SIDE px are
+# decoded on its largest and its smallest level.
+MAX_PHOTO_PIXELS = 36_000_000
+MAX_TILE_SIDE = 2048
+MAX_TIFF_PAGES = 256
+PROBE_SIDE = 512
+PROBE_GRID = 3
+# A whole-slide image needs a pyramid for its tiles to be cheap: the viewer's coarse tiles are
+# cut from the smallest level, so it must be small, and each level at most MAX_LEVEL_STEP times
+# smaller than the one above, so a tile never reads more than MAX_LEVEL_STEP^2 tiles' worth.
+MAX_SMALLEST_LEVEL_SIDE = 4096
+MAX_LEVEL_STEP = 16
 TIFF_SIGNATURES = {b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"}
 
 
@@ -59,10 +72,26 @@ class IngestResult:
     created: bool
 
 
-def check_import_path(path: str | Path) -> Path:
-    """Resolve a server-side path and refuse it unless it lies inside a configured import root."""
-    resolved = Path(path).resolve()
+def import_roots_for(user, study: Study) -> list[Path]:
+    """The server folders from which `user` may register files into `study`.
+
+    The import roots (`SCAN_IMPORT_ROOTS`) are shared by every study, so only a site
+    administrator (a superuser) may name any file under them. A study's coordinators and admins
+    may name files under the study's own folder in each root, `ROOT/STUDY-NAME/`, which the
+    operator fills for that study: a file meant for another study is outside it.
+    """
     roots = [Path(root).resolve() for root in settings.SCAN_IMPORT_ROOTS]
+    if user is not None and user.is_superuser:
+        return roots
+    return [root / study.name for root in roots]
+
+
+def check_import_path(path: str | Path, roots: list[Path] | None = None) -> Path:
+    """Resolve a server-side path and refuse it unless it lies inside one of `roots` (by default
+    the configured import roots); symbolic links are followed first, so none leads out."""
+    resolved = Path(path).resolve()
+    if roots is None:
+        roots = [Path(root).resolve() for root in settings.SCAN_IMPORT_ROOTS]
     if not any(resolved.is_relative_to(root) for root in roots):
         allowed = ", ".join(str(root) for root in roots) or "(none configured)"
         raise ScanError(
@@ -87,12 +116,15 @@ def inspect_slide(path: Path, display_name: str) -> SlideFacts:
     """Open a file as a scan and read it enough to prove it is whole.
 
     Whole-slide formats go through OpenSlide; plain photographs through OpenSlide's image
-    fallback (Pillow). The smallest pyramid level is decoded in full and a region at the centre
-    of level 0 too, which catches truncated files whose header still reads.
+    fallback (Pillow). The cost is bounded by the file's real size, not by the size it claims:
+    a TIFF's directories are checked first (its data inside the file, tiles of bounded size),
+    then a few windows of the largest and the smallest level are decoded.
     """
     size = path.stat().st_size
     if size == 0:
         raise ScanError(f"{display_name}: the file is empty")
+    if _looks_like_tiff(path):
+        _check_tiff_layout(path, size, display_name)
     try:
         slide = openslide.OpenSlide(str(path))
         kind = Scan.Kind.WHOLE_SLIDE
@@ -147,11 +179,14 @@ def _read_facts(slide: openslide.AbstractSlide, kind: str, display_name: str) ->
     width, height = slide.dimensions
     if width <= 0 or height <= 0:
         raise ScanError(f"{display_name}: the image has no pixels")
+    if kind == Scan.Kind.WHOLE_SLIDE:
+        _check_pyramid(slide, display_name)
     try:
-        last = slide.level_count - 1
-        slide.read_region((0, 0), last, slide.level_dimensions[last]).load()
-        probe = min(512, width, height)
-        slide.read_region(((width - probe) // 2, (height - probe) // 2), 0, (probe, probe)).load()
+        for level in sorted({0, slide.level_count - 1}):
+            downsample = slide.level_downsamples[level]
+            for x, y, w, h in probe_windows(*slide.level_dimensions[level]):
+                location = (int(x * downsample), int(y * downsample))
+                slide.read_region(location, level, (w, h)).load()
     except (openslide.OpenSlideError, OSError) as exc:
         raise ScanError(
             f"{display_name}: corrupt or truncated, its pixels cannot be read ({exc})"
@@ -168,6 +203,74 @@ def _read_facts(slide: openslide.AbstractSlide, kind: str, display_name: str) ->
         mpp_x=_positive_float(props.get(openslide.PROPERTY_NAME_MPP_X)),
         mpp_y=_positive_float(props.get(openslide.PROPERTY_NAME_MPP_Y)),
     )
+
+
+def _check_tiff_layout(path: Path, size: int, display_name: str) -> None:
+    """Refuse a TIFF whose image data lies past its end, or whose tiles are too large to decode.
+
+    Read from the TIFF directories alone (tifffile), before any pixel is decoded. A directory
+    tifffile cannot parse is left to OpenSlide, which then names the file corrupt or reads it.
+    """
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            for index, page in enumerate(tiff.pages):
+                if index == MAX_TIFF_PAGES:
+                    raise ScanError(
+                        f"{display_name}: more than {MAX_TIFF_PAGES} images in one TIFF file"
+                    )
+                _check_tiff_page(page, index, size, display_name)
+    except ScanError:
+        raise
+    except Exception as exc:  # tifffile raises many kinds on a broken directory
+        log.debug("tifffile could not parse %s: %s", display_name, exc)
+
+
+def _check_tiff_page(page, index: int, size: int, display_name: str) -> None:
+    if page.is_tiled and max(page.tilewidth, page.tilelength) > MAX_TILE_SIDE:
+        raise ScanError(
+            f"{display_name}: image {index} has tiles of {page.tilewidth}x{page.tilelength} px; "
+            f"tiles of at most {MAX_TILE_SIDE}x{MAX_TILE_SIDE} px are accepted"
+        )
+    ends = [
+        offset + count
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False)
+        if count
+    ]
+    if ends and max(ends) > size:
+        raise ScanError(
+            f"{display_name}: truncated file: image {index}'s data runs to byte {max(ends):,}, "
+            f"but the file has only {size:,} bytes"
+        )
+
+
+def _check_pyramid(slide: openslide.AbstractSlide, display_name: str) -> None:
+    """Refuse a whole-slide image whose tiles would each cost what the whole image claims."""
+    dimensions = slide.level_dimensions
+    smallest = dimensions[-1]
+    how = "store it as a pyramidal TIFF (for example `vips tiffsave --tile --pyramid`)"
+    if max(smallest) > MAX_SMALLEST_LEVEL_SIDE:
+        raise ScanError(
+            f"{display_name}: no pyramid down to a small level: its smallest level is "
+            f"{smallest[0]}x{smallest[1]} px, more than {MAX_SMALLEST_LEVEL_SIDE} px a side; {how}"
+        )
+    downsamples = slide.level_downsamples
+    for level in range(1, len(downsamples)):
+        step = downsamples[level] / downsamples[level - 1]
+        if step > MAX_LEVEL_STEP:
+            raise ScanError(
+                f"{display_name}: pyramid levels {level - 1} and {level} are {step:.0f} times "
+                f"apart, more than {MAX_LEVEL_STEP}; {how}"
+            )
+
+
+def probe_windows(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) of up to PROBE_GRID^2 windows of at most PROBE_SIDE px spread over an image:
+    its corners, the middles of its edges and its centre."""
+    w, h = min(PROBE_SIDE, width), min(PROBE_SIDE, height)
+    steps = range(PROBE_GRID)
+    xs = sorted({(width - w) * i // (PROBE_GRID - 1) for i in steps})
+    ys = sorted({(height - h) * i // (PROBE_GRID - 1) for i in steps})
+    return [(x, y, w, h) for y in ys for x in xs]
 
 
 def _positive_float(value: str | None) -> float | None:
@@ -187,20 +290,22 @@ def ingest_scan(
     user=None,
     display_name: str | None = None,
     check_roots: bool = True,
+    roots: list[Path] | None = None,
 ) -> IngestResult:
     """Register one scan file in a study, or recognise it (by checksum) as already registered.
 
-    `check_roots` is off only for files the server received itself (uploads), which live in a
-    temporary folder rather than an import root.
+    `user` is who registers it; None is the operator on the command line. A file already known
+    is attached only if `user` sees that scan already (see `_attach_known`). `check_roots` is
+    off only for files the server received itself (uploads), which live in a temporary folder
+    rather than an import root; `roots` narrows the import roots (see `import_roots_for`).
     """
-    path = check_import_path(path) if check_roots else Path(path)
+    field = "path" if check_roots else "file"
+    path = check_import_path(path, roots) if check_roots else Path(path)
     name = display_name or path.name
     digest = sha256_of(path)
     existing = Scan.objects.filter(sha256=digest).first()
     if existing:
-        _check_same_patient(existing, patient_code, name)
-        study.scans.add(existing)
-        return IngestResult(existing, created=False)
+        return _attach_known(existing, study, user, patient_code, name, field)
 
     facts = inspect_slide(path, name)
     # Slides are multi-file in some formats; Cytomark stores single-file ones as they are.
@@ -233,12 +338,12 @@ def ingest_scan(
             study.scans.add(scan)
     except IntegrityError:
         default_storage.delete(storage_name)
-        # Another request registered the same file a moment ago: use that one.
+        # Another request registered the same file a moment ago: the same rules as for any
+        # known file apply to it.
         existing = Scan.objects.filter(sha256=digest).first()
         if existing is None:
             raise
-        study.scans.add(existing)
-        return IngestResult(existing, created=False)
+        return _attach_known(existing, study, user, patient_code, name, field)
     except BaseException:
         default_storage.delete(storage_name)
         raise
@@ -246,13 +351,35 @@ def ingest_scan(
     return IngestResult(scan, created=True)
 
 
-def _check_same_patient(scan: Scan, patient_code: str | None, name: str) -> None:
+def _attach_known(
+    scan: Scan, study: Study, user, patient_code: str | None, name: str, field: str
+) -> IngestResult:
+    """Add an already registered scan to `study`, if `user` may see it already.
+
+    Having the same bytes is no proof of the right to see a scan (a blinded rater may have
+    saved a file of the study she rates, an outsider may guess a public one): attaching it
+    would show its tiles, patient and studies. So a scan the user does not see is refused
+    with a message that names nothing of it, and a patient mismatch names no patient. A site
+    administrator (or the operator, `user` None) may attach any known scan, one left in no
+    study included.
+    """
+    may_attach = (
+        user is None or user.is_superuser or access.visible_scans(user).filter(pk=scan.pk).exists()
+    )
+    if not may_attach:
+        raise ScanError(
+            f"{name}: cannot be registered in study {study.name}: the same file is already "
+            "registered and you may not see it; ask a site administrator to add it to this study",
+            field=field,
+        )
     if patient_code and scan.patient and scan.patient.code != patient_code:
         raise ScanError(
-            f"{name}: this file is already registered as scan {scan.pk} of patient "
-            f"{scan.patient.code}, not {patient_code}",
+            f"{name}: this file is already registered as scan {scan.pk} of another patient, "
+            f"not {patient_code}",
             field="patient",
         )
+    study.scans.add(scan)
+    return IngestResult(scan, created=False)
 
 
 def local_path(scan: Scan) -> Path:

@@ -38,6 +38,8 @@ from annotator.models import (
 from annotator.rounds import examiner, new_token
 from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, latest_version, load_taxonomy_file
 
+from .imagefiles import image_file_problem
+
 NOT_IN_ROUND = "nan"
 UNCLASSIFIABLE = "UNC"
 ROUND_NAMES = ("gold", "reannotation-1", "reannotation-2")
@@ -81,7 +83,8 @@ def read_annotations(path: str | Path, codes: set[str]) -> list[AnnotationLine]:
     """Parse and check every line; the first problem stops it, naming the file and line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark, as some Windows editors write, is not part of line 1.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ImportProblem(f"Cannot read {path}: {exc}") from None
     lines, seen = [], {}
@@ -121,12 +124,17 @@ def read_annotations(path: str | Path, codes: set[str]) -> list[AnnotationLine]:
 
 
 def _check_images(lines: list[AnnotationLine], images: Path) -> None:
+    """Every listed image must be an image file inside the folder (no link leading out)."""
     if not images.is_dir():
         raise ImportProblem(f"--images {images} is not a folder.")
-    missing = [line for line in lines if not (images / line.path).is_file()]
-    if missing:
-        first = ", ".join(f"{m.path} (line {m.number})" for m in missing[:3])
-        raise ImportProblem(f"{len(missing)} image(s) missing under {images}: {first} ...")
+    problems = []
+    for line in lines:
+        problem = image_file_problem(images, images / line.path)
+        if problem:
+            problems.append(f"{line.path} (line {line.number}): {problem}")
+    if problems:
+        shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+        raise ImportProblem(f"{len(problems)} image(s) missing or unusable under {images}: {shown}")
 
 
 def imported_round(study: Study, name: str, kind: str, rater, **defaults) -> Round:

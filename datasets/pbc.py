@@ -27,6 +27,7 @@ from django.db import transaction
 from annotator.models import Cell, Label, LabelChange, Round, Study, TaxonNode
 from annotator.rounds import examiner
 from annotator.taxonomy import SHIPPED_DIR
+from datasets.imagefiles import image_file_problem
 from datasets.importers import ImportProblem, history_entry, imported_round, study_on_taxonomy
 
 PBC_TAXONOMY = "pbc-8"
@@ -161,7 +162,7 @@ def scan_pbc_folders(root: str | Path, nodes: list[TaxonNode]) -> list[PbcImage]
                 findings.add(("folder", entry.name), problem, file and file.name)
             continue
         for file in files:
-            image = _check_image(entry.name, file, folder_node, prefixes, by_pk, findings)
+            image = _check_image(root, entry.name, file, folder_node, prefixes, by_pk, findings)
             if image is not None:
                 images.append(image)
     problems = findings.messages()
@@ -173,6 +174,7 @@ def scan_pbc_folders(root: str | Path, nodes: list[TaxonNode]) -> list[PbcImage]
 
 
 def _check_image(
+    root: Path,
     folder: str,
     file: Path,
     folder_node: TaxonNode,
@@ -181,6 +183,9 @@ def _check_image(
     findings: _Findings,
 ) -> PbcImage | None:
     """The image's node, or None after recording why the file cannot be imported."""
+    if not file.resolve().is_relative_to(root.resolve()):
+        findings.add(("link", folder), f"{folder}: a link that leads out of the folder", file.name)
+        return None
     if file.is_dir():
         findings.add(("subfolder", folder), f"{folder}: a sub-folder, not an image", file.name)
         return None
@@ -189,6 +194,10 @@ def _check_image(
         return None
     if not _is_jpeg(file):
         findings.add(("not-jpeg", folder), f"{folder}: named .jpg but not a JPEG image", file.name)
+        return None
+    problem = image_file_problem(root, file)
+    if problem:
+        findings.add(("unusable", folder, problem), f"{folder}: {problem}", file.name)
         return None
     if len(f"{folder}/{file.name}") > EXTERNAL_ID_MAX:
         findings.add(

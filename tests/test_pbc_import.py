@@ -171,3 +171,17 @@ def test_the_command_lists_the_problems_and_says_nothing_was_imported(db, tmp_pa
     assert "basophil: unknown file-name prefix 'XX'" in message
     assert message.endswith("(nothing was imported)")
     assert not Study.objects.filter(name="pbc").exists()
+
+
+def test_links_out_of_the_folder_and_unreadable_jpegs_are_reported(db, tmp_path):
+    root = _release(tmp_path / "PBC", {"basophil": ["BA_1.jpg"], "eosinophil": ["EO_1.jpg"]})
+    _jpg(tmp_path / "private" / "BA_9.jpg")
+    (root / "basophil" / "BA_2.jpg").symlink_to(tmp_path / "private" / "BA_9.jpg")
+    (root / "eosinophil" / "EO_2.jpg").write_bytes(b"\xff\xd8\xff" + b"not really a JPEG" * 10)
+    with pytest.raises(PbcImportProblems) as caught:
+        import_pbc(root, "pbc-bad")
+    problems = sorted(caught.value.problems)
+    assert problems[0] == "basophil: a link that leads out of the folder (1 file(s), e.g. BA_2.jpg)"
+    assert problems[1].startswith("eosinophil: not a readable image (")
+    assert problems[1].endswith("(1 file(s), e.g. EO_2.jpg)")
+    assert not Cell.objects.exists() and _stored_files() == []

@@ -55,7 +55,7 @@ def test_same_file_twice_is_recognised_by_checksum(
 def test_same_file_claimed_for_another_patient_is_refused(study, coordinator, synthetic_scan_files):
     path, _ = synthetic_scan_files[0]
     ingest_scan(path, study=study, patient_code="P-1", user=coordinator)
-    with pytest.raises(ScanError, match=r"already registered as scan \d+ of patient P-1, not P-2"):
+    with pytest.raises(ScanError, match=r"as scan \d+ of another patient, not P-2"):
         ingest_scan(path, study=study, patient_code="P-2", user=coordinator)
 
 
@@ -83,7 +83,7 @@ def tiff_bytes() -> bytes:
         (
             "truncated.tiff",
             lambda scans: scans[0][0].read_bytes()[: scans[0][0].stat().st_size // 2],
-            "corrupt or truncated",
+            "truncated file",
         ),
         ("garbage.tiff", lambda scans: b"II*\x00" + bytes(range(256)) * 40, "corrupt"),
         ("cut.png", lambda scans: _png_bytes()[:-200], "truncated image"),

@@ -302,3 +302,58 @@ def test_the_proposed_class_map_gives_the_15_public_classes(imported, tmp_path):
         call_command(
             "make_split", "--dataset", "aml", "--study", "tcia-aml", "--strategy", "patient-kfold"
         )
+
+
+def _two_lines(tmp_path, prefix: str = "") -> tuple:
+    chosen = ANNOTATIONS.read_text().splitlines()[:2]
+    annotations = tmp_path / "annotations.dat"
+    annotations.write_text(prefix + "\n".join(chosen) + "\n", encoding="utf-8")
+    return annotations, [line.split()[0] for line in chosen]
+
+
+def _patch_tiff(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (400, 400), (200, 120, 160)).save(path, "TIFF")
+
+
+def test_an_image_link_leading_out_of_the_folder_is_refused_and_nothing_written(db, tmp_path):
+    annotations, paths = _two_lines(tmp_path)
+    images = tmp_path / "images"
+    _patch_tiff(images / paths[0])
+    elsewhere = tmp_path / "elsewhere" / "private.tiff"
+    _patch_tiff(elsewhere)
+    link = images / paths[1]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere)
+    with pytest.raises(ImportProblem, match=rf"{paths[1]} \(line 2\): a link that leads out"):
+        import_tcia_aml(annotations, "tcia-link", images)
+    assert not Study.objects.filter(name="tcia-link").exists()
+
+
+def test_a_text_file_named_like_an_image_is_refused(db, tmp_path):
+    annotations, paths = _two_lines(tmp_path)
+    images = tmp_path / "images"
+    _patch_tiff(images / paths[0])
+    (images / paths[1]).parent.mkdir(parents=True, exist_ok=True)
+    (images / paths[1]).write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ImportProblem, match=rf"{paths[1]} \(line 2\): not a readable image"):
+        import_tcia_aml(annotations, "tcia-text", images)
+    assert not Study.objects.filter(name="tcia-text").exists()
+
+
+def test_a_link_inside_the_folder_is_followed(db, tmp_path):
+    annotations, paths = _two_lines(tmp_path)
+    images = tmp_path / "images"
+    _patch_tiff(images / "shared" / "one.tiff")
+    for path in paths:
+        (images / path).parent.mkdir(parents=True, exist_ok=True)
+        (images / path).symlink_to(images / "shared" / "one.tiff")
+    assert import_tcia_aml(annotations, "tcia-inside", images).images_attached == 2
+
+
+def test_an_annotation_file_with_a_byte_order_mark_is_read(db, tmp_path):
+    annotations, paths = _two_lines(tmp_path, prefix="\ufeff")
+    report = import_tcia_aml(annotations, "tcia-bom")
+    assert report.lines == 2
+    cells = Cell.objects.filter(study__name="tcia-bom")
+    assert set(cells.values_list("external_id", flat=True)) == set(paths)

@@ -21,7 +21,7 @@ from rest_framework.settings import api_settings
 
 from .. import access, annotation, reports
 from ..models import LabelChange, Membership, Taxonomy
-from ..scans import ingest_scan
+from ..scans import import_roots_for, ingest_scan
 from ..tasks import schedule_patches
 from . import serializers as s
 
@@ -224,7 +224,8 @@ class ScanViewSet(
             "user": request.user,
         }
         if data.get("path"):
-            result = ingest_scan(data["path"], **options)
+            roots = import_roots_for(request.user, study)
+            result = ingest_scan(data["path"], roots=roots, **options)
         else:
             result = self._ingest_upload(data["file"], options)
         body = s.ScanSerializer(result.scan, context=self.get_serializer_context()).data
