@@ -14,9 +14,11 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
+
+from core.files import fit_file_name
+from core.http import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
 
 from .. import access, annotation, reports
 from ..models import LabelChange, Membership, Taxonomy
@@ -170,7 +172,7 @@ class ScanViewSet(
 ):
     """Scans of the user's studies; coordinators and admins register new ones."""
 
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [BoundedMultiPartParser, BoundedFormParser, BoundedJSONParser]
 
     def get_serializer_class(self):
         return s.ScanCreateSerializer if self.action == "create" else s.ScanSerializer
@@ -227,7 +229,7 @@ class ScanViewSet(
     @staticmethod
     def _ingest_upload(upload, options):
         try:
-            name = get_valid_filename(Path(upload.name).name)
+            name = fit_file_name(get_valid_filename(Path(upload.name).name))
         except SuspiciousFileOperation:
             name = "upload"
         with tempfile.TemporaryDirectory(prefix="cytomark-upload-") as folder:
