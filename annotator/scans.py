@@ -61,17 +61,22 @@ class IngestResult:
 
 def check_import_path(path: str | Path) -> Path:
     """Resolve a server-side path and refuse it unless it lies inside a configured import root."""
-    resolved = Path(path).resolve()
-    roots = [Path(root).resolve() for root in settings.SCAN_IMPORT_ROOTS]
-    if not any(resolved.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(root) for root in roots) or "(none configured)"
-        raise ScanError(
-            f"{path}: outside the import roots; scans may only be read from {allowed} "
-            "(setting SCAN_IMPORT_ROOTS)",
-            field="path",
-        )
-    if not resolved.is_file():
-        raise ScanError(f"{path}: no such file", field="path")
+    try:
+        resolved = Path(path).resolve()
+        roots = [Path(root).resolve() for root in settings.SCAN_IMPORT_ROOTS]
+        if not any(resolved.is_relative_to(root) for root in roots):
+            allowed = ", ".join(str(root) for root in roots) or "(none configured)"
+            raise ScanError(
+                f"{path}: outside the import roots; scans may only be read from {allowed} "
+                "(setting SCAN_IMPORT_ROOTS)",
+                field="path",
+            )
+        if not resolved.is_file():
+            raise ScanError(f"{path}: no such file", field="path")
+    except OSError as exc:
+        # The file system refuses the path itself: a name too long, a loop of links.
+        shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:120]}..."
+        raise ScanError(f"{shown}: not a usable path ({exc.strerror})", field="path") from None
     return resolved
 
 
