@@ -224,10 +224,11 @@ def _check_tree(nodes: dict[str, NodeSpec], problems: list[str]) -> list[NodeSpe
         problems.append(
             f"the tree is {deepest} levels deep; at most {MAX_TREE_DEPTH} levels are allowed"
         )
+    reached = {node.code for node in ordered}
     unreachable = [
         code
         for code, node in nodes.items()
-        if code not in {n.code for n in ordered} and node.parent in nodes and node.parent != code
+        if code not in reached and node.parent in nodes and node.parent != code
     ]
     if unreachable:
         problems.append(

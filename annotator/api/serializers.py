@@ -364,6 +364,7 @@ class RoundSerializer(serializers.ModelSerializer):
     total = serializers.IntegerField(read_only=True)
 
     OVERSEER_ONLY = ("reference", "seed", "design")
+    schema_optional_fields = OVERSEER_ONLY
 
     class Meta:
         model = Round

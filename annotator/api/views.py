@@ -376,7 +376,7 @@ class LabelViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(responses=s.LabelChangeSerializer(many=True))
-    @action(detail=True)
+    @action(detail=True, pagination_class=None)
     def history(self, request, pk=None):
         """Every change of this label: who changed what from what to what, and when."""
         label = self.get_object()
