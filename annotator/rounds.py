@@ -21,7 +21,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, Role, require_role, roles_in
-from .errors import DomainError, ForbiddenError
+from .errors import DomainError, ForbiddenError, check_field
 from .models import Cell, Label, Membership, Round, RoundItem, Study
 
 SAMPLING_MODES = ("all", "per-class", "fraction")
@@ -163,6 +163,7 @@ ROUND_NAME_LENGTH = Round._meta.get_field("name").max_length
 
 
 def _unique_name(study: Study, wanted: str) -> str:
+    check_field(Round, "name", wanted, "Round name")
     if not study.rounds.filter(name=wanted).exists():
         return wanted
     raise DomainError(f"Study {study.name} has a round named {wanted!r} already.", field="name")

@@ -73,10 +73,12 @@ def check_import_path(path: str | Path) -> Path:
             )
         if not resolved.is_file():
             raise ScanError(f"{path}: no such file", field="path")
-    except OSError as exc:
-        # The file system refuses the path itself: a name too long, a loop of links.
+    except (OSError, RuntimeError) as exc:
+        # The file system refuses the path itself: a name too long, a loop of links (which
+        # Python 3.11's resolve() reports as RuntimeError).
+        reason = getattr(exc, "strerror", None) or "a loop of symbolic links"
         shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:120]}..."
-        raise ScanError(f"{shown}: not a usable path ({exc.strerror})", field="path") from None
+        raise ScanError(f"{shown}: not a usable path ({reason})", field="path") from None
     return resolved
 
 

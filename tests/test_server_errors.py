@@ -169,7 +169,42 @@ def test_a_server_path_too_long_for_the_file_system_is_a_400(coordinator, study,
         response = client.post("/api/v1/scans/", {"study": "munich", "path": str(path)})
         assert response.status_code == 400, response.content[:300]
         assert "path" in response.json() and "too long" in _problem(response)
+    loop = import_root / "loop.tiff"
+    loop.unlink(missing_ok=True)
+    loop.symlink_to(loop.name)
+    try:
+        response = client.post("/api/v1/scans/", {"study": "munich", "path": str(loop)})
+    finally:
+        loop.unlink()
+    assert response.status_code == 400 and "loop" in response.json()["path"][0]
     assert Scan.objects.count() == before
+
+
+def test_a_nul_in_a_page_form_is_a_400(overseer, study):
+    browser = Client()
+    browser.force_login(overseer)
+    response = browser.post(
+        "/studies/munich/datasets/", {"action": "classmap", "name": "a\x00"}
+    )
+    assert response.status_code == 400 and b"name" in response.content
+
+
+def test_names_too_long_for_their_column_are_refused_wherever_they_come_from(
+    overseer, study, curated, rater
+):
+    from annotator.errors import DomainError
+    from datasets import classmaps, versions
+
+    browser = Client()
+    browser.force_login(overseer)
+    page = browser.post("/studies/munich/datasets/", {"action": "classmap", "name": "m" * 300})
+    assert page.status_code == 200 and b"at most 100 characters" in page.content
+    with pytest.raises(DomainError, match="at most 100 characters"):
+        versions.make_dataset(study, "d" * 101, overseer)
+    with pytest.raises(DomainError, match="slug"):
+        classmaps.save_class_map(study, "not a slug", classmaps.propose(study), overseer)
+    with pytest.raises(DomainError, match="at most 200 characters"):
+        rounds.create_blinded_round(study, rater, overseer, name="n" * 201)
 
 
 def test_an_upload_named_past_the_file_systems_limit_is_stored_under_a_name_that_fits(
