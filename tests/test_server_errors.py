@@ -183,9 +183,7 @@ def test_a_server_path_too_long_for_the_file_system_is_a_400(coordinator, study,
 def test_a_nul_in_a_page_form_is_a_400(overseer, study):
     browser = Client()
     browser.force_login(overseer)
-    response = browser.post(
-        "/studies/munich/datasets/", {"action": "classmap", "name": "a\x00"}
-    )
+    response = browser.post("/studies/munich/datasets/", {"action": "classmap", "name": "a\x00"})
     assert response.status_code == 400 and b"name" in response.content
 
 
