@@ -61,9 +61,7 @@ def _refuse_if_others_work_on(cell: Cell, user, change: str) -> None:
     """Refuse to move or delete a cell that a blinded round samples or that another round
     labelled: their answers were given to the patch at this position, and would silently
     belong to another one. The rounds are named, so the examiner knows whom to ask."""
-    queued = sorted(
-        {str(name) for name in cell.round_items.values_list("round__name", flat=True)}
-    )
+    queued = sorted({str(name) for name in cell.round_items.values_list("round__name", flat=True)})
     if queued:
         raise InUseError(
             f"Cell {cell.pk} cannot be {change}: it is in the blinded round(s) "

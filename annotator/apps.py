@@ -6,3 +6,7 @@ class AnnotatorConfig(AppConfig):
 
     name = "annotator"
     verbose_name = "Annotation"
+
+    def ready(self):
+        # Registers the schema extension that marks nullable answers (core.schema).
+        from core import schema  # noqa: F401

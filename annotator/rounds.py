@@ -21,7 +21,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, Role, require_role, roles_in
-from .errors import DomainError, ForbiddenError
+from .errors import DomainError, ForbiddenError, check_field
 from .models import Cell, Label, Membership, Round, RoundItem, Study
 
 SAMPLING_MODES = ("all", "per-class", "fraction")
@@ -159,10 +159,26 @@ def _per_class(rows, per_class, rng: random.Random) -> list[int]:
     return chosen
 
 
+ROUND_NAME_LENGTH = Round._meta.get_field("name").max_length
+
+
 def _unique_name(study: Study, wanted: str) -> str:
+    check_field(Round, "name", wanted, "Round name")
     if not study.rounds.filter(name=wanted).exists():
         return wanted
     raise DomainError(f"Study {study.name} has a round named {wanted!r} already.", field="name")
+
+
+def _derived_name(study: Study, stem: str, tail: str, number: int) -> str:
+    """The first free name `STEM-TAIL-N` (N from `number`) of the study's rounds, with the
+    stem shortened so that the whole name fits the column however long the stem is."""
+    taken = set(study.rounds.values_list("name", flat=True))
+    while True:
+        suffix = f"-{tail}-{number}"
+        name = stem[: ROUND_NAME_LENGTH - len(suffix)] + suffix
+        if name not in taken:
+            return name
+        number += 1
 
 
 def _make_items(round_: Round, cell_ids: list[int]) -> None:
@@ -224,7 +240,9 @@ def create_blinded_round(
         study=study,
         rater=rater,
         kind=Round.Kind.BLINDED,
-        name=_unique_name(study, name or f"blinded-{rater.get_username()}-{number}"),
+        name=_unique_name(study, name)
+        if name
+        else _derived_name(study, "blinded", rater.get_username(), number),
         reference=reference,
         seed=seed,
         design={"mode": mode, "per_class": per_class, "fraction": fraction, "cells": len(cell_ids)},
@@ -254,7 +272,9 @@ def schedule_repeat(
         study=original.study,
         rater=original.rater,
         kind=Round.Kind.REPEAT,
-        name=_unique_name(original.study, name or f"{original.name}-repeat-{number}"),
+        name=_unique_name(original.study, name)
+        if name
+        else _derived_name(original.study, original.name, "repeat", number),
         not_before=not_before,
         repeats=original,
         reference=original.reference,

@@ -89,18 +89,25 @@ def import_roots_for(user, study: Study) -> list[Path]:
 def check_import_path(path: str | Path, roots: list[Path] | None = None) -> Path:
     """Resolve a server-side path and refuse it unless it lies inside one of `roots` (by default
     the configured import roots); symbolic links are followed first, so none leads out."""
-    resolved = Path(path).resolve()
-    if roots is None:
-        roots = [Path(root).resolve() for root in settings.SCAN_IMPORT_ROOTS]
-    if not any(resolved.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(root) for root in roots) or "(none configured)"
-        raise ScanError(
-            f"{path}: outside the import roots; scans may only be read from {allowed} "
-            "(setting SCAN_IMPORT_ROOTS)",
-            field="path",
-        )
-    if not resolved.is_file():
-        raise ScanError(f"{path}: no such file", field="path")
+    try:
+        resolved = Path(path).resolve()
+        if roots is None:
+            roots = [Path(root).resolve() for root in settings.SCAN_IMPORT_ROOTS]
+        if not any(resolved.is_relative_to(root) for root in roots):
+            allowed = ", ".join(str(root) for root in roots) or "(none configured)"
+            raise ScanError(
+                f"{path}: outside the import roots; scans may only be read from {allowed} "
+                "(setting SCAN_IMPORT_ROOTS)",
+                field="path",
+            )
+        if not resolved.is_file():
+            raise ScanError(f"{path}: no such file", field="path")
+    except (OSError, RuntimeError) as exc:
+        # The file system refuses the path itself: a name too long, a loop of links (which
+        # Python 3.11's resolve() reports as RuntimeError).
+        reason = getattr(exc, "strerror", None) or "a loop of symbolic links"
+        shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:120]}..."
+        raise ScanError(f"{shown}: not a usable path ({reason})", field="path") from None
     return resolved
 
 

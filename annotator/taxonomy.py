@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,9 @@ COLOUR_PATTERN = re.compile(r"^#[0-9a-fA-F]{6}$")
 HOTKEY_PATTERN = re.compile(r"^[a-z0-9]$")
 # Keys the annotation screen keeps for itself (cannot classify).
 RESERVED_HOTKEYS = {"x"}
+# Levels of the tree, root included: real cell taxonomies have four or five; the screens and
+# reports walk the tree level by level.
+MAX_TREE_DEPTH = 32
 NODE_KEYS = {"code", "name", "parent", "colour", "hotkey", "aliases"}
 TOP_KEYS = {"name", "title", "description", "nodes", "groups"}
 
@@ -91,6 +95,11 @@ def parse_taxonomy(text: str, source: str = "taxonomy") -> TaxonomySpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise TaxonomyError([f"not valid YAML ({exc})".replace("\n", " ")], source) from None
+    except RecursionError:
+        # PyYAML builds nested lists and mappings recursively: thousands of levels exhaust it.
+        raise TaxonomyError(
+            ["the YAML is nested too deeply to read; a taxonomy needs a few levels"], source
+        ) from None
     return validate_taxonomy(data, source)
 
 
@@ -204,15 +213,22 @@ def _check_tree(nodes: dict[str, NodeSpec], problems: list[str]) -> list[NodeSpe
         if node.parent in nodes:
             children.setdefault(node.parent, []).append(node)
     ordered: list[NodeSpec] = []
-    pending = [nodes[code] for code in roots]
+    pending = deque((nodes[code], 1) for code in roots)
+    deepest = 0
     while pending:
-        node = pending.pop(0)
+        node, level = pending.popleft()
         ordered.append(node)
-        pending.extend(children.get(node.code, []))
+        deepest = max(deepest, level)
+        pending.extend((child, level + 1) for child in children.get(node.code, []))
+    if deepest > MAX_TREE_DEPTH:
+        problems.append(
+            f"the tree is {deepest} levels deep; at most {MAX_TREE_DEPTH} levels are allowed"
+        )
+    reached = {node.code for node in ordered}
     unreachable = [
         code
         for code, node in nodes.items()
-        if code not in {n.code for n in ordered} and node.parent in nodes and node.parent != code
+        if code not in reached and node.parent in nodes and node.parent != code
     ]
     if unreachable:
         problems.append(

@@ -38,4 +38,5 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]
 
+handler400 = "annotator.api.errors.json_bad_request"
 handler404 = "annotator.api.errors.json_not_found"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from annotator.errors import DomainError
+from annotator.errors import DomainError, check_field
 from annotator.models import Label, Round, Study, TaxonNode
 from annotator.rounds import largest_gold_round
 
@@ -209,6 +209,7 @@ def save_class_map(
     stored again. Returns (map, created)."""
     if not name:
         raise DomainError("A class map needs a name.", field="name")
+    check_field(ClassMap, "name", name, "Class map name")
     latest = (
         ClassMap.objects.select_for_update()
         .filter(study=study, name=name)

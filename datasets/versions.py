@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from annotator.errors import DomainError
+from annotator.errors import DomainError, check_field
 from annotator.models import Label, Round, Study
 
 from .classmaps import gold_source
@@ -104,6 +104,7 @@ def make_dataset(
     """
     if not name:
         raise DomainError("A data set needs a name.", field="name")
+    check_field(DatasetVersion, "name", name, "Data set name")
     if class_map is not None and class_map.study_id != study.pk:
         raise DomainError(f"Class map {class_map} belongs to another study.", field="classmap")
     round_ = resolve_source(study, source)

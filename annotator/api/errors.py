@@ -6,6 +6,8 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from core.http import API_PREFIX, request_limit_error
+
 from ..errors import ConflictError, DomainError, ForbiddenError, InUseError, NotFoundError
 from ..models import Cell, Label
 from ..taxonomy import TaxonomyError
@@ -28,7 +30,12 @@ def describe_current(obj) -> dict | None:
 
 
 def exception_handler(exc, context):
-    """DRF's handler, plus the domain's own errors mapped to 400 and 409."""
+    """DRF's handler, plus the domain's own errors mapped to 400 and 409, and bodies over
+    Django's request limits to 413 / 400."""
+    limit_error = request_limit_error(exc)
+    if limit_error is not None:
+        code, message = limit_error
+        return Response({"detail": message}, status=code)
     if isinstance(exc, ConflictError):
         return Response(
             {"detail": str(exc), "current": describe_current(exc.current)},
@@ -49,6 +56,17 @@ def exception_handler(exc, context):
         body = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
         return Response(body, status=status.HTTP_400_BAD_REQUEST)
     return drf_exception_handler(exc, context)
+
+
+def json_bad_request(request, exception=None):
+    """400 for requests Django refuses before a view answers (a body or query over its limits,
+    a suspicious header): JSON naming the limit under /api/, Django's page elsewhere."""
+    if request.path.startswith(API_PREFIX):
+        code, message = request_limit_error(exception) or (400, "Bad request.")
+        return JsonResponse({"detail": message}, status=code)
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception)
 
 
 def json_not_found(request, exception=None):

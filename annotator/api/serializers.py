@@ -367,6 +367,7 @@ class RoundSerializer(ScopedModelSerializer):
     total = serializers.IntegerField(read_only=True)
 
     OVERSEER_ONLY = ("reference", "seed", "design")
+    schema_optional_fields = OVERSEER_ONLY
 
     class Meta:
         model = Round

@@ -14,10 +14,12 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
+
+from core.files import fit_file_name
+from core.http import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
 
 from .. import access, annotation, reports
 from ..models import LabelChange, Membership, Taxonomy
@@ -178,7 +180,7 @@ class ScanViewSet(
 ):
     """Scans of the user's studies; coordinators and admins register new ones."""
 
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [BoundedMultiPartParser, BoundedFormParser, BoundedJSONParser]
 
     def get_serializer_class(self):
         return s.ScanCreateSerializer if self.action == "create" else s.ScanSerializer
@@ -236,7 +238,7 @@ class ScanViewSet(
     @staticmethod
     def _ingest_upload(upload, options):
         try:
-            name = get_valid_filename(Path(upload.name).name)
+            name = fit_file_name(get_valid_filename(Path(upload.name).name))
         except SuspiciousFileOperation:
             name = "upload"
         with tempfile.TemporaryDirectory(prefix="cytomark-upload-") as folder:
@@ -383,7 +385,7 @@ class LabelViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(responses=s.LabelChangeSerializer(many=True))
-    @action(detail=True)
+    @action(detail=True, pagination_class=None)
     def history(self, request, pk=None):
         """Every change of this label: who changed what from what to what, and when."""
         label = self.get_object()
