@@ -161,15 +161,17 @@ def test_ordinary_nesting_still_parses(overseer, study):
 def test_a_server_path_too_long_for_the_file_system_is_a_400(coordinator, study, import_root):
     client = client_for(coordinator)
     before = Scan.objects.count()
-    room = 995 - len(str(import_root))
+    folder = import_root / study.name  # the study's own folder, where its coordinators may read
+    folder.mkdir(exist_ok=True)
+    room = 995 - len(str(folder))
     for path in (
-        import_root / ("a" * (room - 6) + ".tiff"),
-        import_root / ("b" * 300) / "scan.tiff",
+        folder / ("a" * (room - 6) + ".tiff"),
+        folder / ("b" * 300) / "scan.tiff",
     ):
         response = client.post("/api/v1/scans/", {"study": "munich", "path": str(path)})
         assert response.status_code == 400, response.content[:300]
         assert "path" in response.json() and "too long" in _problem(response)
-    loop = import_root / "loop.tiff"
+    loop = folder / "loop.tiff"
     loop.unlink(missing_ok=True)
     loop.symlink_to(loop.name)
     try:
