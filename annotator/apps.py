@@ -6,3 +6,18 @@ class AnnotatorConfig(AppConfig):
 
     name = "annotator"
     verbose_name = "Annotation"
+
+    def ready(self) -> None:
+        from core import leases
+
+        from . import patches, tasks
+        from .models import PatchBatch
+
+        leases.register(
+            leases.JobKind(
+                label="patch batch",
+                model=PatchBatch,
+                requeue=tasks.queue_batch_again,
+                remove_partials=patches.remove_partials,
+            )
+        )

@@ -6,3 +6,18 @@ class DatasetsConfig(AppConfig):
 
     name = "datasets"
     verbose_name = "Data sets"
+
+    def ready(self) -> None:
+        from core import leases
+
+        from . import exports, tasks
+        from .models import Export
+
+        leases.register(
+            leases.JobKind(
+                label="export",
+                model=Export,
+                requeue=lambda pk: tasks.write_export.delay(pk),
+                remove_partials=exports.remove_partials,
+            )
+        )
