@@ -226,7 +226,14 @@ def recover(kind: JobKind, job: LeasedJob, now=None) -> str | None:
         return None
     log.warning("%s %s: its worker %s stopped; queued again", kind.label, job.pk, job.lease_owner)
     kind.remove_partials(job)
-    kind.requeue(job.pk)
+    try:
+        kind.requeue(job.pk)
+    except Exception as exc:  # any broker error: recorded on the job, never left queued unsent
+        log.warning("Could not queue %s %s again", kind.label, job.pk, exc_info=True)
+        kind.model.objects.filter(pk=job.pk, status=QUEUED).update(
+            status=FAILED, error=f"Its worker stopped and it could not be queued again: {exc}"
+        )
+        return FAILED
     return QUEUED
 
 

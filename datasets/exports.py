@@ -264,6 +264,18 @@ def remove_partials(export: Export) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def cancel_export(export: Export) -> Export:
+    """End a queued, running or orphaned export at once (cancelled); a worker writing it stops
+    at its next progress step, and its partial zip is removed."""
+    if not leases.cancel(
+        Export, export.pk, Export.Status.CANCELLED, error="Cancelled by its user."
+    ):
+        export.refresh_from_db()
+        raise DomainError(f"Export {export.pk} has ended ({export.status}); nothing to cancel.")
+    export.refresh_from_db()
+    return export
+
+
 def run_export(export_id: int) -> Export:
     """Build the export's zip and publish it; failures are recorded on the row.
 

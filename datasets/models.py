@@ -170,10 +170,11 @@ class Export(LeasedJob):
         RUNNING = "running", "running"
         DONE = "done", "done"
         FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
 
     split = models.ForeignKey(Split, on_delete=models.PROTECT, related_name="exports")
     format = models.CharField(max_length=12, choices=Format.choices)
-    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
     file = models.CharField(max_length=500, blank=True, help_text="Storage name of the zip.")

@@ -331,3 +331,22 @@ def test_cancel_ends_a_queued_running_or_orphaned_run_at_once(
     answer = client.post(f"/api/v1/training-runs/{queued.pk}/cancel/")
     assert answer.status_code == 400 and "has ended (cancelled)" in str(answer.json())
     assert leases.recover_orphans() == []
+
+
+@pytest.mark.django_db
+def test_cancel_ends_an_orphaned_export_and_removes_its_partial_zip(
+    study, curated, data_scientist, media, short_leases
+):
+    split = _split(study, data_scientist)
+    export = exports.request_export(split, "imagefolder", data_scientist)
+    _orphan(Export, export)
+    folder = media / f"exports/{split.sha256[:16]}"
+    folder.mkdir(parents=True)
+    (folder / f".imagefolder-{export.pk}.zip.dead.part").write_bytes(b"PK\x03\x04 half")
+    client = client_for(data_scientist)
+    answer = client.post(f"/api/v1/exports/{export.pk}/cancel/")
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+    assert list(folder.iterdir()) == []
+    assert exports.run_export(export.pk).status == "cancelled"  # a late delivery: nothing
+    again = client.post(f"/api/v1/exports/{export.pk}/cancel/")
+    assert again.status_code == 400 and "has ended (cancelled)" in again.json()["detail"]
