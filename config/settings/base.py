@@ -242,6 +242,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Exports and training runs share one set of job states (docs/operations.md).
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "mltasks.models.TrainingRun.Status"},
 }
 
 LOGGING = {
