@@ -11,6 +11,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Lower
 
+from core.leases import LeasedJob
+
 HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
 
 
@@ -500,3 +502,30 @@ class LabelChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} label of cell {self.cell_ref} in round {self.round_id}"
+
+
+class PatchBatch(LeasedJob):
+    """One queued task that cuts a scan's missing patches; held by a lease while it cuts, so a
+    batch whose worker died is cut again (core.leases). Removed when done."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        FAILED = "failed", "failed"
+
+    scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="patch_batches")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "failed"]), name="patch_batch_status"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"patch batch {self.pk} of scan {self.scan_id} ({self.status})"

@@ -18,10 +18,13 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.utils import timezone
 from PIL import Image, ImageColor
 
+from core import leases
+
 from .errors import DomainError
-from .models import Cell, Label, Scan, Study
+from .models import Cell, Label, PatchBatch, Scan, Study
 from .tiles import slide_handles
 
 
@@ -151,3 +154,37 @@ def cut_missing_patches(scan_id: int) -> int:
             ensure_patch(cell)
             made += 1
     return made
+
+
+def run_batch(batch_id: int) -> int:
+    """Cut a queued batch under a lease (core.leases); the number of patches cut. A batch
+    delivered twice cuts once; one whose worker died is cut again from the start."""
+    batch = PatchBatch.objects.filter(pk=batch_id).first()
+    if batch is None:  # done already
+        return 0
+    owner = leases.new_owner()
+    if leases.claim(PatchBatch, batch.pk, [PatchBatch.Status.QUEUED], owner) is None:
+        return 0
+    with leases.Lease(PatchBatch, batch.pk, owner) as lease:
+        try:
+            made = cut_missing_patches(batch.scan_id)
+        except Exception as exc:  # recorded on the batch; a missing patch is cut on demand
+            lease.finish(
+                status=PatchBatch.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+            )
+            raise
+        lease.mine().delete()
+    return made
+
+
+def remove_partials(batch: PatchBatch) -> None:
+    """Delete the partial files of patches whose writer died (`store_bytes` writes each in one
+    go, so a partial file older than a lease is no one's)."""
+    scan = Scan.objects.filter(pk=batch.scan_id).first()
+    if scan is None:
+        return
+    try:
+        folder = Path(default_storage.path(f"patches/{scan.sha256[:32]}"))
+    except NotImplementedError:  # object stores receive whole objects only
+        return
+    leases.remove_stale_partials(folder, leases.lease_length())

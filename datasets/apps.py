@@ -9,8 +9,20 @@ class DatasetsConfig(AppConfig):
 
     def ready(self) -> None:
         from annotator.access import register_visibility
+        from core import leases
 
+        from . import exports, tasks
         from .access import RULES
+        from .models import Export
+
+        leases.register(
+            leases.JobKind(
+                label="export",
+                model=Export,
+                requeue=lambda pk: tasks.write_export.delay(pk),
+                remove_partials=exports.remove_partials,
+            )
+        )
 
         for model, visible in RULES.items():
             register_visibility(model, visible)

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from PIL import Image
 from annotator import patches
 from annotator.errors import DomainError
 from annotator.models import Cell
+from core import leases
 
 from .models import Export, Split
 
@@ -227,7 +229,7 @@ def _write_and_publish(export: Export, name: str, progress) -> tuple[str, int, s
         finally:
             partial.unlink(missing_ok=True)
         return name, size, digest
-    with tempfile.TemporaryDirectory(prefix="cytomark-export-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"cytomark-export-{export.pk}-") as folder:
         local = Path(folder) / "export.zip"
         size, digest = write_zip(export, local, progress)
         with local.open("rb") as handle:
@@ -242,34 +244,72 @@ def request_export(split: Split, export_format: str, user) -> Export:
     return Export.objects.create(split=split, format=export_format, created_by=user)
 
 
+def export_name(export: Export, attempt: int) -> str:
+    """Where an attempt writes the zip: its own name after the first, so that an attempt that
+    lost its lease never removes what a later one published."""
+    suffix = "" if attempt <= 1 else f"-attempt{attempt}"
+    return f"exports/{export.split.sha256[:16]}/{export.format}-{export.pk}{suffix}.zip"
+
+
+def remove_partials(export: Export) -> None:
+    """Delete the files attempts of the export left behind: partial zips, and zips written but
+    never published; the published zip stays."""
+    stem = f"{export.format}-{export.pk}"
+    leases.remove_files(
+        f"exports/{export.split.sha256[:16]}",
+        lambda name: name.lstrip(".").startswith((f"{stem}.", f"{stem}-")),
+        keep=export.file,
+    )
+    for folder in Path(tempfile.gettempdir()).glob(f"cytomark-export-{export.pk}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def cancel_export(export: Export) -> Export:
+    """End a queued, running or orphaned export at once (cancelled); a worker writing it stops
+    at its next progress step, and its partial zip is removed."""
+    if not leases.cancel(
+        Export, export.pk, Export.Status.CANCELLED, error="Cancelled by its user."
+    ):
+        export.refresh_from_db()
+        raise DomainError(f"Export {export.pk} has ended ({export.status}); nothing to cancel.")
+    export.refresh_from_db()
+    return export
+
+
 def run_export(export_id: int) -> Export:
-    """Build the export's zip and publish it; failures are recorded on the row."""
+    """Build the export's zip and publish it; failures are recorded on the row.
+
+    Claimed in one statement (core.leases): a task delivered twice writes the export once, and
+    one delivered again after its worker died writes it from the start.
+    """
     export = Export.objects.select_related("split__dataset__study__taxonomy").get(pk=export_id)
-    # Claimed in one statement: a task delivered twice writes the export once.
-    claimed = Export.objects.filter(
-        pk=export.pk, status__in=[Export.Status.QUEUED, Export.Status.FAILED]
-    ).update(status=Export.Status.RUNNING, error="")
-    if not claimed:
+    owner = leases.new_owner()
+    attempt = leases.claim(Export, export.pk, [Export.Status.QUEUED, Export.Status.FAILED], owner)
+    if attempt is None:
         export.refresh_from_db()
         return export
+    with leases.Lease(Export, export.pk, owner) as lease:
 
-    def progress(done: int, total: int) -> None:
-        Export.objects.filter(pk=export.pk).update(done=done, total=total)
+        def progress(done: int, total: int) -> None:
+            if not lease.mine().update(done=done, total=total):
+                raise leases.LeaseLost(f"Export {export.pk} is no longer this worker's.")
 
-    name = f"exports/{export.split.sha256[:16]}/{export.format}-{export.pk}.zip"
-    try:
-        stored, size, digest = _write_and_publish(export, name, progress)
-    except Exception as exc:  # recorded for the user; the task itself ends cleanly
-        Export.objects.filter(pk=export.pk).update(
-            status=Export.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
-        )
-    else:
-        Export.objects.filter(pk=export.pk).update(
-            status=Export.Status.DONE,
-            file=stored,
-            size_bytes=size,
-            sha256=digest,
-            finished_at=timezone.now(),
-        )
+        name = export_name(export, attempt)
+        try:
+            stored, size, digest = _write_and_publish(export, name, progress)
+        except Exception as exc:  # recorded for the user; the task itself ends cleanly
+            lease.finish(
+                status=Export.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+            )
+        else:
+            published = lease.finish(
+                status=Export.Status.DONE,
+                file=stored,
+                size_bytes=size,
+                sha256=digest,
+                finished_at=timezone.now(),
+            )
+            if not published:
+                default_storage.delete(stored)
     export.refresh_from_db()
     return export

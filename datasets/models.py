@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from core.leases import LeasedJob
+
 
 class ImmutableError(Exception):
     """A stored class map, data set version or split was about to be changed."""
@@ -154,8 +156,9 @@ class Split(Immutable):
         return {fold: sum(counts.values()) for fold, counts in self.fold_counts.items()}
 
 
-class Export(models.Model):
-    """A split written out in a format, by a background task, as one zip in storage."""
+class Export(LeasedJob):
+    """A split written out in a format, by a background task, as one zip in storage; the task
+    holds a lease on it while it writes (core.leases)."""
 
     class Format(models.TextChoices):
         IMAGEFOLDER = "imagefolder", "image folders per fold and class, with manifest.csv"
@@ -167,10 +170,11 @@ class Export(models.Model):
         RUNNING = "running", "running"
         DONE = "done", "done"
         FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
 
     split = models.ForeignKey(Split, on_delete=models.PROTECT, related_name="exports")
     format = models.CharField(max_length=12, choices=Format.choices)
-    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
     file = models.CharField(max_length=500, blank=True, help_text="Storage name of the zip.")

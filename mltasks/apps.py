@@ -1,6 +1,18 @@
 from django.apps import AppConfig
 
 
+def _queue_again(run_id: int) -> None:
+    from .tasks import train
+
+    train.delay(run_id)
+
+
+def _remove_partials(run) -> None:
+    from .runs import remove_partials
+
+    remove_partials(run)
+
+
 class MltasksConfig(AppConfig):
     """Training and inference (depends on datasets and annotator)."""
 
@@ -9,8 +21,19 @@ class MltasksConfig(AppConfig):
 
     def ready(self) -> None:
         from annotator.access import register_visibility
+        from core import leases
 
         from .access import RULES
+        from .models import TrainingRun
+
+        leases.register(
+            leases.JobKind(
+                label="training run",
+                model=TrainingRun,
+                requeue=_queue_again,
+                remove_partials=_remove_partials,
+            )
+        )
 
         for model, visible in RULES.items():
             register_visibility(model, visible)

@@ -4,9 +4,12 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from core.leases import LeasedJob
 
-class TrainingRun(models.Model):
-    """A split + a config -> per-fold models, a report with plots; status and live progress."""
+
+class TrainingRun(LeasedJob):
+    """A split + a config -> per-fold models, a report with plots; status and live progress.
+    The worker training it holds a lease on it (core.leases)."""
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"

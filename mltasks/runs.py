@@ -23,6 +23,7 @@ from django.utils import timezone
 from annotator.access import OVERSEEING_ROLES, require_role
 from annotator.errors import DomainError
 from annotator.patches import store_bytes
+from core import leases
 from datasets.models import Split
 
 from . import report as reports
@@ -65,23 +66,32 @@ def start_run(split: Split, user, config: dict | None = None) -> TrainingRun:
 
 
 def request_cancel(run: TrainingRun) -> TrainingRun:
-    """Ask a queued or running run to stop; it stops at its next step."""
-    if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
+    """End a queued, running or orphaned run at once (cancelled); a live worker training it
+    notices within a second that it lost the run, stops, and removes what it stored."""
+    if not leases.cancel(
+        TrainingRun,
+        run.pk,
+        TrainingRun.Status.CANCELLED,
+        cancel_requested=True,
+        error="Cancelled by its user.",
+    ):
+        run.refresh_from_db()
         raise DomainError(f"Run {run.pk} has ended ({run.status}); nothing to cancel.")
-    TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
-    if run.status == TrainingRun.Status.QUEUED:
-        TrainingRun.objects.filter(pk=run.pk).update(
-            status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
-        )
     run.refresh_from_db()
     return run
+
+
+def remove_partials(run: TrainingRun) -> None:
+    """Delete what attempts of an unpublished run stored (weights, plots, partial files)."""
+    if not run.models.exists():
+        leases.remove_tree(f"training/run-{run.pk}")
 
 
 class _Progress:
     """Writes progress to the run at most every half second, with the time left."""
 
-    def __init__(self, run: TrainingRun, folds: int, config: dict):
-        self.run, self.folds, self.config = run, folds, config
+    def __init__(self, run: TrainingRun, folds: int, config: dict, lease: leases.Lease):
+        self.run, self.folds, self.config, self.lease = run, folds, config, lease
         self.started = time.monotonic()
         self.last_write = 0.0
         self.last_check = 0.0
@@ -101,7 +111,7 @@ class _Progress:
         self.state["eta_seconds"] = round(elapsed / done - elapsed, 1) if done > 0 else None
         now = time.monotonic()
         if now - self.last_write >= PROGRESS_EVERY_SECONDS or "validation" in update:
-            TrainingRun.objects.filter(pk=self.run.pk).update(progress=dict(self.state))
+            self.lease.mine().update(progress=dict(self.state))
             self.last_write = now
 
     def _fraction(self) -> float:
@@ -116,24 +126,38 @@ class _Progress:
         if now - self.last_check < PROGRESS_EVERY_SECONDS:
             return False
         self.last_check = now
-        return TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists()
+        return not self.lease.held() or self.lease.mine().filter(cancel_requested=True).exists()
 
 
 def execute(run_id: int) -> TrainingRun:
-    """Run the training of a queued run to its end: done, failed or cancelled."""
+    """Run the training of a queued run to its end: done, failed or cancelled.
+
+    Claimed in one statement (core.leases): a task delivered twice trains once, and one
+    delivered again after its worker died trains from the start.
+    """
     run = TrainingRun.objects.select_related("split__dataset__study").get(pk=run_id)
     config = run.config
     device = training.pick_device(config)
-    # Claimed in one statement: a task delivered twice trains once.
-    claimed = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
-        status=TrainingRun.Status.RUNNING,
+    owner = leases.new_owner()
+    attempt = leases.claim(
+        TrainingRun,
+        run.pk,
+        [TrainingRun.Status.QUEUED],
+        owner,
         started_at=timezone.now(),
         device=_describe(device),
         code_version=code_version(),
     )
-    if not claimed:
+    if attempt is None:
         run.refresh_from_db()
         return run
+    with leases.Lease(TrainingRun, run.pk, owner) as lease:
+        _train(run, config, device, lease)
+    run.refresh_from_db()
+    return run
+
+
+def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
     stored: list[str] = []
     try:
         if config["threads"]:
@@ -142,7 +166,7 @@ def execute(run_id: int) -> TrainingRun:
         plans = training.fold_plans(
             data, config, run.split.strategy, bool(run.split.params.get("grouped"))
         )
-        progress = _Progress(run, len(plans), config)
+        progress = _Progress(run, len(plans), config, lease)
         results = []
         for index, plan in enumerate(plans):
             progress.next_fold(index)
@@ -154,15 +178,15 @@ def execute(run_id: int) -> TrainingRun:
             results.append((result, name, hashlib.sha256(payload).hexdigest()))
         report = reports.build_report(run, data, [r for r, _, _ in results], device)
         stored.extend(report.pop("_files", []))
-        _publish(run, results, report)
-    except training.Cancelled:
-        _end(run, TrainingRun.Status.CANCELLED, "Cancelled by its user.", stored)
+        _publish(run, results, report, lease)
+    except (training.Cancelled, leases.LeaseLost):
+        _end(lease, TrainingRun.Status.CANCELLED, "Cancelled by its user.", stored)
     except Exception as exc:  # recorded on the run for its user, and logged in full
         log.exception("Training run %s failed", run.pk)
         message = f"{exc.__class__.__name__}: {exc}"
-        _end(run, TrainingRun.Status.FAILED, message + "\n" + traceback.format_exc(limit=3), stored)
-    run.refresh_from_db()
-    return run
+        _end(
+            lease, TrainingRun.Status.FAILED, message + "\n" + traceback.format_exc(limit=3), stored
+        )
 
 
 def _describe(device: torch.device) -> str:
@@ -172,7 +196,16 @@ def _describe(device: torch.device) -> str:
 
 
 @transaction.atomic
-def _publish(run: TrainingRun, results, report: dict) -> None:
+def _publish(run: TrainingRun, results, report: dict, lease: leases.Lease) -> None:
+    """The fold models and the report, in one transaction with the run's end; nothing if the
+    run is not this worker's any more (cancelled meanwhile)."""
+    if not lease.finish(
+        status=TrainingRun.Status.DONE,
+        report=report,
+        finished_at=timezone.now(),
+        progress={**TrainingRun.objects.get(pk=run.pk).progress, "fraction": 1.0},
+    ):
+        raise leases.LeaseLost(f"Run {run.pk} is no longer this worker's.")
     for result, name, digest in results:
         FoldModel.objects.create(
             run=run,
@@ -184,17 +217,10 @@ def _publish(run: TrainingRun, results, report: dict) -> None:
             epochs=result.epochs,
             seconds=result.seconds,
         )
-    TrainingRun.objects.filter(pk=run.pk).update(
-        status=TrainingRun.Status.DONE,
-        report=report,
-        finished_at=timezone.now(),
-        progress={**run.progress, "fraction": 1.0},
-    )
 
 
-def _end(run: TrainingRun, status: str, message: str, stored: list[str]) -> None:
+def _end(lease: leases.Lease, status: str, message: str, stored: list[str]) -> None:
+    """Remove what the run stored and record its end (unless it was ended elsewhere)."""
     for name in stored:
         default_storage.delete(name)
-    TrainingRun.objects.filter(pk=run.pk).update(
-        status=status, error=message[:4000], finished_at=timezone.now()
-    )
+    lease.finish(status=status, error=message[:4000], finished_at=timezone.now())

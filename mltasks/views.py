@@ -46,7 +46,7 @@ def training_page(request, study_name: str):
                     TrainingRun, pk=request.POST.get("run"), split__dataset__study=study
                 )
                 runs.request_cancel(run)
-                messages.success(request, f"Run {run.pk}: cancel requested.")
+                messages.success(request, f"Run {run.pk} cancelled.")
                 return redirect(request.path)
             if form.is_valid():
                 data = dict(form.cleaned_data)

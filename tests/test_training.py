@@ -204,7 +204,7 @@ def test_the_pages_show_runs_and_the_report(split, data_scientist, annotator):
     cancelled = browser.post(
         "/studies/munich/training/", {"action": "cancel", "run": queued.pk}, follow=True
     )
-    assert "cancel requested" in cancelled.content.decode()
+    assert f"Run {queued.pk} cancelled." in cancelled.content.decode()
     queued.refresh_from_db()
     assert queued.status == "cancelled"
     outsider = Client()

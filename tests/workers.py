@@ -40,11 +40,12 @@ def purge_queues(queues) -> None:
             channel.queue_purge(queue)
 
 
-@contextlib.contextmanager
-def celery_worker(queues, media: Path, extra_env: dict | None = None) -> Iterator[Path]:
-    """Run a worker on `queues` until the block ends; yields the path of its log."""
-    log = media.parent / f"worker-{'-'.join(queues)}.log"
-    purge_queues(queues)
+def start_worker(
+    queues, media: Path, extra_env: dict | None = None, name: str = ""
+) -> tuple[subprocess.Popen, Path]:
+    """Start a worker on `queues` and wait until it is ready; its process and log."""
+    label = "-".join(queues) + (f"-{name}" if name else "")
+    log = media.parent / f"worker-{label}.log"
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
@@ -64,7 +65,7 @@ def celery_worker(queues, media: Path, extra_env: dict | None = None) -> Iterato
                 "worker",
                 "--pool=solo",
                 f"--queues={','.join(queues)}",
-                f"--hostname=test-{'-'.join(queues)}-{os.getpid()}@%h",
+                f"--hostname=test-{label}-{os.getpid()}@%h",
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
@@ -76,17 +77,33 @@ def celery_worker(queues, media: Path, extra_env: dict | None = None) -> Iterato
             stdout=output,
             stderr=subprocess.STDOUT,
         )
+    deadline = time.monotonic() + 60
+    while " ready." not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_worker(process)
+            pytest.fail(f"The Celery worker did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return process, log
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    """Stop a worker warmly (SIGTERM), killing it if it does not end within 15 s."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 60
-        while " ready." not in log.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"The Celery worker did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def celery_worker(queues, media: Path, extra_env: dict | None = None) -> Iterator[Path]:
+    """Run a worker on `queues` (their old tasks purged) until the block ends; its log."""
+    purge_queues(queues)
+    process, log = start_worker(queues, media, extra_env)
+    try:
         yield log
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_worker(process)

@@ -201,6 +201,11 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=48 * 3600)
     }
+# Long jobs (exports, training runs, patch batches) hold a lease that their worker renews every
+# third of it; a job whose lease ran out lost its worker and is re-run from the start up to
+# JOB_MAX_ATTEMPTS times, then failed with a message (docs/operations.md, "Job states").
+JOB_LEASE_SECONDS = env.float("JOB_LEASE_SECONDS", default=60.0)
+JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=2)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -246,6 +251,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Exports and training runs share one set of job states (docs/operations.md).
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "mltasks.models.TrainingRun.Status"},
 }
 
 LOGGING = {

@@ -187,7 +187,7 @@ class SplitViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
 class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Exports of splits: POST queues one (202); poll it for `status`, `done` / `total`; its
-    `download` URL serves the zip once it is done."""
+    `download` URL serves the zip once it is done; `cancel/` ends an unfinished one."""
 
     serializer_class = s.ExportSerializer
 
@@ -207,6 +207,13 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         export = exports.request_export(data["split"], data["format"], request.user)
         start_export(export)
         return Response(s.ExportSerializer(export).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=s.ExportSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """End a queued or running export at once; no file of it is kept."""
+        export = exports.cancel_export(self.get_object())
+        return Response(s.ExportSerializer(export).data)
 
     @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
     @action(detail=True)

@@ -5,7 +5,7 @@
   async function poll() {
     let pending = 0;
     for (const row of rows()) {
-      if (row.dataset.status === "done" || row.dataset.status === "failed") continue;
+      if (["done", "failed", "cancelled"].includes(row.dataset.status)) continue;
       pending += 1;
       const response = await fetch(`/api/v1/exports/${row.dataset.export}/`, { credentials: "same-origin" });
       if (!response.ok) continue;

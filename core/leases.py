@@ -1,0 +1,316 @@
+"""Leases of long background jobs: a job row names the worker holding it and until when.
+
+A worker claims a job with one conditional UPDATE that sets it `running`, names itself in
+`lease_owner` and sets `lease_expires_at` one lease length ahead; a thread of that worker renews
+the lease while the job works. A worker killed in the middle (SIGKILL, out of memory, a lost
+host) stops renewing, and once the lease has expired the job is *orphaned*. Orphans are found by
+a sweep that every Celery worker runs when it starts and then once per lease length, and by a
+task that is delivered again and finds its job orphaned. Either re-runs the job from the start
+while it has attempts left (`JOB_MAX_ATTEMPTS`), and otherwise marks it failed with a message
+saying that its worker stopped; both first remove the files the dead attempt left half-written.
+
+Job models inherit `LeasedJob` and have the fields `status` (with the values "queued",
+"running", "failed" among theirs), `error` and `finished_at`. Each app registers its job models
+(`register`) with how to queue a job again and how to remove an attempt's partial files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import connections, models, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, FAILED = "queued", "running", "failed"
+UNFINISHED = (QUEUED, RUNNING)
+
+
+class LeasedJob(models.Model):
+    """The lease fields of a background job's row."""
+
+    lease_owner = models.CharField(
+        max_length=200, blank=True, help_text="The worker process that holds (or last held) it."
+    )
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Unless renewed by then, its worker counts as stopped."
+    )
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="How many times a worker has started it."
+    )
+
+    class Meta:
+        abstract = True
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A registered kind of job: its model, how to queue one again, how to clean up after one."""
+
+    label: str
+    model: type[LeasedJob]
+    requeue: Callable[[int], None]
+    remove_partials: Callable[[LeasedJob], None]
+
+
+_kinds: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> None:
+    _kinds[kind.model._meta.label] = kind
+
+
+def kind_of(model: type[LeasedJob]) -> JobKind:
+    return _kinds[model._meta.label]
+
+
+def lease_length() -> timedelta:
+    return timedelta(seconds=settings.JOB_LEASE_SECONDS)
+
+
+def max_attempts() -> int:
+    return settings.JOB_MAX_ATTEMPTS
+
+
+def new_owner() -> str:
+    """A name for one attempt of this process: host, process id and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def orphaned(queryset, now=None):
+    """Jobs whose worker stopped renewing their lease."""
+    now = now or timezone.now()
+    return queryset.filter(status__in=UNFINISHED, lease_expires_at__lt=now)
+
+
+def claim(model: type[LeasedJob], pk: int, claimable, owner: str, **fields) -> int | None:
+    """Take the job for `owner` in one statement; the attempt number, or None when the job is
+    not this caller's to run (finished, or held by a live worker).
+
+    A job in one of the `claimable` states is taken, and so is an orphan with attempts left:
+    a task delivered again after its worker died runs its job from the start. An orphan out of
+    attempts is failed here, with the message a sweep would give it.
+    """
+    now = timezone.now()
+    takeable = Q(status__in=claimable) | (
+        Q(status__in=UNFINISHED, lease_expires_at__lt=now) & Q(attempts__lt=max_attempts())
+    )
+    taken = model.objects.filter(Q(pk=pk) & takeable).update(
+        status=RUNNING,
+        lease_owner=owner,
+        lease_expires_at=now + lease_length(),
+        attempts=F("attempts") + 1,
+        error="",
+        **fields,
+    )
+    if not taken:
+        job = model.objects.filter(pk=pk).first()
+        if job is not None and orphaned(model.objects.filter(pk=pk), now).exists():
+            _fail_orphan(kind_of(model), job, now)
+        return None
+    attempt = model.objects.filter(pk=pk).values_list("attempts", flat=True).get()
+    if attempt > 1:
+        kind_of(model).remove_partials(model.objects.get(pk=pk))
+    return attempt
+
+
+class LeaseLost(Exception):
+    """The job is not this worker's any more: cancelled, or taken over after a stall."""
+
+
+class Lease:
+    """A claimed job's lease as held by this process; renewed by a thread while in use.
+
+    Inside a database transaction (a test, or a caller's atomic block) the thread would not
+    see the claimed row, so there the lease is held for its first length only.
+    """
+
+    def __init__(self, model: type[LeasedJob], pk: int, owner: str):
+        self.model, self.pk, self.owner = model, pk, owner
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def mine(self):
+        """The job's row while this process still holds it: filter writes through it."""
+        return self.model.objects.filter(pk=self.pk, lease_owner=self.owner, status=RUNNING)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def renew(self) -> bool:
+        renewed = self.mine().update(lease_expires_at=timezone.now() + lease_length())
+        if not renewed:
+            self._lost.set()
+        return bool(renewed)
+
+    def held(self) -> bool:
+        """Whether the job is still this worker's (one query; also true before any renewal)."""
+        if not self.lost and not self.mine().exists():
+            self._lost.set()
+        return not self.lost
+
+    def finish(self, **fields) -> bool:
+        """Write the job's end if it is still held; whether it was."""
+        return bool(self.mine().update(lease_expires_at=None, **fields))
+
+    def __enter__(self) -> Lease:
+        if not transaction.get_connection().in_atomic_block:
+            self._thread = threading.Thread(
+                target=self._beat,
+                name=f"lease-{self.model._meta.model_name}-{self.pk}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        interval = settings.JOB_LEASE_SECONDS / 3
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    if not self.renew():
+                        return
+                except Exception:  # a database hiccup: the next beat tries again
+                    log.warning(
+                        "Could not renew the lease of %s %s", self.model, self.pk, exc_info=True
+                    )
+        finally:
+            connections.close_all()
+
+
+def _fail_orphan(kind: JobKind, job: LeasedJob, now) -> bool:
+    message = (
+        f"The worker running this {kind.label} stopped (no heartbeat from {job.lease_owner or 'it'}"
+        f" since {(job.lease_expires_at - lease_length()):%Y-%m-%d %H:%M:%S} UTC); it was "
+        f"started {job.attempts} time(s) and is not retried again. Start it anew once the cause "
+        "(often memory) is dealt with."
+    )
+    ended = orphaned(kind.model.objects.filter(pk=job.pk, lease_owner=job.lease_owner), now).update(
+        status=FAILED, error=message, finished_at=now, lease_expires_at=None
+    )
+    if ended:
+        log.warning("%s %s failed: %s", kind.label, job.pk, message)
+        kind.remove_partials(job)
+    return bool(ended)
+
+
+def recover(kind: JobKind, job: LeasedJob, now=None) -> str | None:
+    """Recover one orphan: queued again if it has attempts left, else failed; its partial files
+    removed. The new state, or None when the job was not (or no longer) orphaned."""
+    now = now or timezone.now()
+    if job.attempts >= max_attempts():
+        return FAILED if _fail_orphan(kind, job, now) else None
+    requeued = orphaned(
+        kind.model.objects.filter(pk=job.pk, lease_owner=job.lease_owner), now
+    ).update(status=QUEUED, lease_expires_at=None)
+    if not requeued:
+        return None
+    log.warning("%s %s: its worker %s stopped; queued again", kind.label, job.pk, job.lease_owner)
+    kind.remove_partials(job)
+    try:
+        kind.requeue(job.pk)
+    except Exception as exc:  # any broker error: recorded on the job, never left queued unsent
+        log.warning("Could not queue %s %s again", kind.label, job.pk, exc_info=True)
+        kind.model.objects.filter(pk=job.pk, status=QUEUED).update(
+            status=FAILED, error=f"Its worker stopped and it could not be queued again: {exc}"
+        )
+        return FAILED
+    return QUEUED
+
+
+def recover_orphans() -> list[tuple[str, int, str]]:
+    """One sweep over every registered kind: (label, id, new state) of each job recovered."""
+    now = timezone.now()
+    recovered = []
+    for kind in _kinds.values():
+        for job in orphaned(kind.model.objects.all(), now):
+            state = recover(kind, job, now)
+            if state:
+                recovered.append((kind.label, job.pk, state))
+    return recovered
+
+
+def cancel(model: type[LeasedJob], pk: int, status: str, **fields) -> bool:
+    """End a queued, running or orphaned job at once in `status`; its worker, if alive, sees
+    that it lost the lease and stops. Whether the job was unfinished."""
+    job = model.objects.filter(pk=pk).first()
+    ended = model.objects.filter(pk=pk, status__in=UNFINISHED).update(
+        status=status, finished_at=timezone.now(), lease_expires_at=None, **fields
+    )
+    if ended and job is not None:
+        kind_of(model).remove_partials(job)
+    return bool(ended)
+
+
+def start_sweeper() -> threading.Thread:
+    """Sweep for orphans now and once per lease length, in a thread of this worker process."""
+
+    def sweep_forever() -> None:
+        while True:
+            try:
+                for label, pk, state in recover_orphans():
+                    log.info("Recovered %s %s: now %s", label, pk, state)
+            except Exception:  # the database may be away for a while; the next sweep retries
+                log.warning("The sweep for orphaned jobs failed", exc_info=True)
+            finally:
+                connections.close_all()
+            threading.Event().wait(settings.JOB_LEASE_SECONDS)
+
+    thread = threading.Thread(target=sweep_forever, name="orphaned-job-sweeper", daemon=True)
+    thread.start()
+    return thread
+
+
+def remove_files(folder: str, matches: Callable[[str], bool], keep: str = "") -> None:
+    """Delete the files directly in a storage folder whose names match (but not `keep`)."""
+    try:
+        _, files = default_storage.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in files:
+        path = f"{folder}/{name}"
+        if matches(name) and path != keep:
+            default_storage.delete(path)
+
+
+def remove_tree(folder: str) -> None:
+    """Delete a storage folder's files, its subfolders' too."""
+    try:
+        folders, files = default_storage.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in files:
+        default_storage.delete(f"{folder}/{name}")
+    for name in folders:
+        remove_tree(f"{folder}/{name}")
+
+
+def remove_stale_partials(folder: Path, older_than: timedelta) -> None:
+    """Delete `.part` files in a local folder untouched for longer than `older_than`: files
+    written in one go by a process that died before renaming them into place."""
+    cutoff = (timezone.now() - older_than).timestamp()
+    for partial in folder.glob("*.part"):
+        try:
+            if partial.stat().st_mtime < cutoff:
+                partial.unlink()
+        except FileNotFoundError:
+            pass
