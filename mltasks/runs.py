@@ -25,8 +25,8 @@ from annotator.errors import DomainError
 from annotator.patches import store_bytes
 from datasets.models import Split
 
+from . import memory, training
 from . import report as reports
-from . import training
 from .models import FoldModel, TrainingRun
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,13 @@ def start_run(split: Split, user, config: dict | None = None) -> TrainingRun:
     full = training.load_config(config)
     if len(split.dataset.classes) < 2:
         raise DomainError("Training needs at least two classes in the data set.", "split")
+    needed = memory.estimate(
+        len(split.dataset.manifest),
+        len(split.dataset.classes),
+        full,
+        training.pick_device(full).type,
+    )
+    memory.require_within(needed, settings.TRAINING_MAX_MEMORY_GB)
     return TrainingRun.objects.create(split=split, config=full, created_by=user)
 
 
@@ -151,8 +158,11 @@ def execute(run_id: int) -> TrainingRun:
             name = f"training/run-{run.pk}/fold-{result.fold}.pt"
             store_bytes(name, payload)
             stored.append(name)
-            results.append((result, name, hashlib.sha256(payload).hexdigest()))
-        report = reports.build_report(run, data, [r for r, _, _ in results], device)
+            digest = hashlib.sha256(payload).hexdigest()
+            del payload
+            results.append((result.without_weights(), name, digest))
+        folds = [r for r, _, _ in results]
+        report = reports.build_report(run, data, folds, device, saliency_weights=results[0][1])
         stored.extend(report.pop("_files", []))
         _publish(run, results, report)
     except training.Cancelled:

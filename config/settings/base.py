@@ -171,6 +171,10 @@ PATCH_BATCH_DELAY = env.float("PATCH_BATCH_DELAY", default=5.0)
 # Uploads are streamed to disk, never held in memory whole.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# A training run whose estimated peak memory (mltasks/memory.py: decoded patches, network and
+# optimiser, one pass's activations) exceeds this is refused before it starts. Set it to what
+# the training worker's host can give one run.
+TRAINING_MAX_MEMORY_GB = env.float("TRAINING_MAX_MEMORY_GB", default=8.0)
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
