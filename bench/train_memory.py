@@ -133,12 +133,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[100, 400], help="per scan")
     parser.add_argument("--image-size", type=int, default=400)
-    parser.add_argument("--scan-size", type=int, default=6000, help="synthetic scan side, px")
+    parser.add_argument("--scan-size", type=int, default=12000, help="synthetic scan side, px")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(int(args.child[0]), json.loads(args.child[1]))
+        return
+    if len(args.cells) > 1:  # Django holds one database per process: one process per size
+        for per_scan in args.cells:
+            options = ["--image-size", str(args.image_size), "--scan-size", str(args.scan_size)]
+            options += ["--threads", str(args.threads), "--cells", str(per_scan)]
+            subprocess.run([sys.executable, __file__, *options], cwd=ROOT, check=True)
         return
     rows = []
     for per_scan in args.cells:

@@ -72,10 +72,11 @@ def test_the_pass_size_follows_the_config_device_and_image_size():
             training.load_config({"micro_batch_size": wrong})
 
 
-# One training fold in a fresh process on synthetic patches; prints its peak RSS in bytes.
+# One training fold in a fresh process on synthetic patches; prints the peak RSS of the training
+# in bytes (the start-up's peak is reset first).
 FOLD = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     import django
     django.setup()
     import numpy as np, torch
@@ -92,8 +93,12 @@ FOLD = textwrap.dedent(
     )
     index = np.arange(count)
     plan = training.FoldPlan("0", index, index[:4], index[:4])
+    with open("/proc/self/clear_refs", "w") as handle:  # the peak from here on (Linux)
+        handle.write("5")
     training.train_fold(data, plan, config, torch.device("cpu"), lambda update: None, lambda: False)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    with open("/proc/self/status") as handle:
+        peak = next(line for line in handle if line.startswith("VmHWM:"))
+    print(int(peak.split()[1]) * 1024)
     """
 )
 
@@ -127,3 +132,37 @@ def test_a_folds_peak_memory_follows_the_pass_not_the_batch_images_per_class_or_
     assert abs(longer - small) < 0.05 * small, (small, longer)
     estimate = memory.estimate(32, 2, training.load_config({"image_size": 96, **passes}), "cpu")
     assert small <= estimate.total, (small, estimate.describe())
+
+
+def test_passes_add_up_to_the_gradient_of_the_whole_batch():
+    import numpy as np
+    import torch
+
+    from mltasks.resnext import resnext50_32x4d
+
+    torch.manual_seed(0)
+    model = resnext50_32x4d(num_classes=3).eval()  # running BatchNorm statistics: no batch effect
+    count = 6
+    data = training.TrainingData(
+        images=torch.randint(0, 256, (count, 32, 32, 3), dtype=torch.uint8),
+        labels=np.arange(count) % 3,
+        cell_ids=list(range(count)),
+        folds=[0] * count,
+        classes=["A", "B", "C"],
+    )
+    config = training.load_config({"rotate": False, "flip": False})
+    batch, device = np.arange(count), torch.device("cpu")
+
+    def gradients(passes: int) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = sum(
+            training._accumulate(model, data, batch[i : i + passes], count, config, None, device)
+            for i in range(0, count, passes)
+        )
+        return loss, [p.grad.clone() for p in model.parameters()]
+
+    whole_loss, whole = gradients(count)
+    parts_loss, parts = gradients(2)
+    assert parts_loss == pytest.approx(whole_loss, rel=1e-5)
+    for one, other in zip(whole, parts, strict=True):
+        torch.testing.assert_close(one, other, rtol=1e-4, atol=1e-6)
