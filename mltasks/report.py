@@ -10,6 +10,7 @@ import io
 
 import numpy as np
 import torch
+from django.core.files.storage import default_storage
 from matplotlib.figure import Figure
 
 from annotator.models import Label, Round
@@ -19,6 +20,7 @@ from annotator.reports import ClassMapping
 
 from .augment import to_float
 from .evaluation import FoldPredictions, fold_summary, group_roc, rater_point
+from .training import load_model
 
 
 def _png(figure: Figure) -> bytes:
@@ -123,9 +125,9 @@ def saliency_maps(model, data, index: np.ndarray, device, count: int) -> list[tu
     return made
 
 
-def build_report(run, data, results, device) -> dict:
-    """The report as JSON-ready data; plot files go to storage (their names under `_files`)."""
-    from .resnext import resnext50_32x4d
+def build_report(run, data, results, device, saliency_weights: str) -> dict:
+    """The report as JSON-ready data; plot files go to storage (their names under `_files`).
+    The saliency maps come from the first fold's model, read back from `saliency_weights`."""
 
     dataset = run.split.dataset
     classes = data.classes
@@ -152,8 +154,8 @@ def build_report(run, data, results, device) -> dict:
         store_bytes(name, _roc_png(group, roc, [p for p in points if p["group"] == group]))
         files[f"roc-{group}"] = name
     first = results[0]
-    model = resnext50_32x4d(num_classes=len(classes))
-    model.load_state_dict(first.state_dict)
+    with default_storage.open(saliency_weights, "rb") as handle:
+        model = load_model(handle.read(), classes)
     saliency = []
     for cell, png in saliency_maps(
         model, data, first.test_index, device, run.config["saliency_samples"]

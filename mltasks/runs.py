@@ -26,8 +26,8 @@ from annotator.patches import store_bytes
 from core import leases
 from datasets.models import Split
 
+from . import memory, training
 from . import report as reports
-from . import training
 from .models import FoldModel, TrainingRun
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,13 @@ def start_run(split: Split, user, config: dict | None = None) -> TrainingRun:
     full = training.load_config(config)
     if len(split.dataset.classes) < 2:
         raise DomainError("Training needs at least two classes in the data set.", "split")
+    needed = memory.estimate(
+        len(split.dataset.manifest),
+        len(split.dataset.classes),
+        full,
+        training.pick_device(full).type,
+    )
+    memory.require_within(needed, settings.TRAINING_MAX_MEMORY_GB)
     return TrainingRun.objects.create(split=split, config=full, created_by=user)
 
 
@@ -175,8 +182,11 @@ def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
             name = f"training/run-{run.pk}/fold-{result.fold}.pt"
             store_bytes(name, payload)
             stored.append(name)
-            results.append((result, name, hashlib.sha256(payload).hexdigest()))
-        report = reports.build_report(run, data, [r for r, _, _ in results], device)
+            digest = hashlib.sha256(payload).hexdigest()
+            del payload
+            results.append((result.without_weights(), name, digest))
+        folds = [r for r, _, _ in results]
+        report = reports.build_report(run, data, folds, device, saliency_weights=results[0][1])
         stored.extend(report.pop("_files", []))
         _publish(run, results, report, lease)
     except (training.Cancelled, leases.LeaseLost):

@@ -3,14 +3,16 @@
 One model per fold (k-fold splits) or one model (holdout): random rotation and flips applied on
 the fly to whole batches on the device, every class oversampled towards a target count per
 epoch, early stopping on a validation part carved out of the training folds (stratified, seeded).
-The patches are decoded once into a uint8 cache in memory, so no epoch waits for image decoding.
+The patches are decoded once into a uint8 cache in memory, so no epoch waits for image decoding;
+an epoch is an order of indices into it and a batch becomes float only while it is used, in passes
+small enough for the memory (`mltasks.memory`), so memory follows the cache and the pass size.
 Everything is in the config (`DEFAULTS`, documented in docs/training.md); the seeds make a CPU
 run repeatable.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import io
 import json
 import time
@@ -30,11 +32,13 @@ from annotator.models import Cell
 from datasets.models import Split
 
 from .augment import augment_batch, to_float
+from .memory import pass_size
 from .resnext import load_pretrained, resnext50_32x4d
 
 DEFAULTS = {
     "image_size": 400,  # px: patches are resized to this square (the original: 400 x 400)
-    "batch_size": 32,
+    "batch_size": 32,  # images per optimiser step
+    "micro_batch_size": None,  # images per forward/backward pass (None: mltasks.memory decides)
     "max_epochs": 15,  # the original's loss levelled off after about 15 epochs
     "patience": 3,  # early stopping: epochs without a better validation loss
     "validation_fraction": 0.1,  # of the training folds, stratified
@@ -64,6 +68,10 @@ def _number(value) -> bool:
 CONFIG_CHECKS = {
     "image_size": (lambda v: _whole(v) and 32 <= v <= 4096, "a whole number from 32 to 4096"),
     "batch_size": (lambda v: _whole(v) and 1 <= v <= 65536, "a whole number of at least 1"),
+    "micro_batch_size": (
+        lambda v: v is None or (_whole(v) and 1 <= v <= 65536),
+        "null or a whole number of at least 1",
+    ),
     "max_epochs": (lambda v: _whole(v) and 1 <= v <= 10000, "a whole number of at least 1"),
     "patience": (lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
     "validation_fraction": (lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
@@ -250,6 +258,11 @@ class FoldResult:
     seconds: float
     history: list[dict]
 
+    def without_weights(self) -> FoldResult:
+        """The result once its weights are stored: a finished fold holds no model in memory,
+        so a run's memory does not grow with its folds."""
+        return dataclasses.replace(self, state_dict={})
+
 
 ProgressFn = Callable[[dict], None]
 
@@ -270,7 +283,7 @@ def predict(model, data: TrainingData, index: np.ndarray, config: dict, device) 
     autocast = device.type == "cuda"
     out = []
     with torch.no_grad():
-        for batch in _batches(index, config["batch_size"]):
+        for batch in _batches(index, pass_size(config, device.type)):
             images = to_float(data.images[batch]).to(device, memory_format=torch.channels_last)
             logits = _forward(model, images, device, autocast).float()
             out.append(torch.softmax(logits, dim=1).cpu().numpy())
@@ -299,8 +312,7 @@ def train_fold(
     optimiser = torch.optim.Adam(
         model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"]
     )
-    loss_fn = torch.nn.CrossEntropyLoss()
-    autocast = device.type == "cuda"
+    passes = pass_size(config, device.type)
     train_labels = data.labels[plan.train]
     best_loss, best_state, stale, history = float("inf"), None, 0, []
     epoch = 0
@@ -310,24 +322,16 @@ def train_fold(
         steps = (len(order) + config["batch_size"] - 1) // config["batch_size"]
         running = 0.0
         for step, batch in enumerate(_batches(order, config["batch_size"]), start=1):
-            if should_stop():
-                raise Cancelled()
-            images = to_float(data.images[batch]).to(device, memory_format=torch.channels_last)
-            images = augment_batch(images, generator, rotate=config["rotate"], flip=config["flip"])
-            targets = torch.from_numpy(data.labels[batch]).to(device)
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(_forward(model, images, device, autocast).float(), targets)
-            loss.backward()
+            loss = 0.0
+            for part in _batches(batch, passes):
+                if should_stop():
+                    raise Cancelled()
+                loss += _accumulate(model, data, part, len(batch), config, generator, device)
             optimiser.step()
-            running += loss.item()
+            running += loss
             progress(
-                {
-                    "fold": plan.fold,
-                    "epoch": epoch,
-                    "step": step,
-                    "steps": steps,
-                    "loss": loss.item(),
-                }
+                {"fold": plan.fold, "epoch": epoch, "step": step, "steps": steps, "loss": loss}
             )
         validation_loss, validation_accuracy = _validate(model, data, plan, config, device)
         history.append(
@@ -340,7 +344,7 @@ def train_fold(
         )
         progress({"fold": plan.fold, "epoch": epoch, "validation": history[-1]})
         if validation_loss < best_loss:
-            best_loss, best_state, stale = validation_loss, copy.deepcopy(model.state_dict()), 0
+            best_loss, best_state, stale = validation_loss, _keep(model, best_state), 0
         else:
             stale += 1
             if stale >= config["patience"]:
@@ -351,6 +355,28 @@ def train_fold(
     return FoldResult(
         plan.fold, state, plan.test, probabilities, epoch, time.perf_counter() - started, history
     )
+
+
+def _keep(model, kept: dict | None) -> dict:
+    """The model's weights copied into `kept` (made on the first call): one copy however many
+    epochs improve, never two at once."""
+    if kept is None:
+        return {key: value.detach().clone() for key, value in model.state_dict().items()}
+    for key, value in model.state_dict().items():
+        kept[key].copy_(value)
+    return kept
+
+
+def _accumulate(model, data, part, batch_images, config, generator, device) -> float:
+    """Forward and backward one pass of a batch, adding its share to the gradients (the summed
+    shares are the gradient of the batch's mean loss); returns its share of that loss."""
+    images = to_float(data.images[part]).to(device, memory_format=torch.channels_last)
+    images = augment_batch(images, generator, rotate=config["rotate"], flip=config["flip"])
+    targets = torch.from_numpy(data.labels[part]).to(device)
+    logits = _forward(model, images, device, device.type == "cuda").float()
+    share = torch.nn.functional.cross_entropy(logits, targets) * (len(part) / batch_images)
+    share.backward()
+    return share.item()
 
 
 def _validate(model, data, plan, config, device) -> tuple[float, float]:

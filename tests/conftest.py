@@ -247,3 +247,16 @@ def curated(study, annotator):
             )
             set_label(cell, gold, annotator, node=code)
     return gold
+
+
+@pytest.fixture
+def split(study, curated, data_scientist):
+    """The curated cells frozen with the proposed class map and split 2-fold by patient."""
+    from datasets import classmaps, splits, versions
+
+    class_map, _ = classmaps.save_class_map(
+        study, "merged", classmaps.propose(study), data_scientist
+    )
+    version, _ = versions.make_dataset(study, "aml", data_scientist, class_map=class_map)
+    made, _ = splits.make_split(version, "patient-kfold", data_scientist, k=2, seed=0)
+    return made

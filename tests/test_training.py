@@ -13,7 +13,6 @@ from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
 from annotator.errors import DomainError
-from datasets import classmaps, splits, versions
 from mltasks import runs, training
 from mltasks.models import FoldModel, TrainingRun
 
@@ -29,16 +28,6 @@ SMOKE = {
     "saliency_samples": 2,
     "threads": 2,
 }
-
-
-@pytest.fixture
-def split(study, curated, data_scientist):
-    class_map, _ = classmaps.save_class_map(
-        study, "merged", classmaps.propose(study), data_scientist
-    )
-    version, _ = versions.make_dataset(study, "aml", data_scientist, class_map=class_map)
-    made, _ = splits.make_split(version, "patient-kfold", data_scientist, k=2, seed=0)
-    return made
 
 
 def _wait(run_id: int, states, seconds: float = 240) -> TrainingRun:

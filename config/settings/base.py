@@ -175,6 +175,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 # JSON bodies nested deeper than this are refused (no payload of the API needs more than a few
 # levels; Python's parser would exhaust its stack on a body nested thousands deep).
 API_MAX_JSON_DEPTH = env.int("API_MAX_JSON_DEPTH", default=32)
+# A training run whose estimated peak memory (mltasks/memory.py: decoded patches, network and
+# optimiser, one pass's activations) exceeds this is refused before it starts. Set it to what
+# the training worker's host can give one run.
+TRAINING_MAX_MEMORY_GB = env.float("TRAINING_MAX_MEMORY_GB", default=8.0)
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
