@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from .access import ANNOTATING_ROLES, require_role
+from .access import ANNOTATING_ROLES, require_role, visible_rounds
 from .errors import ConflictError, DomainError, InUseError
 from .models import Cell, Label, LabelChange, Round, Scan, Study, TaxonNode
 
@@ -57,28 +57,34 @@ def create_cell(study: Study, scan: Scan, x: int, y: int, user) -> Cell:
     return Cell.objects.create(study=study, scan=scan, x=x, y=y, created_by=user)
 
 
+def _name_rounds(rounds: set[Round], user) -> str:
+    """The rounds by name where the user may see them, the others only counted: an examiner
+    learns whom to ask without learning whose blinded sample holds the cell."""
+    seen = set(
+        visible_rounds(user).filter(pk__in=[r.pk for r in rounds]).values_list("pk", flat=True)
+    )
+    named = sorted(r.name or str(r) for r in rounds if r.pk in seen)
+    hidden = len(rounds) - len(named)
+    return ", ".join([*named, *([f"{hidden} round(s) of other raters"] if hidden else [])])
+
+
 def _refuse_if_others_work_on(cell: Cell, user, change: str) -> None:
     """Refuse to move or delete a cell that a blinded round samples or that another round
     labelled: their answers were given to the patch at this position, and would silently
-    belong to another one. The rounds are named, so the examiner knows whom to ask."""
-    queued = sorted({str(name) for name in cell.round_items.values_list("round__name", flat=True)})
+    belong to another one."""
+    queued = {item.round for item in cell.round_items.select_related("round")}
     if queued:
         raise InUseError(
-            f"Cell {cell.pk} cannot be {change}: it is in the blinded round(s) "
-            f"{', '.join(queued)}, whose raters see its patch."
+            f"Cell {cell.pk} cannot be {change}: blinded rounds show its patch "
+            f"({_name_rounds(queued, user)})."
         )
-    others = sorted(
-        {
-            label.round.name or str(label.round)
-            for label in cell.labels.exclude(round__rater=user).select_related(
-                "round__rater", "round__study"
-            )
-        }
-    )
+    others = {
+        label.round for label in cell.labels.exclude(round__rater=user).select_related("round")
+    }
     if others:
         raise InUseError(
-            f"Cell {cell.pk} cannot be {change}: it carries labels of the round(s) "
-            f"{', '.join(others)}, given to the patch at this position."
+            f"Cell {cell.pk} cannot be {change}: other rounds labelled the patch at this position "
+            f"({_name_rounds(others, user)})."
         )
 
 

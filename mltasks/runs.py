@@ -186,16 +186,22 @@ def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
             del payload
             results.append((result.without_weights(), name, digest))
         folds = [r for r, _, _ in results]
+        if not lease.held():  # cancelled while the last fold ended: its files are gone
+            raise leases.LeaseLost(f"Run {run.pk} is no longer this worker's.")
         report = reports.build_report(run, data, folds, device, saliency_weights=results[0][1])
         stored.extend(report.pop("_files", []))
         _publish(run, results, report, lease)
     except (training.Cancelled, leases.LeaseLost):
-        _end(lease, TrainingRun.Status.CANCELLED, "Cancelled by its user.", stored)
+        _end(run, lease, TrainingRun.Status.CANCELLED, "Cancelled by its user.", stored)
     except Exception as exc:  # recorded on the run for its user, and logged in full
         log.exception("Training run %s failed", run.pk)
         message = f"{exc.__class__.__name__}: {exc}"
         _end(
-            lease, TrainingRun.Status.FAILED, message + "\n" + traceback.format_exc(limit=3), stored
+            run,
+            lease,
+            TrainingRun.Status.FAILED,
+            message + "\n" + traceback.format_exc(limit=3),
+            stored,
         )
 
 
@@ -229,8 +235,17 @@ def _publish(run: TrainingRun, results, report: dict, lease: leases.Lease) -> No
         )
 
 
-def _end(lease: leases.Lease, status: str, message: str, stored: list[str]) -> None:
-    """Remove what the run stored and record its end (unless it was ended elsewhere)."""
-    for name in stored:
-        default_storage.delete(name)
-    lease.finish(status=status, error=message[:4000], finished_at=timezone.now())
+def _end(
+    run: TrainingRun, lease: leases.Lease, status: str, message: str, stored: list[str]
+) -> None:
+    """Record the run's end and remove what this attempt stored, while the run is still this
+    worker's. Ended elsewhere, it was either cancelled (then nothing of it is kept) or taken
+    over by another worker after this one's lease ran out: that attempt writes the same file
+    names, so they are left to it."""
+    if lease.finish(status=status, error=message[:4000], finished_at=timezone.now()):
+        for name in stored:
+            default_storage.delete(name)
+        return
+    run.refresh_from_db()
+    if run.status in (TrainingRun.Status.CANCELLED, TrainingRun.Status.FAILED):
+        remove_partials(run)

@@ -197,6 +197,6 @@ def test_a_cell_in_a_blinded_round_cannot_be_deleted(
 ):
     round_ = rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1)
     cell = round_.items.first().cell
-    with pytest.raises(DomainError, match=f"in the blinded round\\(s\\) {round_.name}"):
+    with pytest.raises(DomainError, match="blinded rounds show its patch"):
         annotation.delete_cell(cell, annotator, expected_version=None)
     assert round_.items.count() == len(gold_cells)
