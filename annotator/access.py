@@ -147,15 +147,13 @@ VISIBILITY: dict[type[Model], Callable[[object], QuerySet]] = {
 }
 
 
-def register_visibility(model: type[Model], visible: Callable[[object], QuerySet]) -> None:
-    """Say which rows of `model` a user sees (called by each app for its own models)."""
-    VISIBILITY[model] = visible
+def register_visibility(rules: dict[type[Model], Callable[[object], QuerySet]]) -> None:
+    """Say which rows of each model a user sees (called by each app for its own models)."""
+    VISIBILITY.update(rules)
 
 
 def visible_objects(model: type[Model], user) -> QuerySet:
     """The rows of `model` that `user` may see or reference."""
-    if model is get_user_model():
-        return visible_users(user)
     try:
         visible = VISIBILITY[model]
     except KeyError:

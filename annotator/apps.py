@@ -8,10 +8,13 @@ class AnnotatorConfig(AppConfig):
     verbose_name = "Annotation"
 
     def ready(self) -> None:
-        # Registers the schema extension that marks nullable answers (core.schema).
+        from django.contrib.auth import get_user_model
+
+        # `schema` registers the extension that marks nullable answers in the OpenAPI schema.
         from core import leases, schema  # noqa: F401
 
         from . import patches, tasks
+        from .access import register_visibility, visible_users
         from .models import PatchBatch
 
         leases.register(
@@ -22,3 +25,4 @@ class AnnotatorConfig(AppConfig):
                 remove_partials=patches.remove_partials,
             )
         )
+        register_visibility({get_user_model(): visible_users})

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -273,7 +274,7 @@ def start_sweeper() -> threading.Thread:
                 log.warning("The sweep for orphaned jobs failed", exc_info=True)
             finally:
                 connections.close_all()
-            threading.Event().wait(settings.JOB_LEASE_SECONDS)
+            time.sleep(settings.JOB_LEASE_SECONDS)
 
     thread = threading.Thread(target=sweep_forever, name="orphaned-job-sweeper", daemon=True)
     thread.start()

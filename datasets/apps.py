@@ -23,6 +23,4 @@ class DatasetsConfig(AppConfig):
                 remove_partials=exports.remove_partials,
             )
         )
-
-        for model, visible in RULES.items():
-            register_visibility(model, visible)
+        register_visibility(RULES)

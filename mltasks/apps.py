@@ -34,6 +34,4 @@ class MltasksConfig(AppConfig):
                 remove_partials=_remove_partials,
             )
         )
-
-        for model, visible in RULES.items():
-            register_visibility(model, visible)
+        register_visibility(RULES)

@@ -140,27 +140,28 @@ def test_no_two_rounds_serve_the_same_patch_of_a_cell(
     assert same == rita.get(f"/api/v1/queue/items/{token}/patch.png").content  # stable per item
 
 
+def _move(user, cell: Cell, dx: int):
+    """The user drags the cell's marker `dx` pixels to the right, through the API."""
+    return client_for(user).patch(
+        f"/api/v1/cells/{cell.pk}/",
+        {"x": cell.x + dx, "y": cell.y, "version": cell.version},
+        format="json",
+    )
+
+
 def test_a_cell_with_another_rounds_label_cannot_be_moved(
     study, scan, gold_cells, annotator, second_annotator
 ):
     cell = gold_cells[0]
     before = (cell.x, cell.y, cell.version)
-    response = client_for(second_annotator).patch(
-        f"/api/v1/cells/{cell.pk}/",
-        {"x": cell.x + 50, "y": cell.y, "version": cell.version},
-        format="json",
-    )
+    response = _move(second_annotator, cell, 50)
     assert response.status_code == 409
     detail = response.json()["detail"]
     assert "cannot be moved" in detail and "1 round(s) of other raters" in detail
     assert annotation.gold_round_for(study, annotator).name not in detail  # not his to see
     cell.refresh_from_db()
     assert (cell.x, cell.y, cell.version) == before
-    own = client_for(annotator).patch(
-        f"/api/v1/cells/{cell.pk}/",
-        {"x": cell.x + 5, "y": cell.y, "version": cell.version},
-        format="json",
-    )
+    own = _move(annotator, cell, 5)
     assert own.status_code == 200  # the examiner may still correct her own marker
 
 
@@ -170,11 +171,7 @@ def test_a_cell_in_a_blinded_round_cannot_be_moved_even_by_its_examiner(
 ):
     item = blinded["rita"].items.order_by("position").first()
     cell = item.cell
-    response = client_for(annotator).patch(
-        f"/api/v1/cells/{cell.pk}/",
-        {"x": cell.x + 5, "y": cell.y, "version": cell.version},
-        format="json",
-    )
+    response = _move(annotator, cell, 5)
     assert response.status_code == 409
     detail = response.json()["detail"]
     assert "blinded rounds show its patch" in detail and "rita" not in detail
