@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db.models import Model, QuerySet
+
+from core.errors import ForbiddenError, NotFoundError
 
 from .models import Cell, Label, Membership, Round, Scan, Study, Taxonomy
 
@@ -47,10 +48,22 @@ def roles_in(user, study: Study) -> set[str]:
 
 
 def require_role(user, study: Study, roles: set[str], action: str) -> None:
-    """Raise PermissionDenied naming the action and the roles it needs."""
+    """Raise ForbiddenError naming the action and the roles it needs."""
     if not roles_in(user, study) & set(roles):
         needed = " or ".join(sorted(roles))
-        raise PermissionDenied(f"To {action} in study {study.name} you need the role {needed}.")
+        raise ForbiddenError(f"To {action} in study {study.name} you need the role {needed}.")
+
+
+def overseen_study(user, study_name: str, what: str = "see this page") -> Study:
+    """The named study of the user's, for the work of coordinators, data scientists and admins:
+    NotFoundError for a study they are not in, ForbiddenError naming `what` for one they are in
+    another role."""
+    study = visible_studies(user).filter(name=study_name).first()
+    if study is None:
+        raise NotFoundError(f"No study named {study_name[:80]!r} among yours.")
+    if not roles_in(user, study) & OVERSEEING_ROLES:
+        raise ForbiddenError(f"Only coordinators, data scientists and admins {what}.")
+    return study
 
 
 def blinded_studies(user) -> QuerySet[Study]:
@@ -134,10 +147,8 @@ def visible_users(user):
     return get_user_model().objects.filter(pk__in=members)
 
 
-# Who sees which rows, one function per model. Every writable related field of the API draws
-# its choices (the browsable API's select lists) and what a write may reference from here, so
-# a new endpoint is scoped by construction; a model that has no entry is refused, never shown.
-VISIBILITY: dict[type[Model], Callable[[object], QuerySet]] = {
+# Who sees which rows of the annotator's models (registered with core.visibility on start).
+RULES: dict[type[Model], Callable[[object], QuerySet]] = {
     Study: visible_studies,
     Scan: visible_scans,
     Cell: visible_cells,
@@ -145,20 +156,3 @@ VISIBILITY: dict[type[Model], Callable[[object], QuerySet]] = {
     Label: visible_labels,
     Taxonomy: visible_taxonomies,
 }
-
-
-def register_visibility(rules: dict[type[Model], Callable[[object], QuerySet]]) -> None:
-    """Say which rows of each model a user sees (called by each app for its own models)."""
-    VISIBILITY.update(rules)
-
-
-def visible_objects(model: type[Model], user) -> QuerySet:
-    """The rows of `model` that `user` may see or reference."""
-    try:
-        visible = VISIBILITY[model]
-    except KeyError:
-        raise ImproperlyConfigured(
-            f"No visibility rule for {model.__name__}: register one with "
-            "annotator.access.register_visibility before an API field refers to it."
-        ) from None
-    return visible(user)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from core.errors import ConflictError, DomainError, InUseError
+
 from .access import ANNOTATING_ROLES, require_role, visible_rounds
-from .errors import ConflictError, DomainError, InUseError
 from .models import Cell, Label, LabelChange, Round, Scan, Study, TaxonNode
 
 
@@ -39,12 +40,28 @@ def _check_position(scan: Scan, x: int, y: int) -> None:
         raise DomainError(f"y={y} is outside the scan (0 <= y < {scan.height}).", field="y")
 
 
+def stored_state(obj: Cell | Label | None) -> dict | None:
+    """The stored state a stale client should reload, in the form the API serves it."""
+    if isinstance(obj, Label):
+        return {
+            "id": obj.pk,
+            "cell": obj.cell_id,
+            "round": obj.round_id,
+            "node": obj.node.code if obj.node else None,
+            "cannot_classify": obj.cannot_classify,
+            "version": obj.version,
+        }
+    if isinstance(obj, Cell):
+        return {"id": obj.pk, "x": obj.x, "y": obj.y, "version": obj.version}
+    return None
+
+
 def _check_version(obj: Cell | Label, expected: int | None, what: str) -> None:
     if expected is not None and expected != obj.version:
         raise ConflictError(
             f"The {what} was changed by someone else (you sent version {expected}, "
             f"the stored one is version {obj.version}); reload it and try again.",
-            current=obj,
+            current=stored_state(obj),
         )
 
 
@@ -200,7 +217,7 @@ def set_label(
         except IntegrityError:
             raise ConflictError(
                 f"Cell {cell.pk} was labelled in round {round_.pk} a moment ago; reload it.",
-                current=Label.objects.filter(cell=cell, round=round_).first(),
+                current=stored_state(Label.objects.filter(cell=cell, round=round_).first()),
             ) from None
         _record(label, LabelChange.Action.CREATE, None, False, user, seconds_spent)
         return label, True
@@ -208,7 +225,7 @@ def set_label(
         raise ConflictError(
             f"Cell {cell.pk} already has a label in round {round_.pk} (version {label.version}); "
             "send that version to change it.",
-            current=label,
+            current=stored_state(label),
         )
     _check_version(label, expected_version, "label")
     old_node, old_cannot = label.node, label.cannot_classify

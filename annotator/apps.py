@@ -12,9 +12,10 @@ class AnnotatorConfig(AppConfig):
 
         # `schema` registers the extension that marks nullable answers in the OpenAPI schema.
         from core import leases, schema  # noqa: F401
+        from core.visibility import register_visibility
 
         from . import patches, tasks
-        from .access import register_visibility, visible_users
+        from .access import RULES, visible_users
         from .models import PatchBatch
 
         leases.register(
@@ -25,4 +26,4 @@ class AnnotatorConfig(AppConfig):
                 remove_partials=patches.remove_partials,
             )
         )
-        register_visibility({get_user_model(): visible_users})
+        register_visibility({**RULES, get_user_model(): visible_users})

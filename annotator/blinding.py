@@ -16,9 +16,10 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from PIL import Image
 
+from core.errors import NotFoundError
+
 from . import annotation, patches
 from .access import BLINDED_KINDS
-from .errors import NotFoundError
 from .models import Round, RoundItem
 from .rounds import RoundClosed, progress, require_open
 

@@ -10,20 +10,18 @@ position and the size, so a moved cell gets a new patch and a stored patch never
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image, ImageColor
 
 from core import leases
+from core.errors import DomainError
+from core.storage import store_bytes
 
-from .errors import DomainError
 from .models import Cell, Label, PatchBatch, Scan, Study
 from .tiles import slide_handles
 
@@ -101,29 +99,6 @@ def cut_patch_png(cell: Cell, geometry: PatchGeometry) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=3)
     return buffer.getvalue()
-
-
-def store_bytes(name: str, data: bytes) -> None:
-    """Put the file in storage whole or not at all.
-
-    On local disk the bytes go to a temporary file that is renamed into place (Django's
-    `FileSystemStorage.save` writes into the final name chunk by chunk, and it renames on a
-    clash instead of replacing); object stores put a whole object in one request anyway.
-    """
-    try:
-        target = Path(default_storage.path(name))
-    except NotImplementedError:
-        if not default_storage.exists(name):
-            default_storage.save(name, ContentFile(data))
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(partial, target)
-    finally:
-        Path(partial).unlink(missing_ok=True)
 
 
 def ensure_patch(cell: Cell) -> Patch:

@@ -15,8 +15,9 @@ from datetime import datetime
 
 from django.utils import timezone
 
+from core.errors import DomainError
+
 from .agreement import Agreement, compare_answers
-from .errors import DomainError
 from .models import Cell, Label, Round, Study, TaxonNode
 
 LEAF_LEVEL = "leaf"

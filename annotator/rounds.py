@@ -20,8 +20,9 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from core.errors import DomainError, ForbiddenError, check_field
+
 from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, Role, require_role, roles_in
-from .errors import DomainError, ForbiddenError, check_field
 from .models import Cell, Label, Membership, Round, RoundItem, Study
 
 SAMPLING_MODES = ("all", "per-class", "fraction")

@@ -22,8 +22,9 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from PIL import Image
 
+from core.errors import DomainError
+
 from . import access
-from .errors import DomainError
 from .models import Patient, Scan, Study
 
 log = logging.getLogger(__name__)

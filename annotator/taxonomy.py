@@ -17,6 +17,8 @@ import yaml
 from django.db import transaction
 from django.db.models import Max
 
+from core.errors import DomainError
+
 from .models import TaxonGroup, TaxonNode, Taxonomy
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "taxonomies"
@@ -35,12 +37,15 @@ NODE_KEYS = {"code", "name", "parent", "colour", "hotkey", "aliases"}
 TOP_KEYS = {"name", "title", "description", "nodes", "groups"}
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(DomainError):
     """A taxonomy file that cannot be loaded; `problems` lists every reason found."""
 
     def __init__(self, problems: list[str], source: str = "taxonomy"):
         self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
+        super().__init__(f"{source}: " + "; ".join(problems), "file")
+
+    def body(self) -> dict:
+        return {"file": self.problems}
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,17 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
-from django.db import connection
 from django.db.models import Count, Prefetch
-from django.http import Http404, JsonResponse
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from core.errors import DomainError
+from core.pages import guarded
+
 from . import access, annotation, blinding, report_plots, reports, rounds
-from .errors import DomainError
 from .models import Cell, Membership, Round
 from .taxonomy import group_leaf_codes
 
@@ -163,20 +162,11 @@ class RepeatForm(forms.Form):
     name = forms.CharField(max_length=200, required=False)
 
 
-def overseen_study(request, study_name: str, what: str = "see this page"):
-    """The named study of the user's, for pages of coordinators, data scientists and admins:
-    404 for a study they are not in, 403 naming `what` for one they are in another role."""
-    study = get_object_or_404(access.visible_studies(request.user), name=study_name)
-    if not access.roles_in(request.user, study) & access.OVERSEEING_ROLES:
-        raise PermissionDenied(f"Only coordinators, data scientists and admins {what}.")
-    return study
-
-
 @login_required
 def rounds_page(request, study_name: str):
     """Coordinators: every round of the study with its progress; create blinded rounds and
     schedule repeats."""
-    study = overseen_study(request, study_name)
+    study = guarded(access.overseen_study, request.user, study_name)
     create_form, repeat_form = BlindedRoundForm(study), None
     if request.method == "POST":
         action = request.POST.get("action")
@@ -242,7 +232,7 @@ def _schedule_repeat(study, user, data) -> Round:
 @require_GET
 def agreement_page(request, study_name: str):
     """The agreement report as a page with plots; JSON and CSV through the API."""
-    study = overseen_study(request, study_name)
+    study = guarded(access.overseen_study, request.user, study_name)
     collapse = [c.strip() for c in request.GET.get("collapse", "").split(",") if c.strip()]
     try:
         report = reports.build_report(study, collapse=collapse)
@@ -283,25 +273,4 @@ def queue_page(request, round_id: int):
         request,
         "annotator/queue.html",
         {"round": round_, "config": config, "state": state, "why": why},
-    )
-
-
-@require_GET
-def health(request):
-    """Liveness for load balancers: the database and the cache answer."""
-    checks = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"error: {exc.__class__.__name__}"
-    try:
-        cache.set("health-probe", "ok", 5)
-        checks["cache"] = "ok" if cache.get("health-probe") == "ok" else "error: no round trip"
-    except Exception as exc:
-        checks["cache"] = f"error: {exc.__class__.__name__}"
-    healthy = all(value == "ok" for value in checks.values())
-    return JsonResponse(
-        {"status": "ok" if healthy else "error", **checks}, status=200 if healthy else 503
     )

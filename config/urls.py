@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from annotator import views as annotator_views
+from core.health import health
 from datasets import views as datasets_views
 from mltasks import views as mltasks_views
 
@@ -28,7 +29,7 @@ urlpatterns = [
     path("queue/<int:round_id>/", annotator_views.queue_page, name="queue"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("health/", annotator_views.health, name="health"),
+    path("health/", health, name="health"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("datasets.api.urls")),
     path("api/v1/", include("mltasks.api.urls")),
@@ -38,5 +39,5 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]
 
-handler400 = "annotator.api.errors.json_bad_request"
-handler404 = "annotator.api.errors.json_not_found"
+handler400 = "core.api.errors.json_bad_request"
+handler404 = "core.api.errors.json_not_found"

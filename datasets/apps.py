@@ -8,8 +8,8 @@ class DatasetsConfig(AppConfig):
     verbose_name = "Data sets"
 
     def ready(self) -> None:
-        from annotator.access import register_visibility
         from core import leases
+        from core.visibility import register_visibility
 
         from . import exports, tasks
         from .access import RULES

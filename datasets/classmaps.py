@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from annotator.errors import DomainError, check_field
 from annotator.models import Label, Round, Study, TaxonNode
 from annotator.rounds import largest_gold_round
+from core.errors import DomainError, check_field
 
 from .models import ClassMap
 

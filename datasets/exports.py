@@ -32,9 +32,9 @@ from django.utils import timezone
 from PIL import Image
 
 from annotator import patches
-from annotator.errors import DomainError
 from annotator.models import Cell
 from core import leases
+from core.errors import DomainError
 
 from .models import Export, Split
 

@@ -21,8 +21,8 @@ from django.db.models import Count, Q
 
 from annotator import annotation
 from annotator.access import ANNOTATING_ROLES, require_role
-from annotator.errors import DomainError
 from annotator.models import Cell, Label, Round, Scan, Study, TaxonNode
+from core.errors import DomainError
 
 IGNORE_CLASS = "Ignore*"  # QuPath's built-in class for objects to leave out
 IGNORE_COLOUR = [180, 180, 180]  # the colour QuPath gives it

@@ -18,7 +18,7 @@ import numpy as np
 from django.db import transaction
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from annotator.errors import DomainError
+from core.errors import DomainError
 
 from .models import DatasetVersion, Split
 

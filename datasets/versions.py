@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from annotator.errors import DomainError, check_field
 from annotator.models import Label, Round, Study
+from core.errors import DomainError, check_field
 
 from .classmaps import gold_source
 from .models import ClassMap, DatasetVersion

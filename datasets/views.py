@@ -7,8 +7,9 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
-from annotator.errors import DomainError
-from annotator.views import overseen_study
+from annotator.access import overseen_study
+from core.errors import DomainError
+from core.pages import guarded
 
 from . import classmaps, exports, splits, versions
 from .models import ClassMap, DatasetVersion, Export, Split
@@ -103,7 +104,7 @@ def _handle_post(request, study, proposal, dataset_form, split_form, export_form
 @login_required
 def datasets_page(request, study_name: str):
     """Coordinators, data scientists and admins: curate the study's data sets."""
-    study = overseen_study(request, study_name, "curate data sets")
+    study = guarded(overseen_study, request.user, study_name, "curate data sets")
     proposal_form = ProposalForm(request.GET or None)
     options = proposal_form.cleaned_data if proposal_form.is_valid() else {}
     proposal, problem = None, ""

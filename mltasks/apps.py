@@ -20,8 +20,8 @@ class MltasksConfig(AppConfig):
     verbose_name = "Machine learning"
 
     def ready(self) -> None:
-        from annotator.access import register_visibility
         from core import leases
+        from core.visibility import register_visibility
 
         from .access import RULES
         from .models import TrainingRun

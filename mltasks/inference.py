@@ -11,8 +11,8 @@ from django.db import transaction
 
 from annotator import patches
 from annotator.access import OVERSEEING_ROLES, require_role
-from annotator.errors import DomainError
 from annotator.models import Cell, Label, Round, Suggestion, TaxonNode
+from core.errors import DomainError
 
 from . import training
 from .augment import to_float

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotator.errors import DomainError
+from core.errors import DomainError
 
 GB = 1024**3
 # The interpreter with Django, NumPy, PyTorch and matplotlib loaded, and the allocators' slack

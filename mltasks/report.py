@@ -14,9 +14,9 @@ from django.core.files.storage import default_storage
 from matplotlib.figure import Figure
 
 from annotator.models import Label, Round
-from annotator.patches import store_bytes
 from annotator.report_plots import confusion_figure
 from annotator.reports import ClassMapping
+from core.storage import store_bytes
 
 from .augment import to_float
 from .evaluation import FoldPredictions, fold_summary, group_roc, rater_point

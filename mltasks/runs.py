@@ -21,9 +21,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotator.access import OVERSEEING_ROLES, require_role
-from annotator.errors import DomainError
-from annotator.patches import store_bytes
 from core import leases
+from core.errors import DomainError
+from core.storage import store_bytes
 from datasets.models import Split
 
 from . import memory, training

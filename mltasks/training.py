@@ -27,8 +27,8 @@ from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from annotator import patches
-from annotator.errors import DomainError
 from annotator.models import Cell
+from core.errors import DomainError
 from datasets.models import Split
 
 from .augment import augment_batch, to_float

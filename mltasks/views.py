@@ -8,8 +8,9 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
-from annotator.errors import DomainError
-from annotator.views import overseen_study
+from annotator.access import overseen_study
+from core.errors import DomainError
+from core.pages import guarded
 from datasets.models import Split
 
 from . import runs
@@ -33,7 +34,7 @@ class StartForm(forms.Form):
 @login_required
 def training_page(request, study_name: str):
     """The study's training runs with live progress, and a form to start one."""
-    study = overseen_study(request, study_name, "train models")
+    study = guarded(overseen_study, request.user, study_name, "train models")
     form = StartForm(request.POST or None)
     form.fields["split"].queryset = Split.objects.filter(dataset__study=study).defer(
         "folds", "dataset__manifest"
@@ -71,7 +72,7 @@ def training_page(request, study_name: str):
 def run_report_page(request, run_id: int):
     """A finished run's report: the per-class table, confusion, ROC with raters, saliency."""
     run = get_object_or_404(TrainingRun.objects.select_related("split__dataset__study"), pk=run_id)
-    study = overseen_study(request, run.split.dataset.study.name, "train models")
+    study = guarded(overseen_study, request.user, run.split.dataset.study.name, "train models")
     report = run.report or {}
     plot_url = reverse("training-run-plot", args=[run.pk]) + "?name="
     rows = [{"code": code, **values} for code, values in (report.get("per_class") or {}).items()]

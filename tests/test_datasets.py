@@ -16,8 +16,8 @@ from django.core.management import call_command
 from django.db import DatabaseError, transaction
 
 from annotator.annotation import set_label
-from annotator.errors import DomainError
 from annotator.models import Cell, Label
+from core.errors import DomainError
 from datasets import classmaps, exports, splits, versions
 from datasets.models import ClassMap, DatasetVersion, Export, ImmutableError, Split
 from datasets.torch import ExportDataset

@@ -9,9 +9,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotator import annotation
-from annotator.errors import DomainError
 from annotator.models import Cell, Label, LabelChange, Round, TaxonNode
 from annotator.scans import ingest_scan
+from core.errors import DomainError
 from datasets.geojson import (
     IGNORE_CLASS,
     GeoJsonProblems,

@@ -18,8 +18,8 @@ from rest_framework import serializers
 from rest_framework.test import APIClient
 
 from annotator import annotation, rounds
-from annotator.api.scoping import ScopedRelationsMixin
 from annotator.models import Cell, Round
+from core.api.scoping import ScopedRelationsMixin
 
 from .conftest import client_for
 from .test_blinding import blinded  # noqa: F401  (the fixture)

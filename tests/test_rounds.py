@@ -6,12 +6,11 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
 from annotator import annotation, rounds
-from annotator.errors import DomainError
 from annotator.models import Label, Membership, Round, RoundItem
+from core.errors import DomainError, ForbiddenError
 
 from .factories import UserFactory
 
@@ -90,7 +89,7 @@ def test_the_gold_examiner_cannot_rate_their_own_cells_blinded(
 
 
 def test_only_coordinators_create_rounds(study, gold_cells, rater, second_annotator):
-    with pytest.raises(PermissionDenied, match="need the role admin or coordinator"):
+    with pytest.raises(ForbiddenError, match="need the role admin or coordinator"):
         rounds.create_blinded_round(study, rater, second_annotator)
     assert not Round.objects.filter(kind="blinded").exists()
 

@@ -192,7 +192,7 @@ def test_a_nul_in_a_page_form_is_a_400(overseer, study):
 def test_names_too_long_for_their_column_are_refused_wherever_they_come_from(
     overseer, study, curated, rater
 ):
-    from annotator.errors import DomainError
+    from core.errors import DomainError
     from datasets import classmaps, versions
 
     browser = Client()

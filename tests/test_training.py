@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
-from annotator.errors import DomainError
+from core.errors import DomainError
 from mltasks import runs, training
 from mltasks.models import FoldModel, TrainingRun
 

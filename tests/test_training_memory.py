@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotator.errors import DomainError
+from core.errors import DomainError
 from mltasks import memory, training
 from mltasks.models import TrainingRun
 

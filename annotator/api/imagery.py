@@ -16,8 +16,9 @@ from django.views.decorators.http import require_GET
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
+from core.errors import DomainError, ForbiddenError, NotFoundError
+
 from .. import access, blinding, patches, tiles
-from ..errors import DomainError, ForbiddenError, NotFoundError
 from ..models import Scan
 
 # Tiles and patches never change under a URL (their bytes follow from the file's checksum), but

@@ -12,8 +12,9 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.errors import ConflictError
+
 from .. import access, blinding, rounds
-from ..errors import ConflictError
 from ..models import Cell, Label, Membership, Round, RoundItem
 from . import serializers as s
 

@@ -7,6 +7,9 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core.api.fields import IdField
+from core.api.scoping import ScopedModelSerializer, ScopedSerializer
+
 from ..access import blinded_studies, visible_cells, visible_scans, visible_studies
 from ..models import (
     Cell,
@@ -21,18 +24,6 @@ from ..models import (
     Taxonomy,
 )
 from ..taxonomy import group_leaf_codes
-from .scoping import ScopedModelSerializer, ScopedSerializer
-
-
-class IdField(serializers.PrimaryKeyRelatedField):
-    """A related object by id; a number too large for any id (JSON's `1e400` reads as an
-    infinite float, which DRF passes to the database lookup) is a 400, not a server error."""
-
-    def to_internal_value(self, data):
-        try:
-            return super().to_internal_value(data)
-        except OverflowError:
-            self.fail("incorrect_type", data_type=type(data).__name__)
 
 
 class TaxonNodeSerializer(ScopedModelSerializer):

@@ -18,6 +18,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
+from core.api.fields import int_param
 from core.files import fit_file_name
 from core.http import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
 
@@ -26,22 +27,6 @@ from ..models import LabelChange, Membership, Taxonomy
 from ..scans import import_roots_for, ingest_scan
 from ..tasks import schedule_patches
 from . import serializers as s
-
-
-def int_param(request, name: str, *, required: bool = False) -> int | None:
-    """An integer query parameter, or a 400 naming it when it is not one."""
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        if required:
-            raise ValidationError({name: ["This query parameter is required."]})
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError({name: [f"Must be an integer, not {raw!r}."]}) from None
-    if value < 0:
-        raise ValidationError({name: ["Must not be negative."]})
-    return value
 
 
 def expected_version(request) -> int | None:

@@ -237,8 +237,8 @@ REST_FRAMEWORK = {
         "core.http.BoundedMultiPartParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "annotator.api.pagination.Pagination",
-    "EXCEPTION_HANDLER": "annotator.api.errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "core.api.pagination.Pagination",
+    "EXCEPTION_HANDLER": "core.api.errors.exception_handler",
     "DEFAULT_VERSIONING_CLASS": None,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

@@ -5,9 +5,9 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from annotator.access import overseen_studies
-from annotator.api.scoping import ScopedModelSerializer, ScopedSerializer
-from annotator.api.serializers import IdField
 from annotator.models import Study
+from core.api.fields import IdField
+from core.api.scoping import ScopedModelSerializer, ScopedSerializer
 
 from ..models import ClassMap, DatasetVersion, Export, Split
 

@@ -17,7 +17,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from annotator.api.views import int_param
+from core.api.fields import int_param
 
 from .. import classmaps, exports, splits, versions
 from ..access import visible_class_maps, visible_datasets, visible_exports, visible_splits

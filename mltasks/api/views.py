@@ -13,8 +13,8 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from annotator.access import OVERSEEING_ROLES, require_role
-from annotator.api.scoping import ScopedModelSerializer, ScopedSerializer
-from annotator.api.serializers import IdField
+from core.api.fields import IdField
+from core.api.scoping import ScopedModelSerializer, ScopedSerializer
 from datasets.models import Split
 
 from .. import runs

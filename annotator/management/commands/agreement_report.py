@@ -6,10 +6,10 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.errors import DomainError
 from annotator.models import Study
 from annotator.report_plots import standalone_html
 from annotator.reports import LEAF_LEVEL, build_report, report_csv, round_named
+from core.errors import DomainError
 
 
 class Command(BaseCommand):

@@ -5,8 +5,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.errors import DomainError
 from annotator.models import Study
+from core.errors import DomainError
 from datasets.classmaps import DEFAULT_THRESHOLD, propose, save_class_map
 
 

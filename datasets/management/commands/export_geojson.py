@@ -4,8 +4,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.errors import DomainError
 from annotator.models import Round, Study
+from core.errors import DomainError
 from datasets.geojson import default_export_round, scan_cells_geojson
 
 

@@ -6,7 +6,7 @@ import shutil
 from django.core.files.storage import default_storage
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.errors import DomainError
+from core.errors import DomainError
 from datasets.exports import request_export, run_export
 from datasets.models import Export
 from datasets.splits import find_split

@@ -3,13 +3,12 @@
 import json
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from annotator.annotation import gold_round_for_member
-from annotator.errors import DomainError
 from annotator.models import Study
+from core.errors import DomainError
 from datasets.geojson import GeoJsonProblems, import_cells_geojson
 
 
@@ -49,7 +48,7 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{len(exc.problems)} problem(s) in {file}:\n{listing}\n(nothing was imported)"
             ) from None
-        except (DomainError, PermissionDenied) as exc:
+        except DomainError as exc:
             raise CommandError(f"{exc} (nothing was imported)") from None
         self.stdout.write(
             f"{summary.features} features: {summary.cells_created} cells created, "

@@ -3,8 +3,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.errors import DomainError
 from annotator.models import Study
+from core.errors import DomainError
 from datasets.classmaps import find_class_map
 from datasets.versions import make_dataset
 

@@ -3,8 +3,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.errors import DomainError
 from annotator.models import Study
+from core.errors import DomainError
 from datasets.models import Split
 from datasets.splits import make_split
 from datasets.versions import find_dataset

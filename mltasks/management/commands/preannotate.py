@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.errors import DomainError
+from core.errors import DomainError
 from mltasks.inference import preannotate
 from mltasks.models import TrainingRun
 

@@ -5,7 +5,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotator.errors import DomainError
+from core.errors import DomainError
 from datasets.splits import find_split
 from mltasks import runs
 from mltasks.models import TrainingRun

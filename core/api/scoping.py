@@ -3,7 +3,7 @@
 DRF gives a writable related field the whole table as its queryset. That queryset is both
 what a write may reference and what the browsable API lists in its forms' select boxes, so an
 unscoped field shows every cell, round or split of the database to anyone who asks for HTML.
-Here every writable related field takes its queryset from `annotator.access.visible_objects`
+Here every writable related field takes its queryset from `core.visibility.visible_objects`
 for the requesting user (no request or an anonymous one: nothing), unless the serializer names
 a narrower one.
 """
@@ -14,7 +14,7 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework import serializers
 from rest_framework.relations import ManyRelatedField, RelatedField
 
-from ..access import visible_objects
+from core.visibility import visible_objects
 
 
 class ScopedRelationsMixin:

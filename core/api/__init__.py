@@ -1,0 +1,1 @@
+"""API helpers every app shares: the error handler, pagination, scoped serializers, fields."""

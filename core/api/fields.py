@@ -1,0 +1,33 @@
+"""Inputs every API reads the same way: ids of related objects and integer query parameters."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+
+
+class IdField(serializers.PrimaryKeyRelatedField):
+    """A related object by id; a number too large for any id (JSON's `1e400` reads as an
+    infinite float, which DRF passes to the database lookup) is a 400, not a server error."""
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except OverflowError:
+            self.fail("incorrect_type", data_type=type(data).__name__)
+
+
+def int_param(request, name: str, *, required: bool = False) -> int | None:
+    """An integer query parameter, or a 400 naming it when it is not one."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        if required:
+            raise ValidationError({name: ["This query parameter is required."]})
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError({name: [f"Must be an integer, not {raw!r}."]}) from None
+    if value < 0:
+        raise ValidationError({name: ["Must not be negative."]})
+    return value
