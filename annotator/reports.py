@@ -18,7 +18,8 @@ from django.utils import timezone
 from core.errors import DomainError
 
 from .agreement import Agreement, compare_answers
-from .models import Cell, Label, Round, Study, TaxonNode
+from .models import Cell, Label, Round, Study
+from .taxonomy import classes_in_groups, taxon_tree
 
 LEAF_LEVEL = "leaf"
 
@@ -66,55 +67,29 @@ class ClassMapping:
     """Taxon node code -> report class: the code itself, or the collapsed ancestor's code."""
 
     def __init__(self, study: Study, collapse: list[str] | tuple[str, ...] = ()):
-        nodes = list(TaxonNode.objects.filter(taxonomy=study.taxonomy_id).order_by("order", "id"))
-        self.by_code = {node.code: node for node in nodes}
-        unknown = sorted(set(collapse) - set(self.by_code))
+        tree = taxon_tree(study.taxonomy_id)
+        unknown = sorted(code for code in set(collapse) if code not in tree)
         if unknown:
             raise DomainError(
                 f"Cannot collapse {', '.join(unknown)}: not in taxonomy {study.taxonomy}.",
                 field="collapse",
             )
-        leaves = [code for code in collapse if self.by_code[code].is_leaf]
+        leaves = [code for code in collapse if tree.node(code).is_leaf]
         if leaves:
             raise DomainError(
                 f"{', '.join(leaves)} is a leaf; only internal nodes can be collapsed.",
                 field="collapse",
             )
-        by_id = {node.pk: node for node in nodes}
-        self.order = {node.code: index for index, node in enumerate(_preorder(nodes))}
+        self.order = {node.code: index for index, node in enumerate(tree.preorder)}
         self.class_of: dict[str, str] = {}
-        self.ancestors: dict[str, list[str]] = {}
-        for node in nodes:
-            chain, current = [], node
-            while current is not None:
-                chain.append(current.code)
-                current = by_id.get(current.parent_id)
-            self.ancestors[node.code] = chain
+        for node in tree.preorder:
             # The collapsed node nearest the root wins: collapsing PAT swallows MYO as well.
-            collapsed = [code for code in chain if code in collapse]
+            collapsed = [code for code in tree.lineage(node.code) if code in collapse]
             self.class_of[node.code] = collapsed[-1] if collapsed else node.code
 
     def groups(self, study: Study, classes: list[str]) -> dict[str, set[str]]:
         """Each taxonomy group as the set of report classes that answer "yes"."""
-        result = {}
-        for group in study.taxonomy.groups.prefetch_related("nodes"):
-            members = {node.code for node in group.nodes.all()}
-            result[group.name] = {
-                code for code in classes if members & set(self.ancestors.get(code, [code]))
-            }
-        return result
-
-
-def _preorder(nodes: list[TaxonNode]) -> list[TaxonNode]:
-    children: dict[int | None, list[TaxonNode]] = {}
-    for node in nodes:
-        children.setdefault(node.parent_id, []).append(node)
-    ordered, pending = [], list(reversed(children.get(None, [])))
-    while pending:
-        node = pending.pop()
-        ordered.append(node)
-        pending.extend(reversed(children.get(node.pk, [])))
-    return ordered
+        return classes_in_groups(study.taxonomy, {code: (code,) for code in classes})
 
 
 def round_named(study: Study, name: str) -> Round:

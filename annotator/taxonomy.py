@@ -10,8 +10,10 @@ import hashlib
 import json
 import re
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import yaml
 from django.db import transaction
@@ -366,22 +368,121 @@ def latest_version(name: str) -> Taxonomy | None:
     return Taxonomy.objects.filter(name=name).order_by("-version").first()
 
 
+class TaxonTree:
+    """One taxonomy's nodes read once, as a tree that does not change: children in sibling
+    order (`order`, then id), a node's parent and lineage up to the root, the leaves under it.
+    Nodes are named by code, which is unique within a taxonomy.
+
+    The one place the parent -> children map of stored nodes is built; the screens, reports,
+    class maps and importers walk the tree through it.
+    """
+
+    __slots__ = ("_by_code", "_children", "_parent", "preorder", "root")
+
+    def __init__(self, nodes: Iterable[TaxonNode]):
+        ordered = sorted(nodes, key=lambda node: (node.order, node.pk))
+        by_pk = {node.pk: node for node in ordered}
+        children: dict[str | None, list[TaxonNode]] = {}
+        parent: dict[str, str | None] = {}
+        for node in ordered:
+            above = by_pk.get(node.parent_id)
+            parent[node.code] = above.code if above is not None else None
+            if node.parent_id is None or above is not None:
+                children.setdefault(parent[node.code], []).append(node)
+        self._by_code = MappingProxyType({node.code: node for node in ordered})
+        self._parent = MappingProxyType(parent)
+        self._children = MappingProxyType({key: tuple(kids) for key, kids in children.items()})
+        roots = self._children.get(None, ())
+        self.root: TaxonNode | None = roots[0] if roots else None
+        preorder, pending = [], list(reversed(roots))
+        while pending:
+            node = pending.pop()
+            preorder.append(node)
+            pending.extend(reversed(self._children.get(node.code, ())))
+        self.preorder: tuple[TaxonNode, ...] = tuple(preorder)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._by_code
+
+    def node(self, code: str) -> TaxonNode:
+        """The node of a code; KeyError when the taxonomy has none."""
+        return self._by_code[code]
+
+    def children(self, code: str) -> tuple[TaxonNode, ...]:
+        """The node's children in sibling order (none for a leaf)."""
+        self.node(code)
+        return self._children.get(code, ())
+
+    def parent(self, code: str) -> TaxonNode | None:
+        """The node's parent, None for the root."""
+        above = self._parent[code]
+        return None if above is None else self._by_code[above]
+
+    def lineage(self, code: str) -> tuple[str, ...]:
+        """The code and its ancestors' codes, nearest first, the root's last."""
+        chain = [code]
+        while (above := self._parent[chain[-1]]) is not None:
+            chain.append(above)
+        return tuple(chain)
+
+    def is_within(self, code: str, top: str) -> bool:
+        """Whether the node is `top` or lies under it."""
+        return top in self.lineage(code)
+
+    def leaves_under(self, code: str) -> tuple[TaxonNode, ...]:
+        """The leaves of the subtree rooted at the node (the node itself if it is a leaf), in
+        tree order."""
+        leaves, pending = [], [self.node(code)]
+        while pending:
+            current = pending.pop()
+            kids = self._children.get(current.code, ())
+            if kids:
+                pending.extend(reversed(kids))
+            else:
+                leaves.append(current)
+        return tuple(leaves)
+
+
+def taxon_tree(taxonomy: Taxonomy | int) -> TaxonTree:
+    """The tree of a taxonomy (or of a taxonomy id); a taxonomy's prefetched nodes are used."""
+    if isinstance(taxonomy, Taxonomy):
+        return TaxonTree(taxonomy.nodes.all())
+    return TaxonTree(TaxonNode.objects.filter(taxonomy=taxonomy))
+
+
 def leaves_under(node: TaxonNode) -> list[TaxonNode]:
-    """The leaves of the subtree rooted at `node` (the node itself if it is a leaf)."""
-    by_parent: dict[int | None, list[TaxonNode]] = {}
-    for candidate in node.taxonomy.nodes.all():
-        by_parent.setdefault(candidate.parent_id, []).append(candidate)
-    leaves, pending = [], [node]
-    while pending:
-        current = pending.pop()
-        kids = by_parent.get(current.pk, [])
-        if kids:
-            pending.extend(kids)
-        else:
-            leaves.append(current)
+    """The leaves of the subtree rooted at `node` (the node itself if it is a leaf), by id."""
+    leaves = taxon_tree(node.taxonomy).leaves_under(node.code)
     return sorted(leaves, key=lambda leaf: leaf.pk)
 
 
 def group_leaf_codes(group: TaxonGroup) -> set[str]:
     """Leaf codes answering "yes" to a group's question."""
-    return {leaf.code for member in group.nodes.all() for leaf in leaves_under(member)}
+    members = list(group.nodes.all())
+    if not members:
+        return set()
+    tree = taxon_tree(members[0].taxonomy)
+    return {leaf.code for member in members for leaf in tree.leaves_under(member.code)}
+
+
+def classes_in_groups(
+    taxonomy: Taxonomy, class_nodes: Mapping[str, Iterable[str]]
+) -> dict[str, set[str]]:
+    """Each of the taxonomy's groups as the set of classes answering "yes" to its question.
+
+    `class_nodes` names each class's node codes (a class of a report or of a class map may
+    merge several nodes). A class answers "yes" when one of its nodes, or an ancestor of one,
+    is among the group's nodes; a code outside the taxonomy is only itself.
+    """
+    tree = taxon_tree(taxonomy)
+    lineages = {
+        klass: {
+            above for code in codes for above in (tree.lineage(code) if code in tree else (code,))
+        }
+        for klass, codes in class_nodes.items()
+    }
+    groups = {}
+    for group in taxonomy.groups.prefetch_related("nodes"):
+        members = {node.code for node in group.nodes.all()}
+        groups[group.name] = {klass for klass, above in lineages.items() if members & above}
+    return groups

@@ -18,6 +18,7 @@ from django.db import transaction
 
 from annotator.models import Label, Round, Study, TaxonNode
 from annotator.rounds import largest_gold_round
+from annotator.taxonomy import taxon_tree
 from core.errors import DomainError, check_field
 
 from .models import ClassMap
@@ -75,24 +76,21 @@ def gold_source(study: Study) -> Round:
 
 def build_tree(study: Study, counts: Counter) -> dict[str, TreeNode]:
     """The study's taxonomy as TreeNodes in depth-first order, with direct and subtree counts."""
-    nodes = list(TaxonNode.objects.filter(taxonomy=study.taxonomy_id).order_by("order", "id"))
-    by_id = {node.pk: node for node in nodes}
-    children: dict[int | None, list[TaxonNode]] = {}
-    for node in nodes:
-        children.setdefault(node.parent_id, []).append(node)
+    taxa = taxon_tree(study.taxonomy_id)
     tree: dict[str, TreeNode] = {}
 
     def visit(node: TaxonNode, depth: int) -> int:
-        parent = by_id.get(node.parent_id)
+        parent = taxa.parent(node.code)
         item = TreeNode(node.code, node.name, parent.code if parent else None, node.is_leaf, depth)
         item.direct = counts.get(node.code, 0)
         tree[node.code] = item
-        item.children = [child.code for child in children.get(node.pk, [])]
-        item.total = item.direct + sum(visit(c, depth + 1) for c in children.get(node.pk, []))
+        children = taxa.children(node.code)
+        item.children = [child.code for child in children]
+        item.total = item.direct + sum(visit(child, depth + 1) for child in children)
         return item.total
 
-    for root in children.get(None, []):
-        visit(root, 0)
+    if taxa.root is not None:
+        visit(taxa.root, 0)
     return tree
 
 

@@ -22,6 +22,7 @@ from django.db.models import Count, Q
 from annotator import annotation
 from annotator.access import ANNOTATING_ROLES, require_role
 from annotator.models import Cell, Label, Round, Scan, Study, TaxonNode
+from annotator.taxonomy import taxon_tree
 from core.errors import DomainError
 
 IGNORE_CLASS = "Ignore*"  # QuPath's built-in class for objects to leave out
@@ -124,7 +125,7 @@ class _ClassMatcher:
 
     def __init__(self, study: Study):
         self.taxonomy = study.taxonomy
-        self.nodes = list(TaxonNode.objects.filter(taxonomy=study.taxonomy))
+        self.tree = taxon_tree(study.taxonomy_id)
         keys = [
             lambda node: [node.code],
             lambda node: [node.code.casefold()],
@@ -134,7 +135,7 @@ class _ClassMatcher:
         self.tiers: list[dict[str, list[TaxonNode]]] = []
         for key in keys:
             tier: dict[str, list[TaxonNode]] = {}
-            for node in self.nodes:
+            for node in self.tree.preorder:
                 for value in set(key(node)):
                     tier.setdefault(value, []).append(node)
             self.tiers.append(tier)
@@ -151,9 +152,7 @@ class _ClassMatcher:
             if found:
                 node = found[0]
                 if not node.is_leaf:
-                    leaves = ", ".join(
-                        child.code for child in self.nodes if child.parent_id == node.pk
-                    )
+                    leaves = ", ".join(child.code for child in self.tree.children(node.code))
                     raise ValueError(
                         f"class {name!r} names {node.code}, which is not a leaf of the "
                         f"taxonomy (use one of its children: {leaves})"

@@ -26,7 +26,7 @@ from django.db import transaction
 
 from annotator.models import Cell, Label, LabelChange, Round, Study, TaxonNode
 from annotator.rounds import examiner
-from annotator.taxonomy import SHIPPED_DIR
+from annotator.taxonomy import SHIPPED_DIR, TaxonTree
 from datasets.imagefiles import image_file_problem
 from datasets.importers import ImportProblem, history_entry, imported_round, study_on_taxonomy
 
@@ -118,15 +118,6 @@ def _alias_tables(nodes: list[TaxonNode]) -> tuple[dict[str, TaxonNode], dict[st
     return folders, prefixes
 
 
-def _within(node: TaxonNode, top: TaxonNode, by_pk: dict[int, TaxonNode]) -> bool:
-    current: TaxonNode | None = node
-    while current is not None:
-        if current.pk == top.pk:
-            return True
-        current = by_pk.get(current.parent_id)
-    return False
-
-
 def _is_jpeg(path: Path) -> bool:
     try:
         with path.open("rb") as handle:
@@ -144,7 +135,7 @@ def scan_pbc_folders(root: str | Path, nodes: list[TaxonNode]) -> list[PbcImage]
     if not root.is_dir():
         raise ImportProblem(f"{root} is not a folder.")
     folders, prefixes = _alias_tables(nodes)
-    by_pk = {node.pk: node for node in nodes}
+    tree = TaxonTree(nodes)
     findings = _Findings()
     images: list[PbcImage] = []
     for entry in sorted(root.iterdir()):
@@ -162,7 +153,7 @@ def scan_pbc_folders(root: str | Path, nodes: list[TaxonNode]) -> list[PbcImage]
                 findings.add(("folder", entry.name), problem, file and file.name)
             continue
         for file in files:
-            image = _check_image(root, entry.name, file, folder_node, prefixes, by_pk, findings)
+            image = _check_image(root, entry.name, file, folder_node, prefixes, tree, findings)
             if image is not None:
                 images.append(image)
     problems = findings.messages()
@@ -179,7 +170,7 @@ def _check_image(
     file: Path,
     folder_node: TaxonNode,
     prefixes: dict[str, TaxonNode],
-    by_pk: dict[int, TaxonNode],
+    tree: TaxonTree,
     findings: _Findings,
 ) -> PbcImage | None:
     """The image's node, or None after recording why the file cannot be imported."""
@@ -214,7 +205,7 @@ def _check_image(
             ("prefix", folder, prefix), f"{folder}: unknown file-name prefix {prefix!r}", file.name
         )
         return None
-    if not _within(node, folder_node, by_pk):
+    if not tree.is_within(node.code, folder_node.code):
         findings.add(
             ("outside", folder, prefix),
             f"{folder}: prefix {prefix!r} names {node.code} ({node.name}), which is neither "

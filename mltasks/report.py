@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from annotator.models import Label, Round
 from annotator.report_plots import confusion_figure
-from annotator.reports import ClassMapping
+from annotator.taxonomy import classes_in_groups
 from core.storage import store_bytes
 
 from .augment import to_float
@@ -32,21 +32,12 @@ def _png(figure: Figure) -> bytes:
 def class_groups(study, classes: list[str], class_map) -> dict[str, set[str]]:
     """Each taxonomy group as the set of classes answering "yes": a class whose nodes (or their
     ancestors) are among the group's nodes."""
-    mapping = ClassMapping(study)
     nodes_of = (
         {item["code"]: item["nodes"] for item in class_map.classes}
         if class_map
         else {code: [code] for code in classes}
     )
-    groups = {}
-    for group in study.taxonomy.groups.prefetch_related("nodes"):
-        members = {node.code for node in group.nodes.all()}
-        groups[group.name] = {
-            klass
-            for klass in classes
-            if any(members & set(mapping.ancestors.get(node, [node])) for node in nodes_of[klass])
-        }
-    return groups
+    return classes_in_groups(study.taxonomy, {klass: nodes_of[klass] for klass in classes})
 
 
 def rater_points(run, test_cells: dict[int, str], groups: dict[str, set[str]]) -> list[dict]:

@@ -10,10 +10,13 @@ from annotator.models import Label, Taxonomy
 from annotator.taxonomy import (
     SHIPPED_DIR,
     TaxonomyError,
+    classes_in_groups,
     group_leaf_codes,
     load_shipped_taxonomies,
+    load_taxonomy,
     load_taxonomy_file,
     parse_taxonomy,
+    taxon_tree,
 )
 
 from .conftest import SHARED_DATA
@@ -169,3 +172,43 @@ def test_load_taxonomy_command_prints_the_version_and_lists_every_problem(tmp_pa
     missing = Path(tmp_path / "nope.yaml")
     with pytest.raises(CommandError, match="file not found"):
         call_command("load_taxonomy", str(missing))
+
+
+@pytest.fixture
+def tiny(db):
+    return load_taxonomy(parse_taxonomy(VALID)).taxonomy
+
+
+def test_the_tree_walks_children_in_sibling_order_lineages_and_leaves(tiny):
+    tree = taxon_tree(tiny)
+    assert tree.root.code == "ROOT"
+    assert [node.code for node in tree.preorder] == ["ROOT", "AAA", "AA1", "AA2", "BBB"]
+    assert [node.code for node in tree.children("ROOT")] == ["AAA", "BBB"]
+    assert tree.children("AA1") == ()
+    assert tree.parent("AA2").code == "AAA" and tree.parent("ROOT") is None
+    assert tree.lineage("AA2") == ("AA2", "AAA", "ROOT")
+    assert tree.is_within("AA1", "AAA") and tree.is_within("AAA", "AAA")
+    assert not tree.is_within("BBB", "AAA")
+    assert [leaf.code for leaf in tree.leaves_under("ROOT")] == ["AA1", "AA2", "BBB"]
+    assert [leaf.code for leaf in tree.leaves_under("BBB")] == ["BBB"]
+    assert "AA1" in tree and "ZZZ" not in tree
+    with pytest.raises(KeyError):
+        tree.children("ZZZ")
+
+
+def test_the_tree_orders_siblings_by_their_order_not_by_id(tiny):
+    tiny.nodes.filter(code="AAA").update(order=5)
+    tree = taxon_tree(tiny.pk)
+    assert [node.code for node in tree.children("ROOT")] == ["BBB", "AAA"]
+    assert [node.code for node in tree.preorder] == ["ROOT", "BBB", "AAA", "AA1", "AA2"]
+
+
+def test_a_class_is_in_a_group_when_one_of_its_nodes_or_their_ancestors_is(tiny):
+    classes = {
+        "AA1": ["AA1"],  # a leaf under the group's AAA
+        "AAA": ["AAA"],  # the group's node itself
+        "BBB": ["BBB"],  # outside the group
+        "MIX": ["BBB", "AA2"],  # a merged class with one node under AAA
+        "ELSE": ["ZZZ"],  # a code outside the taxonomy is only itself
+    }
+    assert classes_in_groups(tiny, classes) == {"first": {"AA1", "AAA", "MIX"}}

@@ -23,7 +23,7 @@ from ..models import (
     TaxonNode,
     Taxonomy,
 )
-from ..taxonomy import group_leaf_codes
+from ..taxonomy import group_leaf_codes, taxon_tree
 
 
 class TaxonNodeSerializer(ScopedModelSerializer):
@@ -70,24 +70,19 @@ class TaxonomySerializer(ScopedModelSerializer):
         }
     )
     def get_tree(self, taxonomy: Taxonomy) -> dict:
-        nodes = list(taxonomy.nodes.all())
-        children: dict[int | None, list[TaxonNode]] = {}
-        for node in nodes:
-            children.setdefault(node.parent_id, []).append(node)
+        tree = taxon_tree(taxonomy)
 
         def build(node: TaxonNode) -> dict:
-            kids = sorted(children.get(node.pk, []), key=lambda n: (n.order, n.pk))
             return {
                 "code": node.code,
                 "name": node.name,
                 "colour": node.colour,
                 "hotkey": node.hotkey,
                 "is_leaf": node.is_leaf,
-                "children": [build(kid) for kid in kids],
+                "children": [build(kid) for kid in tree.children(node.code)],
             }
 
-        roots = children.get(None, [])
-        return build(roots[0]) if roots else {}
+        return build(tree.root) if tree.root else {}
 
     @extend_schema_field(
         {
