@@ -12,12 +12,24 @@ from __future__ import annotations
 import random
 import secrets
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import (
+    Case,
+    Count,
+    IntegerField,
+    Max,
+    OuterRef,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.errors import DomainError, ForbiddenError, check_field
@@ -26,6 +38,7 @@ from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, Role, requi
 from .models import Cell, Label, Membership, Round, RoundItem, Study
 
 SAMPLING_MODES = ("all", "per-class", "fraction")
+ITEM_BATCH = 2000  # queue items per INSERT
 
 
 class RoundClosed(ForbiddenError):
@@ -182,11 +195,26 @@ def _derived_name(study: Study, stem: str, tail: str, number: int) -> str:
         number += 1
 
 
-def _make_items(round_: Round, cell_ids: list[int]) -> None:
+def queue_cells(round_: Round, cell_ids: Iterable[int], *, shuffle_seed: int | None = None) -> int:
+    """Queue cells in a round after its last item, each under a fresh token; returns how many.
+
+    The cells keep the order given, or are shuffled with `shuffle_seed` (the same seed, the
+    same order); cells the round queues already keep their place. The one way `RoundItem`s
+    are made: blinded rounds, repeats and imported rounds alike.
+    """
+    queued = set(round_.items.values_list("cell_id", flat=True))
+    cells = [cell for cell in cell_ids if cell not in queued]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(cells)
+    last = round_.items.aggregate(last=Max("position"))["last"] or 0
     RoundItem.objects.bulk_create(
-        RoundItem(round=round_, cell_id=cell, position=index, token=new_token())
-        for index, cell in enumerate(cell_ids, start=1)
+        (
+            RoundItem(round=round_, cell_id=cell, position=position, token=new_token())
+            for position, cell in enumerate(cells, start=last + 1)
+        ),
+        batch_size=ITEM_BATCH,
     )
+    return len(cells)
 
 
 def _check_images(study: Study, cell_ids: list[int]) -> None:
@@ -249,7 +277,7 @@ def create_blinded_round(
         design={"mode": mode, "per_class": per_class, "fraction": fraction, "cells": len(cell_ids)},
         created_by=user,
     )
-    _make_items(round_, cell_ids)
+    queue_cells(round_, cell_ids)
     return round_
 
 
@@ -267,7 +295,6 @@ def schedule_repeat(
     if not cell_ids:
         raise DomainError(f"Round {original.name} has no items to repeat.", field="round")
     seed = secrets.randbits(31) if seed is None else seed
-    random.Random(seed).shuffle(cell_ids)
     number = original.repeated_by.count() + 1
     round_ = Round.objects.create(
         study=original.study,
@@ -283,7 +310,7 @@ def schedule_repeat(
         design={"mode": "repeat", "of": original.name, "cells": len(cell_ids)},
         created_by=user,
     )
-    _make_items(round_, cell_ids)
+    queue_cells(round_, cell_ids, shuffle_seed=seed)
     return round_
 
 
@@ -332,33 +359,35 @@ def is_open(round_: Round) -> bool:
     return True
 
 
+def _count(rows, field: str, outer: str = "pk"):
+    """How many `rows` have `field` equal to the outer round's `outer` (0 when none), as a
+    subquery."""
+    counted = (
+        rows.order_by().filter(**{field: OuterRef(outer)}).values(field).annotate(n=Count("id"))
+    )
+    return Coalesce(Subquery(counted.values("n")[:1], output_field=IntegerField()), Value(0))
+
+
+def with_progress(rounds: QuerySet[Round]) -> QuerySet[Round]:
+    """The rounds annotated with their progress, counted in the database: `done`, the round's
+    labels, and `total`, the items of a blinded round or a repeat, or for a gold round the
+    study's cells. The one rule of round progress; lists of rounds of any length read it."""
+    return rounds.annotate(
+        done=_count(Label.objects, "round"),
+        total=Case(
+            When(kind=Round.Kind.GOLD, then=_count(Cell.objects, "study", outer="study")),
+            default=_count(RoundItem.objects, "round"),
+        ),
+    )
+
+
 def progress(rounds) -> list[Progress]:
-    """Done / total per round: answered items of a blinded round or a repeat, and for a gold
-    round its labels among the study's cells."""
+    """Done / total of each round (see `with_progress`), in the order given."""
     rounds = list(rounds)
-    totals = dict(
-        RoundItem.objects.filter(round__in=rounds)
-        .values("round")
-        .annotate(n=Count("id"))
-        .values_list("round", "n")
-    )
-    study_cells = dict(
-        Cell.objects.filter(study__in={r.study_id for r in rounds})
-        .values("study")
-        .annotate(n=Count("id"))
-        .values_list("study", "n")
-    )
-    done = dict(
-        Label.objects.filter(round__in=rounds)
-        .values("round")
-        .annotate(n=Count("id"))
-        .values_list("round", "n")
-    )
-    return [
-        Progress(
-            r,
-            done.get(r.pk, 0),
-            study_cells.get(r.study_id, 0) if r.kind == Round.Kind.GOLD else totals.get(r.pk, 0),
-        )
-        for r in rounds
-    ]
+    counted = {
+        pk: (done, total)
+        for pk, done, total in with_progress(
+            Round.objects.filter(pk__in=[r.pk for r in rounds])
+        ).values_list("pk", "done", "total")
+    }
+    return [Progress(r, *counted.get(r.pk, (0, 0))) for r in rounds]

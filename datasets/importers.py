@@ -17,7 +17,6 @@ Re-running with the same file changes nothing; a changed label is updated with i
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,10 @@ from annotator.models import (
     Label,
     LabelChange,
     Round,
-    RoundItem,
     Study,
     TaxonNode,
 )
-from annotator.rounds import examiner, new_token
+from annotator.rounds import examiner, queue_cells
 from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, latest_version, load_taxonomy_file
 
 from .imagefiles import image_file_problem
@@ -241,7 +239,8 @@ def _labels(round_: Round, index: int, lines, cells, nodes, report: ImportReport
     report.labels_changed[round_.name] = len(change)
     report.labels_unchanged[round_.name] = len(wanted) - len(made) - len(change)
     if round_.kind != Round.Kind.GOLD:
-        _items(round_, sorted(wanted))
+        # The imported re-annotation rounds' queue items, in a seeded, fixed order.
+        queue_cells(round_, sorted(wanted), shuffle_seed=ITEM_ORDER_SEED)
 
 
 def history_entry(label: Label, new_node, action: str) -> LabelChange:
@@ -258,23 +257,6 @@ def history_entry(label: Label, new_node, action: str) -> LabelChange:
         new_node=new_node,
         new_cannot_classify=new_node is None,
         changed_by_id=label.rater_id,
-    )
-
-
-def _items(round_: Round, cell_ids: list[int]) -> None:
-    """Give the imported re-annotation rounds queue items (their order is seeded, fixed)."""
-    have = set(round_.items.values_list("cell_id", flat=True))
-    missing = [cell for cell in cell_ids if cell not in have]
-    if not missing:
-        return
-    random.Random(ITEM_ORDER_SEED).shuffle(missing)
-    start = len(have)
-    RoundItem.objects.bulk_create(
-        (
-            RoundItem(round=round_, cell_id=cell, position=start + i, token=new_token())
-            for i, cell in enumerate(missing, start=1)
-        ),
-        batch_size=2000,
     )
 
 

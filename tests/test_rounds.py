@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from datetime import timedelta
 
@@ -9,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from annotator import annotation, rounds
-from annotator.models import Label, Membership, Round, RoundItem
+from annotator.models import Cell, Label, Membership, Round, RoundItem
 from core.errors import DomainError, ForbiddenError
 
 from .factories import UserFactory
@@ -199,3 +200,39 @@ def test_a_cell_in_a_blinded_round_cannot_be_deleted(
     with pytest.raises(DomainError, match="blinded rounds show its patch"):
         annotation.delete_cell(cell, annotator, expected_version=None)
     assert round_.items.count() == len(gold_cells)
+
+
+def _patch_cells(study, count: int) -> list[int]:
+    return [Cell.objects.create(study=study, external_id=f"p/{n}.tiff").pk for n in range(count)]
+
+
+def test_queued_cells_follow_the_last_item_and_a_queued_cell_keeps_its_place(study, rater):
+    round_ = Round.objects.create(study=study, rater=rater, kind=Round.Kind.BLINDED, name="q")
+    first, second, third, fourth, fifth = _patch_cells(study, 5)
+    assert rounds.queue_cells(round_, [third, first]) == 2
+    assert _items(round_) == [third, first]
+    assert rounds.queue_cells(round_, [first, second, fourth, fifth], shuffle_seed=7) == 3
+    shuffled = [second, fourth, fifth]
+    random.Random(7).shuffle(shuffled)
+    assert _items(round_) == [third, first, *shuffled]
+    assert list(round_.items.values_list("position", flat=True)) == [1, 2, 3, 4, 5]
+    assert len(set(round_.items.values_list("token", flat=True))) == 5
+
+
+def test_progress_of_any_rounds_is_the_annotated_rounds_progress(study, annotator, rater):
+    cells = _patch_cells(study, 4)
+    gold = annotation.gold_round_for(study, annotator)
+    for cell in cells[:2]:
+        annotation.set_label(Cell.objects.get(pk=cell), gold, annotator, node="LYT")
+    blinded = Round.objects.create(study=study, rater=rater, kind=Round.Kind.BLINDED, name="b")
+    rounds.queue_cells(blinded, cells[1:])
+    annotation.set_label(Cell.objects.get(pk=cells[3]), blinded, rater, cannot_classify=True)
+    empty = Round.objects.create(study=study, rater=rater, kind=Round.Kind.BLINDED, name="e")
+    expected = {gold.pk: (2, 4), blinded.pk: (1, 3), empty.pk: (0, 0)}
+    annotated = rounds.with_progress(Round.objects.filter(study=study))
+    assert {r.pk: (r.done, r.total) for r in annotated} == expected
+    given = [empty, blinded, gold]
+    states = rounds.progress(given)
+    assert [state.round for state in states] == given
+    assert [(state.done, state.total) for state in states] == [expected[r.pk] for r in given]
+    assert states[1].fraction == pytest.approx(1 / 3) and states[0].fraction == 0.0

@@ -3,8 +3,6 @@ blinded raters work through their queue by opaque item tokens."""
 
 from __future__ import annotations
 
-from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Value, When
-from django.db.models.functions import Coalesce
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -15,37 +13,8 @@ from rest_framework.views import APIView
 from core.errors import ConflictError
 
 from .. import access, blinding, rounds
-from ..models import Cell, Label, Membership, Round, RoundItem
+from ..models import Membership, Round
 from . import serializers as s
-
-
-def _count(queryset, outer: str):
-    counted = queryset.filter(**{outer: OuterRef("pk")}).values(outer).annotate(n=Count("id"))
-    return Coalesce(Subquery(counted.values("n")[:1], output_field=IntegerField()), Value(0))
-
-
-def rounds_with_progress(queryset):
-    """Rounds annotated with `done` (labels) and `total` (items; a gold round: study cells)."""
-    return queryset.annotate(
-        done=_count(Label.objects.order_by(), "round"),
-        total=Case(
-            When(
-                kind=Round.Kind.GOLD,
-                then=Coalesce(
-                    Subquery(
-                        Cell.objects.filter(study=OuterRef("study"))
-                        .order_by()
-                        .values("study")
-                        .annotate(n=Count("id"))
-                        .values("n")[:1],
-                        output_field=IntegerField(),
-                    ),
-                    Value(0),
-                ),
-            ),
-            default=_count(RoundItem.objects.order_by(), "round"),
-        ),
-    )
 
 
 class RoundViewSet(
@@ -68,7 +37,7 @@ class RoundViewSet(
         study = self.request.query_params.get("study")
         if study:
             queryset = queryset.filter(study__name=study)
-        return rounds_with_progress(queryset)
+        return rounds.with_progress(queryset)
 
     def get_serializer_context(self):
         context = super().get_serializer_context()
