@@ -2,10 +2,15 @@
 
 Cells and labels carry a version number that rises with every change; a change that names an
 older version than the stored one is refused (optimistic concurrency), so two people working on
-one scan never overwrite each other silently.
+one scan never overwrite each other silently. Every change writes one history row
+(`LabelChange`), whether one label is set here or an importer sets many at once through
+`bulk_import_labels`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -14,6 +19,8 @@ from core.errors import ConflictError, DomainError, InUseError
 
 from .access import ANNOTATING_ROLES, require_role, visible_rounds
 from .models import Cell, Label, LabelChange, Round, Scan, Study, TaxonNode
+
+BULK_BATCH = 2000  # rows per INSERT or UPDATE of a bulk import
 
 
 def gold_round_for(study: Study, rater) -> Round:
@@ -219,7 +226,7 @@ def set_label(
                 f"Cell {cell.pk} was labelled in round {round_.pk} a moment ago; reload it.",
                 current=stored_state(Label.objects.filter(cell=cell, round=round_).first()),
             ) from None
-        _record(label, LabelChange.Action.CREATE, None, False, user, seconds_spent)
+        _history_row(label, LabelChange.Action.CREATE, user.pk, seconds_spent=seconds_spent).save()
         return label, True
     if create_only:
         raise ConflictError(
@@ -228,12 +235,14 @@ def set_label(
             current=stored_state(label),
         )
     _check_version(label, expected_version, "label")
-    old_node, old_cannot = label.node, label.cannot_classify
+    was = (label.node_id, label.cannot_classify)
     label.node, label.cannot_classify = taxon, cannot_classify
     label.seconds_spent += seconds_spent
     label.version += 1
     label.save()
-    _record(label, LabelChange.Action.UPDATE, old_node, old_cannot, user, seconds_spent)
+    _history_row(
+        label, LabelChange.Action.UPDATE, user.pk, was=was, seconds_spent=seconds_spent
+    ).save()
     return label, False
 
 
@@ -243,30 +252,82 @@ def delete_label(label: Label, user, expected_version: int | None) -> None:
     label = Label.objects.select_for_update().select_related("round", "cell").get(pk=label.pk)
     _check_round(label.cell, label.round, user)
     _check_version(label, expected_version, "label")
-    LabelChange.objects.create(
-        label=None,
-        cell=label.cell,
-        cell_ref=label.cell_id,
-        round=label.round,
-        action=LabelChange.Action.DELETE,
-        old_node=label.node,
-        old_cannot_classify=label.cannot_classify,
-        changed_by=user,
-    )
+    was = (label.node_id, label.cannot_classify)
+    _history_row(label, LabelChange.Action.DELETE, user.pk, was=was).save()
     label.delete()
 
 
-def _record(label: Label, action: str, old_node, old_cannot: bool, user, seconds: float) -> None:
-    LabelChange.objects.create(
-        label=label,
-        cell=label.cell,
+def _history_row(
+    label: Label,
+    action: str,
+    changed_by_id: int,
+    *,
+    was: tuple[int | None, bool] = (None, False),
+    seconds_spent: float = 0.0,
+) -> LabelChange:
+    """The history row of one change of a label, not saved yet (the bulk path saves many at
+    once): what the label was (`was`: its node id and cannot-classify) and what it is now; a
+    deleted label's row keeps only what it was."""
+    deleted = action == LabelChange.Action.DELETE
+    return LabelChange(
+        label=None if deleted else label,
+        cell_id=label.cell_id,
         cell_ref=label.cell_id,
-        round=label.round,
+        round_id=label.round_id,
         action=action,
-        old_node=old_node,
-        old_cannot_classify=old_cannot,
-        new_node=label.node,
-        new_cannot_classify=label.cannot_classify,
-        changed_by=user,
-        seconds_spent=seconds,
+        old_node_id=was[0],
+        old_cannot_classify=was[1],
+        new_node_id=None if deleted else label.node_id,
+        new_cannot_classify=False if deleted else label.cannot_classify,
+        changed_by_id=changed_by_id,
+        seconds_spent=seconds_spent,
     )
+
+
+@dataclass(frozen=True)
+class ImportedLabels:
+    """What `bulk_import_labels` did: labels created, changed and left as they were."""
+
+    created: int
+    changed: int
+    unchanged: int
+
+
+@transaction.atomic
+def bulk_import_labels(
+    round_: Round, answers: Mapping[int, TaxonNode | None], *, batch_size: int = BULK_BATCH
+) -> ImportedLabels:
+    """Give many cells their label in a round at once, as answers the round's rater gave
+    elsewhere (an imported data set): cell id -> node, or None for "cannot classify".
+
+    A cell without a label in the round gets one; a label with another node is changed (its
+    version raised); a label with the same node is left alone. Each creation and change gets
+    its history row, made as `set_label` makes it, by the label's rater; labels and history
+    are written in bulk. The importer has checked its answers: no role, version or taxonomy
+    check is made here.
+    """
+    stored = {label.cell_id: label for label in round_.labels.all()}
+    create, change, history = [], [], []
+    for cell, node in answers.items():
+        label = stored.get(cell)
+        if label is None:
+            create.append(
+                Label(
+                    cell_id=cell,
+                    round=round_,
+                    node=node,
+                    cannot_classify=node is None,
+                    rater_id=round_.rater_id,
+                )
+            )
+        elif label.node_id != (node.pk if node else None):
+            was = (label.node_id, label.cannot_classify)
+            label.node, label.cannot_classify = node, node is None
+            label.version += 1
+            change.append(label)
+            history.append(_history_row(label, LabelChange.Action.UPDATE, label.rater_id, was=was))
+    made = Label.objects.bulk_create(create, batch_size=batch_size)
+    history.extend(_history_row(label, LabelChange.Action.CREATE, label.rater_id) for label in made)
+    Label.objects.bulk_update(change, ["node", "cannot_classify", "version"], batch_size=batch_size)
+    LabelChange.objects.bulk_create(history, batch_size=batch_size)
+    return ImportedLabels(len(made), len(change), len(answers) - len(made) - len(change))

@@ -25,14 +25,8 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from annotator.models import (
-    Cell,
-    Label,
-    LabelChange,
-    Round,
-    Study,
-    TaxonNode,
-)
+from annotator.annotation import bulk_import_labels
+from annotator.models import Cell, Round, Study, TaxonNode
 from annotator.rounds import examiner, queue_cells
 from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, latest_version, load_taxonomy_file
 
@@ -208,56 +202,18 @@ def _cells(study: Study, lines, images: Path | None, report: ImportReport) -> di
 
 
 def _labels(round_: Round, index: int, lines, cells, nodes, report: ImportReport) -> None:
-    wanted = {
-        cells[line.path]: line.answers[index] for line in lines if line.answers[index] is not None
+    answers = {
+        cells[line.path]: None if answer == UNCLASSIFIABLE else nodes[answer]
+        for line in lines
+        if (answer := line.answers[index]) is not None
     }
-    stored = {label.cell_id: label for label in round_.labels.all()}
-    create, change, history = [], [], []
-    for cell, answer in wanted.items():
-        node = None if answer == UNCLASSIFIABLE else nodes[answer]
-        label = stored.get(cell)
-        if label is None:
-            create.append(
-                Label(
-                    cell_id=cell,
-                    round=round_,
-                    node=node,
-                    cannot_classify=node is None,
-                    rater_id=round_.rater_id,
-                )
-            )
-        elif label.node_id != (node.pk if node else None):
-            history.append(history_entry(label, node, LabelChange.Action.UPDATE))
-            label.node, label.cannot_classify = node, node is None
-            label.version += 1
-            change.append(label)
-    made = Label.objects.bulk_create(create, batch_size=2000)
-    history.extend(history_entry(label, label.node, LabelChange.Action.CREATE) for label in made)
-    Label.objects.bulk_update(change, ["node", "cannot_classify", "version"], batch_size=2000)
-    LabelChange.objects.bulk_create(history, batch_size=2000)
-    report.labels_created[round_.name] = len(made)
-    report.labels_changed[round_.name] = len(change)
-    report.labels_unchanged[round_.name] = len(wanted) - len(made) - len(change)
+    result = bulk_import_labels(round_, answers)
+    report.labels_created[round_.name] = result.created
+    report.labels_changed[round_.name] = result.changed
+    report.labels_unchanged[round_.name] = result.unchanged
     if round_.kind != Round.Kind.GOLD:
         # The imported re-annotation rounds' queue items, in a seeded, fixed order.
-        queue_cells(round_, sorted(wanted), shuffle_seed=ITEM_ORDER_SEED)
-
-
-def history_entry(label: Label, new_node, action: str) -> LabelChange:
-    """The history row of an imported label's creation or change (written in bulk)."""
-    creating = action == LabelChange.Action.CREATE
-    return LabelChange(
-        label=label,
-        cell_id=label.cell_id,
-        cell_ref=label.cell_id,
-        round_id=label.round_id,
-        action=action,
-        old_node=None if creating else label.node,
-        old_cannot_classify=False if creating else label.cannot_classify,
-        new_node=new_node,
-        new_cannot_classify=new_node is None,
-        changed_by_id=label.rater_id,
-    )
+        queue_cells(round_, sorted(answers), shuffle_seed=ITEM_ORDER_SEED)
 
 
 def import_tcia_aml(

@@ -24,11 +24,12 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from annotator.models import Cell, Label, LabelChange, Round, Study, TaxonNode
+from annotator.annotation import bulk_import_labels
+from annotator.models import Cell, Round, Study, TaxonNode
 from annotator.rounds import examiner
 from annotator.taxonomy import SHIPPED_DIR, TaxonTree
 from datasets.imagefiles import image_file_problem
-from datasets.importers import ImportProblem, history_entry, imported_round, study_on_taxonomy
+from datasets.importers import ImportProblem, imported_round, study_on_taxonomy
 
 PBC_TAXONOMY = "pbc-8"
 PBC_TAXONOMY_FILE = SHIPPED_DIR / "pbc-8.yaml"
@@ -267,28 +268,11 @@ def _cells(
 def _labels(
     round_: Round, images: list[PbcImage], cells: dict[str, int], report: PbcImportReport
 ) -> None:
-    """Bulk-create the missing gold labels and correct changed ones, each with its history."""
-    stored = {label.cell_id: label for label in round_.labels.all()}
-    create, change, history = [], [], []
-    for image in images:
-        cell_id = cells[image.external_id]
-        label = stored.get(cell_id)
-        if label is None:
-            create.append(
-                Label(cell_id=cell_id, round=round_, node=image.node, rater_id=round_.rater_id)
-            )
-        elif label.node_id != image.node.pk:
-            history.append(history_entry(label, image.node, LabelChange.Action.UPDATE))
-            label.node, label.cannot_classify = image.node, False
-            label.version += 1
-            change.append(label)
-    made = Label.objects.bulk_create(create, batch_size=BATCH)
-    history.extend(history_entry(label, label.node, LabelChange.Action.CREATE) for label in made)
-    Label.objects.bulk_update(change, ["node", "cannot_classify", "version"], batch_size=BATCH)
-    LabelChange.objects.bulk_create(history, batch_size=BATCH)
-    report.labels_created = len(made)
-    report.labels_changed = len(change)
-    report.labels_unchanged = len(images) - len(made) - len(change)
+    """The gold labels: missing ones made, changed ones corrected, each with its history."""
+    result = bulk_import_labels(round_, {cells[image.external_id]: image.node for image in images})
+    report.labels_created = result.created
+    report.labels_changed = result.changed
+    report.labels_unchanged = result.unchanged
 
 
 def import_pbc(root: str | Path, study_name: str) -> PbcImportReport:
