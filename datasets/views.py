@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 
 from annotator.errors import DomainError
 from annotator.views import overseen_study
+from core.url_templates import url_template
 
 from . import classmaps, exports, splits, versions
 from .models import ClassMap, DatasetVersion, Export, Split
@@ -143,5 +144,7 @@ def datasets_page(request, study_name: str):
             .select_related("dataset")
             .defer("folds", "dataset__manifest"),
             "exports": Export.objects.filter(split__dataset__study=study).select_related("split"),
+            # The page's script polls each unfinished export there.
+            "config": {"urls": {"export": url_template("export-detail", "{id}")}},
         },
     )
