@@ -11,7 +11,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install browser lint migrations-check clean
+.PHONY: run test install browser lint migrations-check jstest clean
 
 install: $(VENV)/.installed frontend/node_modules/.installed
 
@@ -45,7 +45,12 @@ migrations-check: install
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemigrations --check --dry-run
 
-test: install browser lint migrations-check
+# The page scripts' modules (save queue, undo, HTTP client, taxonomy) under Node's own test
+# runner: no npm packages, no browser.
+jstest:
+	node --test frontend/tests/*.test.mjs
+
+test: install browser lint migrations-check jstest
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest
 
 clean:

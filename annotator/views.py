@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET
 
 from core.errors import DomainError
 from core.pages import guarded
+from core.url_templates import url_template
 
 from . import access, annotation, blinding, report_plots, reports, rounds
 from .models import Cell, Membership, Round
@@ -94,7 +95,9 @@ def annotate(request, study_name: str, scan_id: int):
         "urls": {
             "dzi": reverse("scan-dzi", args=[scan.pk]),
             "cells": reverse("cell-list"),
+            "cell": url_template("cell-detail", "{id}"),
             "labels": reverse("label-list"),
+            "label": url_template("label-detail", "{id}"),
             "osdImages": static("vendor/openseadragon/images/"),
         },
     }
@@ -266,7 +269,8 @@ def queue_page(request, round_id: int):
         "taxonomy": taxonomy_for_screen(round_.study.taxonomy),
         "urls": {
             "round": reverse("queue-round", args=[round_.pk]),
-            "item": reverse("queue-item", args=[round_.pk, 1]).rsplit("/1/", 1)[0] + "/",
+            "item": url_template("queue-item", round_.pk, "{position}"),
+            "answer": url_template("queue-answer", "{token}"),
         },
     }
     return render(

@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from annotator.access import overseen_study
 from core.errors import DomainError
 from core.pages import guarded
+from core.url_templates import url_template
 
 from . import classmaps, exports, splits, versions
 from .models import ClassMap, DatasetVersion, Export, Split
@@ -144,5 +145,7 @@ def datasets_page(request, study_name: str):
             .select_related("dataset")
             .defer("folds", "dataset__manifest"),
             "exports": Export.objects.filter(split__dataset__study=study).select_related("split"),
+            # The page's script polls each unfinished export there.
+            "config": {"urls": {"export": url_template("export-detail", "{id}")}},
         },
     )

@@ -11,6 +11,7 @@ from django.urls import reverse
 from annotator.access import overseen_study
 from core.errors import DomainError
 from core.pages import guarded
+from core.url_templates import url_template
 from datasets.models import Split
 
 from . import runs
@@ -63,8 +64,12 @@ def training_page(request, study_name: str):
         .select_related("split__dataset")
         .defer("report", "split__folds", "split__dataset__manifest")
     )
+    # The page's script polls each unfinished run there.
+    config = {"urls": {"run": url_template("training-run-detail", "{id}")}}
     return render(
-        request, "mltasks/training.html", {"study": study, "form": form, "runs": study_runs}
+        request,
+        "mltasks/training.html",
+        {"study": study, "form": form, "runs": study_runs, "config": config},
     )
 
 

@@ -42,7 +42,7 @@ X_FRAME_OPTIONS = "DENY"
 WHITENOISE_USE_FINDERS = False
 STORAGES = {
     **STORAGES,  # noqa: F405
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "core.staticfiles.ModuleManifestStaticFilesStorage"},
 }
 
 # The API answers JSON only: the browsable API's HTML forms are a development convenience.

@@ -1,0 +1,252 @@
+/*
+ * The cells and labels of one scan in one round as the annotation screen edits them: every edit
+ * changes the local state at once, is queued for the server (SaveQueue), and can be undone.
+ * No DOM: annotate.js draws this state and turns keys and clicks into these calls.
+ *
+ * A cell is {key, id, x, y, version, label, savedLabel, deleted, order, suggestion}: `key` is
+ * local (a new cell has no id until the server answers), `label` is what the screen shows and
+ * `savedLabel` the label as the server last confirmed it.
+ */
+import { HttpError, staleState, urlFor } from "./http.js";
+
+/** The label code of "cannot classify" (its own key, never a taxonomy code). */
+export const CANNOT = "cannot classify";
+
+/** The code a cell's label shows: a leaf's code, CANNOT, or null when unlabelled. */
+export function labelCode(cell) {
+  if (!cell.label) return null;
+  return cell.label.cannot_classify ? CANNOT : cell.label.node;
+}
+
+function answerFor(code) {
+  return code === CANNOT ? { node: null, cannot_classify: true } : { node: code, cannot_classify: false };
+}
+
+export class ScanAnnotations {
+  /**
+   * http: a client of lib/http.js; queue: a SaveQueue; urls: the templates the view sends
+   * (cells, cell, labels, label); study (name), round (id) and scanId name what is edited.
+   */
+  constructor({ http, queue, urls, study, round, scanId }) {
+    this.http = http;
+    this.queue = queue;
+    this.urls = urls;
+    this.study = study;
+    this.round = round;
+    this.scanId = scanId;
+    this.cells = new Map(); // local key -> cell
+    this.nextKey = 1;
+    this.undoStack = [];
+  }
+
+  /** A cell in the local state (not saved by this call). */
+  add(fields) {
+    const cell = Object.assign({ key: this.nextKey++, label: null, deleted: false }, fields);
+    cell.order = cell.id != null ? cell.id : 1e12 + cell.key;
+    this.cells.set(cell.key, cell);
+    return cell;
+  }
+
+  /** Cells in the order they were made (saved ones by id, new ones after them). */
+  sorted() {
+    return Array.from(this.cells.values()).sort((a, b) => a.order - b.order);
+  }
+
+  /**
+   * The cell `direction` (+1 or -1) steps from `cell` in that order, wrapping around; with
+   * `unlabelledOnly` the next unlabelled one, or null when every other cell is labelled.
+   */
+  neighbour(cell, direction, unlabelledOnly) {
+    const list = this.sorted();
+    if (!list.length) return null;
+    const start = cell ? list.indexOf(cell) : -1;
+    for (let step = 1; step <= list.length; step++) {
+      const index = ((start + direction * step) % list.length + list.length) % list.length;
+      const candidate = list[index];
+      if (!unlabelledOnly || !candidate.label) {
+        if (candidate === cell && unlabelledOnly) return null;
+        return candidate;
+      }
+    }
+    return null;
+  }
+
+  /** Load the scan's saved cells and this round's labels of them. */
+  async load() {
+    const [savedCells, savedLabels] = await Promise.all([
+      this.http.getAll(urlFor(this.urls.cells, {}, { scan: this.scanId, study: this.study, page_size: 5000 })),
+      this.http.getAll(urlFor(this.urls.labels, {}, { scan: this.scanId, round: this.round, page_size: 5000 })),
+    ]);
+    const labelByCell = new Map(savedLabels.map((label) => [label.cell, label]));
+    for (const saved of savedCells) {
+      const cell = this.add({
+        id: saved.id, x: saved.x, y: saved.y, version: saved.version, suggestion: saved.suggestion,
+      });
+      cell.label = labelByCell.get(saved.id) || null;
+      cell.savedLabel = cell.label;
+    }
+  }
+
+  // ---- Edits: each changes the local state, queues its save and records its undo ----------
+
+  /** Label a cell with a leaf's code, CANNOT, or null (no label); `seconds` spent on it. */
+  label(cell, code, seconds) {
+    this.undoStack.push({ kind: "label", cell: cell, before: labelCode(cell) });
+    this.applyLabel(cell, code, seconds);
+  }
+
+  /** Mark a new cell at a level-0 point. */
+  create(x, y) {
+    const cell = this.add({ id: null, x: x, y: y, version: 1 });
+    this.undoStack.push({ kind: "create", cell: cell });
+    this.saveCreate(cell);
+    return cell;
+  }
+
+  /** Delete a cell (undo makes it again, as a new cell with its label). */
+  remove(cell) {
+    this.discard(cell);
+    this.undoStack.push({ kind: "delete", cell: cell, label: labelCode(cell) });
+  }
+
+  /** Move a cell to a level-0 point (undo moves it back to where it is now). */
+  move(cell, x, y) {
+    this.undoStack.push({ kind: "move", cell: cell, x: cell.x, y: cell.y });
+    cell.x = x;
+    cell.y = y;
+    this.saveMove(cell);
+  }
+
+  /**
+   * Undo the last edit; null when there is none. Returns {kind, cell}: the edit undone and the
+   * cell it concerns now (for an undone delete, the cell made again in its place).
+   */
+  undo() {
+    const step = this.undoStack.pop();
+    if (!step) return null;
+    const cell = step.cell;
+    if (step.kind === "label") {
+      this.applyLabel(cell, step.before, 0);
+      return { kind: step.kind, cell: cell };
+    }
+    if (step.kind === "create") {
+      this.discard(cell);
+    } else if (step.kind === "move") {
+      cell.x = step.x;
+      cell.y = step.y;
+      this.saveMove(cell);
+    } else if (step.kind === "delete") {
+      const again = this.add({ id: null, x: cell.x, y: cell.y, version: 1 });
+      this.saveCreate(again);
+      if (step.label) this.applyLabel(again, step.label, 0);
+      return { kind: step.kind, cell: again };
+    }
+    return { kind: step.kind, cell: cell };
+  }
+
+  applyLabel(cell, code, seconds) {
+    if (code === null) cell.label = null;
+    else cell.label = Object.assign({}, cell.label || {}, answerFor(code));
+    this.saveLabel(cell, code, seconds);
+  }
+
+  discard(cell) {
+    cell.deleted = true;
+    this.cells.delete(cell.key);
+    this.saveDelete(cell);
+  }
+
+  // ---- Saves: queued in order; a refusal loads the server's state back ----------------
+
+  saveCreate(cell) {
+    this.queue.add({
+      run: async () => {
+        if (cell.deleted) return;
+        const saved = await this.http.post(this.urls.cells, {
+          study: this.study, scan: this.scanId, x: cell.x, y: cell.y,
+        });
+        cell.id = saved.id;
+        cell.version = saved.version;
+      },
+      refused: async () => this.cells.delete(cell.key),
+    });
+  }
+
+  saveLabel(cell, code, seconds) {
+    this.queue.add({
+      run: async () => {
+        if (cell.deleted || cell.id == null) return;
+        if (code === null) {
+          if (!cell.savedLabel) return;
+          await this.http.delete(
+            urlFor(this.urls.label, { id: cell.savedLabel.id }, { version: cell.savedLabel.version })
+          );
+          cell.savedLabel = null;
+          return;
+        }
+        const answer = Object.assign(answerFor(code), { seconds_spent: seconds });
+        const saved = cell.savedLabel
+          ? await this.http.patch(urlFor(this.urls.label, { id: cell.savedLabel.id }),
+            Object.assign({ version: cell.savedLabel.version }, answer))
+          : await this.http.post(this.urls.labels, Object.assign({ cell: cell.id, round: this.round }, answer));
+        // The shown label stays the local one when a later change of it is still queued.
+        cell.savedLabel = saved;
+        if (labelCode(cell) === labelCode({ label: saved })) cell.label = saved;
+      },
+      refused: async (error) => {
+        const current = staleState(error);
+        if (current) {
+          cell.label = current;
+        } else {
+          await this.reload(cell);
+        }
+        cell.savedLabel = cell.label;
+      },
+    });
+  }
+
+  saveMove(cell) {
+    const x = cell.x;
+    const y = cell.y;
+    this.queue.add({
+      run: async () => {
+        if (cell.deleted || cell.id == null) return;
+        const saved = await this.http.patch(urlFor(this.urls.cell, { id: cell.id }), {
+          x: x, y: y, version: cell.version,
+        });
+        cell.version = saved.version;
+      },
+      refused: async () => this.reload(cell),
+    });
+  }
+
+  saveDelete(cell) {
+    this.queue.add({
+      run: async () => {
+        if (cell.id == null) return;
+        await this.http.delete(urlFor(this.urls.cell, { id: cell.id }, { version: cell.version }));
+      },
+      refused: async () => {
+        cell.deleted = false;
+        this.cells.set(cell.key, cell);
+        await this.reload(cell);
+      },
+    });
+  }
+
+  /** A cell's saved position and label, after the server refused a change of it. */
+  async reload(cell) {
+    if (cell.id == null) {
+      this.cells.delete(cell.key);
+      return;
+    }
+    try {
+      const saved = await this.http.get(urlFor(this.urls.cell, { id: cell.id }));
+      Object.assign(cell, { x: saved.x, y: saved.y, version: saved.version, deleted: false });
+      const labels = await this.http.get(urlFor(this.urls.labels, {}, { cell: cell.id, round: this.round }));
+      cell.label = labels.results.length ? labels.results[0] : null;
+    } catch (error) {
+      if (error instanceof HttpError && error.status === 404) this.cells.delete(cell.key);
+    }
+  }
+}

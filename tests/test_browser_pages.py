@@ -1,0 +1,61 @@
+"""The curation and training pages in real headless Chromium: their scripts (ES modules on the
+shared HTTP client) poll the API at the URLs their views name, and follow a job to its end."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from .conftest import log_in, new_page
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_the_datasets_page_follows_an_export_to_its_download(
+    chromium_browser, live_server, split, data_scientist
+):
+    from datasets import exports
+    from datasets.models import Export
+
+    export = exports.request_export(split, "csv", data_scientist)
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, data_scientist.username)
+    page.goto(f"{live_server.url}/studies/{split.dataset.study.name}/datasets/")
+    row = f"tr[data-export='{export.pk}']"
+
+    Export.objects.filter(pk=export.pk).update(status="running", done=3, total=10)
+    page.wait_for_function(f'document.querySelector("{row} progress").value === 3', timeout=15000)
+    assert page.inner_text(f"{row} .status") == "running"
+    Export.objects.filter(pk=export.pk).update(
+        status="done", done=10, size_bytes=5, file="exports/x.zip"
+    )
+    page.wait_for_selector(f"{row} .download a", timeout=15000)
+    assert page.get_attribute(f"{row} .download a", "href") == reverse(
+        "export-download", args=[export.pk]
+    )
+    assert page.inner_text(f"{row} .status") == "done"
+    assert problems == []
+
+
+def test_the_training_page_follows_a_run_and_shows_its_report_when_done(
+    chromium_browser, live_server, split, data_scientist
+):
+    from mltasks.models import TrainingRun
+
+    run = TrainingRun.objects.create(split=split, config={}, created_by=data_scientist)
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, data_scientist.username)
+    page.goto(f"{live_server.url}/studies/{split.dataset.study.name}/training/")
+    row = f"tr[data-run='{run.pk}']"
+
+    progress = {"fraction": 0.25, "fold": "0", "fold_number": 1, "folds": 2, "epoch": 1}
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status="running", progress={**progress, "step": 3, "steps": 8}
+    )
+    page.wait_for_function(
+        f"document.querySelector(\"{row} .detail\").textContent === 'fold 1/2, epoch 1, step 3/8'",
+        timeout=15000,
+    )
+    TrainingRun.objects.filter(pk=run.pk).update(status="done")
+    page.wait_for_selector(f"{row} a:has-text('report')", timeout=15000)
+    assert problems == []
