@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.urls import reverse
 from rest_framework import serializers
 
 from annotator.access import overseen_studies
@@ -173,4 +174,4 @@ class ExportSerializer(ScopedModelSerializer):
     def get_download(self, export) -> str | None:
         if export.status != Export.Status.DONE:
             return None
-        return f"/api/v1/exports/{export.pk}/download/"
+        return reverse("export-download", args=[export.pk])
