@@ -231,17 +231,19 @@ def _schedule_repeat(study, user, data) -> Round:
 @login_required
 @require_GET
 def agreement_page(request, study_name: str):
-    """The agreement report as a page with plots; JSON and CSV through the API."""
+    """The agreement report as a page with plots; JSON and CSV through the API. The query is
+    the API's (`reports.ReportRequest`); a refused one shows why beside the default report."""
     study = guarded(access.overseen_study, request.user, study_name)
-    collapse = [c.strip() for c in request.GET.get("collapse", "").split(",") if c.strip()]
     try:
-        report = reports.build_report(study, collapse=collapse)
+        asked = reports.ReportRequest.parse(request.GET)
+        report = asked.build(study)
     except DomainError as exc:
         messages.error(request, str(exc))
-        report = reports.build_report(study)
+        asked = reports.ReportRequest()
+        report = asked.build(study)
     api = reverse("study-agreement", args=[study.pk])
     context = report_plots.page_context(report)
-    query = f"&collapse={','.join(report.collapsed)}" if report.collapsed else ""
+    query = f"&{asked.query()}" if asked.query() else ""
     context.update({"json_url": f"{api}?format=json{query}", "csv_url": f"{api}?format=csv{query}"})
     return render(request, "annotator/agreement.html", context)
 
