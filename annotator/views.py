@@ -137,8 +137,14 @@ class BlindedRoundForm(forms.Form):
             ("fraction", "a random fraction"),
         ]
     )
-    per_class = forms.IntegerField(min_value=1, required=False, initial=10)
-    fraction = forms.FloatField(min_value=0.0001, max_value=1, required=False)
+    # The sample's bounds (at least 1 per class; a fraction in (0, 1]) are the domain's
+    # (rounds.draw_sample), as for the API.
+    per_class = forms.IntegerField(
+        required=False, initial=10, widget=forms.NumberInput(attrs={"min": 1})
+    )
+    fraction = forms.FloatField(
+        required=False, widget=forms.NumberInput(attrs={"min": 0, "max": 1, "step": "any"})
+    )
     seed = forms.IntegerField(min_value=0, max_value=2**62, required=False)
     name = forms.CharField(max_length=200, required=False)
 
