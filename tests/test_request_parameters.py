@@ -18,6 +18,7 @@ from core import params
 from core.errors import DomainError, NotFoundError
 from datasets import splits, versions
 from datasets.models import Split
+from mltasks.models import TrainingRun
 
 from .conftest import client_for
 
@@ -281,3 +282,28 @@ def test_api_and_page_take_the_same_round_fraction(
     assert Round.objects.filter(kind=Round.Kind.BLINDED).exists() is made
     if not made:
         assert "fraction must be a number in (0, 1]." in shown
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("image_size", 5000, "image_size must be a whole number from 32 to 4096, not 5000."),
+        ("image_size", 16, "image_size must be a whole number from 32 to 4096, not 16."),
+        ("seed", 2**32, "seed must be a whole number from 0 to 4294967295, not 4294967296."),
+    ],
+)
+def test_api_page_and_command_refuse_the_same_training_config(
+    split, data_scientist, key, value, message
+):
+    body = {"split": split.pk, "config": {key: value}}
+    response = client_for(data_scientist).post("/api/v1/training-runs/", body, format="json")
+    assert response.status_code == 400 and response.json() == {key: [message]}
+    page = Client()
+    page.force_login(data_scientist)
+    form = {"split": split.pk, "image_size": 32, "max_epochs": 1, "oversample_to": 4}
+    form |= {"batch_size": 8, "seed": 0, key: value}
+    assert message in _page_text(page.post("/studies/munich/training/", form))
+    with pytest.raises(CommandError) as refused:
+        call_command("train", "--split", str(split.pk), "--set", f"{key}={value}")
+    assert str(refused.value) == message
+    assert not TrainingRun.objects.exists()
