@@ -11,6 +11,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Lower
 
+from core.errors import NotFoundError
 from core.leases import LeasedJob
 
 HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
@@ -168,6 +169,17 @@ class Scan(models.Model):
         return f"{self.original_name} ({self.width}x{self.height})"
 
 
+class StudyQuerySet(models.QuerySet):
+    def named(self, name: str) -> "Study":
+        """The study of that name, or NotFoundError naming it: the one lookup of the commands
+        and other callers that see every study (the API and the pages look a study up among
+        those the user may see, `annotator.access`)."""
+        found = self.filter(name=name).first()
+        if found is None:
+            raise NotFoundError(f"No study named {name!r}.", field="study")
+        return found
+
+
 class Study(models.Model):
     """A set of scans labelled with one taxonomy by a team with roles."""
 
@@ -192,6 +204,8 @@ class Study(models.Model):
         "for scans that know their resolution.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = StudyQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

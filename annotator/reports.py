@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import urlencode
 
 from django.utils import timezone
 
+from core import params
 from core.errors import DomainError
 
 from .agreement import Agreement, compare_answers
@@ -22,6 +25,7 @@ from .models import Cell, Label, Round, Study
 from .taxonomy import classes_in_groups, taxon_tree
 
 LEAF_LEVEL = "leaf"
+MAX_BOOTSTRAP = 100_000  # replicates of the patient bootstrap
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,71 @@ def default_pairs(study: Study) -> list[tuple[Round, Round]]:
     return pairs
 
 
+@dataclass(frozen=True)
+class ReportRequest:
+    """What an agreement report is asked for, read the same way from the API's query, the
+    page's query and the command's options: one pair of rounds by name (`a` the reference,
+    `b` the rater; both or neither, for the default pairs), the level, the internal nodes to
+    collapse, and the size and seed of the patient bootstrap. Built, it is valid: each refusal
+    is a DomainError naming the parameter. What needs the study (that the rounds and nodes
+    exist) is checked by `build`."""
+
+    a: str = ""
+    b: str = ""
+    level: str = LEAF_LEVEL
+    collapse: tuple[str, ...] = ()
+    bootstrap: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if bool(self.a) != bool(self.b):
+            raise DomainError(
+                "Give both a and b, or neither for the default pairs.", "b" if self.a else "a"
+            )
+        if self.level != LEAF_LEVEL:
+            raise DomainError(
+                f"Unknown level {self.level!r}: use leaf, with collapse CODES to merge internal "
+                "nodes.",
+                "level",
+            )
+        object.__setattr__(self, "collapse", tuple(self.collapse))
+        object.__setattr__(
+            self, "bootstrap", params.whole_number(self.bootstrap, "bootstrap", 0, MAX_BOOTSTRAP)
+        )
+        object.__setattr__(self, "seed", params.seed(self.seed))
+
+    @classmethod
+    def parse(cls, values: Mapping) -> ReportRequest:
+        """From a query string (texts) or a command's options; keys left out or empty take
+        their defaults, other keys (a format, a page number) are not the report's."""
+        given = {key: values.get(key) for key in ("a", "b", "level", "bootstrap", "seed")}
+        given = {key: value for key, value in given.items() if value not in (None, "")}
+        collapse = values.get("collapse") or ""
+        if isinstance(collapse, str):
+            collapse = collapse.split(",")
+        return cls(**given, collapse=tuple(c.strip() for c in collapse if c.strip()))
+
+    def query(self) -> str:
+        """The request as a query string (only what differs from the defaults), for links."""
+        pairs = [("a", self.a), ("b", self.b), ("collapse", ",".join(self.collapse))]
+        if self.bootstrap:
+            pairs += [("bootstrap", str(self.bootstrap)), ("seed", str(self.seed))]
+        return urlencode([(key, value) for key, value in pairs if value], safe=",")
+
+    def build(self, study: Study) -> Report:
+        """The report this request asks of `study`."""
+        pairs = None
+        if self.a:
+            pairs = [(round_named(study, self.a), round_named(study, self.b))]
+        return build_report(
+            study,
+            pairs=pairs,
+            collapse=self.collapse,
+            bootstrap=self.bootstrap,
+            seed=self.seed,
+        )
+
+
 def _answers(round_: Round) -> dict[int, str | None]:
     return {
         cell: (None if cannot else code)
@@ -138,8 +207,7 @@ def build_report(
     confidence: float = 0.95,
 ) -> Report:
     """Compare each pair of rounds on the cells both labelled."""
-    if bootstrap < 0 or bootstrap > 100_000:
-        raise DomainError("bootstrap must be between 0 and 100000 replicates.", "bootstrap")
+    bootstrap = params.whole_number(bootstrap, "bootstrap", 0, MAX_BOOTSTRAP)
     if not 0 < confidence < 1:
         raise DomainError("confidence must be between 0 and 1, e.g. 0.95.", "confidence")
     pairs = default_pairs(study) if pairs is None else pairs

@@ -140,8 +140,14 @@ class BlindedRoundForm(forms.Form):
             ("fraction", "a random fraction"),
         ]
     )
-    per_class = forms.IntegerField(min_value=1, required=False, initial=10)
-    fraction = forms.FloatField(min_value=0.0001, max_value=1, required=False)
+    # The sample's bounds (at least 1 per class; a fraction in (0, 1]) are the domain's
+    # (rounds.draw_sample), as for the API.
+    per_class = forms.IntegerField(
+        required=False, initial=10, widget=forms.NumberInput(attrs={"min": 1})
+    )
+    fraction = forms.FloatField(
+        required=False, widget=forms.NumberInput(attrs={"min": 0, "max": 1, "step": "any"})
+    )
     seed = forms.IntegerField(min_value=0, max_value=2**62, required=False)
     name = forms.CharField(max_length=200, required=False)
 
@@ -234,17 +240,19 @@ def _schedule_repeat(study, user, data) -> Round:
 @login_required
 @require_GET
 def agreement_page(request, study_name: str):
-    """The agreement report as a page with plots; JSON and CSV through the API."""
+    """The agreement report as a page with plots; JSON and CSV through the API. The query is
+    the API's (`reports.ReportRequest`); a refused one shows why beside the default report."""
     study = guarded(access.overseen_study, request.user, study_name)
-    collapse = [c.strip() for c in request.GET.get("collapse", "").split(",") if c.strip()]
     try:
-        report = reports.build_report(study, collapse=collapse)
+        asked = reports.ReportRequest.parse(request.GET)
+        report = asked.build(study)
     except DomainError as exc:
         messages.error(request, str(exc))
-        report = reports.build_report(study)
+        asked = reports.ReportRequest()
+        report = asked.build(study)
     api = reverse("study-agreement", args=[study.pk])
     context = report_plots.page_context(report)
-    query = f"&collapse={','.join(report.collapsed)}" if report.collapsed else ""
+    query = f"&{asked.query()}" if asked.query() else ""
     context.update({"json_url": f"{api}?format=json{query}", "csv_url": f"{api}?format=csv{query}"})
     return render(request, "annotator/agreement.html", context)
 

@@ -19,11 +19,13 @@ from django.db import transaction
 from annotator.models import Label, Round, Study, TaxonNode
 from annotator.rounds import largest_gold_round
 from annotator.taxonomy import taxon_tree
+from core import params
 from core.errors import DomainError, check_field
 
 from .models import ClassMap
 
 DEFAULT_THRESHOLD = 10
+MAX_THRESHOLD = 10**9  # cells; the page, the API and the command take the same bounds
 
 
 @dataclass
@@ -171,8 +173,7 @@ def propose(
 ) -> Proposal:
     """The rule's proposal, adjusted by hand: `collapse` merges more nodes, `expand` undoes
     the merge of a proposed node."""
-    if threshold < 0:
-        raise DomainError("threshold cannot be negative.", field="threshold")
+    threshold = params.whole_number(threshold, "threshold", 0, MAX_THRESHOLD)
     tree = build_tree(study, label_counts(study, source))
     unknown = sorted((set(collapse) | set(expand)) - set(tree))
     if unknown:

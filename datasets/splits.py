@@ -11,19 +11,84 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from django.db import transaction
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from core import params as checks
 from core.errors import DomainError
 
 from .models import DatasetVersion, Split
 
 Strategy = Split.Strategy
 HOLDOUT_PARTS = ("train", "validation", "test")
+DEFAULT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
+K_RANGE = (2, 1000)  # folds of a k-fold split
+
+
+@dataclass(frozen=True)
+class SplitParameters:
+    """A split's parameters as the page's form, the API's serializer and `make_split` (and so
+    the make_split command) pass them, checked here once, with one set of bounds: `k` folds
+    from 2 to 1000, a 32-bit `seed`, holdout `fractions` of train, validation and test, each
+    a number from 0 to 1, adding up to 1, train and test above 0. Each refusal is a DomainError
+    naming the parameter. What depends on the data set (k against its cells and patients) is
+    checked where the split is made."""
+
+    strategy: str
+    k: int = 5
+    seed: int = 0
+    fractions: Mapping[str, float] | None = None  # None: DEFAULT_FRACTIONS
+    grouped: bool = False
+
+    def __post_init__(self):
+        if self.strategy not in Strategy.values:
+            known = ", ".join(Strategy.values)
+            raise DomainError(f"Unknown strategy {self.strategy!r}; use {known}.", "strategy")
+        object.__setattr__(self, "k", checks.whole_number(self.k, "k", *K_RANGE))
+        object.__setattr__(self, "seed", checks.seed(self.seed))
+        object.__setattr__(self, "fractions", _checked_fractions(self.fractions))
+
+    @property
+    def holdout_fractions(self) -> dict[str, float]:
+        """The fraction of each holdout part, the defaults where none were given."""
+        return dict(self.fractions or DEFAULT_FRACTIONS)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checked_fractions(fractions: Mapping | None) -> dict[str, float] | None:
+    if not fractions:
+        return None
+    if not isinstance(fractions, Mapping):
+        raise DomainError("fractions must map train, validation and test to numbers.", "fractions")
+    unknown = sorted(str(part) for part in set(fractions) - set(HOLDOUT_PARTS))
+    if unknown:
+        raise DomainError(f"Unknown part(s) {', '.join(unknown)}.", field="fractions")
+    values = {}
+    for part in HOLDOUT_PARTS:
+        value = fractions.get(part, 0)
+        if not _is_number(value) or not 0 <= value <= 1:
+            raise DomainError(
+                f"The {part} fraction must be a number from 0 to 1, not {value!r}.", "fractions"
+            )
+        values[part] = float(value)
+    if abs(sum(values.values()) - 1) > 1e-6:
+        raise DomainError(
+            "train, validation and test fractions must be non-negative and add up to 1.",
+            "fractions",
+        )
+    if values["test"] <= 0 or values["train"] <= 0:
+        raise DomainError("train and test fractions must be above 0.", field="fractions")
+    return values
 
 
 def split_sha256(dataset_sha: str, strategy: str, params: dict, seed: int, folds: list) -> str:
@@ -39,12 +104,6 @@ def split_sha256(dataset_sha: str, strategy: str, params: dict, seed: int, folds
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _check_seed(seed: int) -> int:
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise DomainError("seed must be a whole number from 0 to 4294967295.", field="seed")
-    return seed
 
 
 def _patients(dataset: DatasetVersion) -> list[str]:
@@ -85,8 +144,6 @@ def _thin_class_warnings(labels: list[str], groups: list[str] | None, k: int) ->
 
 def _kfold(labels, groups, k: int, seed: int) -> list[int]:
     n = len(labels)
-    if k < 2:
-        raise DomainError("k must be at least 2.", field="k")
     if k > n:
         raise DomainError(f"k={k} is more than the {n} cells of the data set.", field="k")
     folds = np.full(n, -1)
@@ -112,14 +169,7 @@ def _kfold(labels, groups, k: int, seed: int) -> list[int]:
 
 
 def _holdout(labels, groups, fractions: dict, seed: int, warnings: list[str]) -> list[str]:
-    train, validation, test = (fractions.get(part, 0) for part in HOLDOUT_PARTS)
-    if any(f < 0 for f in (train, validation, test)) or abs(train + validation + test - 1) > 1e-6:
-        raise DomainError(
-            "train, validation and test fractions must be non-negative and add up to 1.",
-            "fractions",
-        )
-    if test <= 0 or train <= 0:
-        raise DomainError("train and test fractions must be above 0.", field="fractions")
+    train, validation, test = (fractions[part] for part in HOLDOUT_PARTS)
     index = np.arange(len(labels))
     labels = np.asarray(labels)
     parts = np.full(len(labels), "train", dtype=object)
@@ -195,8 +245,10 @@ def make_split(
     fractions: dict | None = None,
     grouped: bool = False,
 ) -> tuple[Split, bool]:
-    """Split the version; an identical split (same hash) is found rather than stored twice."""
-    seed = _check_seed(seed)
+    """Split the version; an identical split (same hash) is found rather than stored twice.
+    The parameters are checked first (`SplitParameters`), whoever passes them."""
+    asked = SplitParameters(strategy, k=k, seed=seed, fractions=fractions, grouped=grouped)
+    k, seed = asked.k, asked.seed
     labels = [row[3] for row in dataset.manifest]
     notes: list[str] = []
     if strategy in (Strategy.STRATIFIED_KFOLD, Strategy.PATIENT_KFOLD):
@@ -204,20 +256,10 @@ def make_split(
         params = {"k": k}
         folds = _kfold(labels, groups, k, seed)
         notes += _thin_class_warnings(labels, groups, k)
-    elif strategy == Strategy.HOLDOUT:
-        fractions = fractions or {"train": 0.7, "validation": 0.1, "test": 0.2}
-        unknown = sorted(set(fractions) - set(HOLDOUT_PARTS))
-        if unknown:
-            raise DomainError(f"Unknown part(s) {', '.join(unknown)}.", field="fractions")
+    else:  # holdout
         groups = _patients(dataset) if grouped else None
-        params = {
-            "fractions": {p: float(fractions.get(p, 0)) for p in HOLDOUT_PARTS},
-            "grouped": grouped,
-        }
+        params = {"fractions": asked.holdout_fractions, "grouped": grouped}
         folds = _holdout(labels, groups, params["fractions"], seed, notes)
-    else:
-        known = ", ".join(Strategy.values)
-        raise DomainError(f"Unknown strategy {strategy!r}; use {known}.", field="strategy")
     check = patient_check(groups, folds) if groups is not None else {}
     if check.get("patients_in_two_folds"):
         raise DomainError(f"Patients in two folds: {check['examples']}; this is a bug.")

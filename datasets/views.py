@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from annotator.access import overseen_study
 from core.errors import DomainError
 from core.pages import guarded
+from core.params import SEED_MAX
 from core.url_templates import url_template
 
 from . import classmaps, exports, splits, versions
@@ -21,8 +22,14 @@ def _codes(text: str) -> list[str]:
     return [code.strip() for code in (text or "").split(",") if code.strip()]
 
 
+def _bounded(low: int, high: int, **kwargs) -> forms.IntegerField:
+    """A whole number field whose bounds the domain checks (the same for the API and the
+    commands, in the same words); the browser is told them too."""
+    return forms.IntegerField(widget=forms.NumberInput(attrs={"min": low, "max": high}), **kwargs)
+
+
 class ProposalForm(forms.Form):
-    threshold = forms.IntegerField(min_value=0, initial=classmaps.DEFAULT_THRESHOLD)
+    threshold = _bounded(0, classmaps.MAX_THRESHOLD, initial=classmaps.DEFAULT_THRESHOLD)
     collapse = forms.CharField(required=False, help_text="e.g. PAT")
     expand = forms.CharField(required=False, help_text="e.g. MYO")
 
@@ -38,8 +45,8 @@ class DatasetForm(forms.Form):
 class SplitForm(forms.Form):
     dataset = forms.ModelChoiceField(queryset=DatasetVersion.objects.none())
     strategy = forms.ChoiceField(choices=Split.Strategy.choices)
-    k = forms.IntegerField(min_value=2, max_value=1000, initial=5)
-    seed = forms.IntegerField(min_value=0, max_value=2**32 - 1, initial=0)
+    k = _bounded(*splits.K_RANGE, initial=5)
+    seed = _bounded(0, SEED_MAX, initial=0)
     grouped = forms.BooleanField(required=False, help_text="holdout: whole patients only")
 
 

@@ -83,8 +83,8 @@ def test_collapsing_through_the_api(api_as, study, rated, coordinator):
         ({"a": "r1"}, 400, "Give both a and b"),
         ({"a": "r1", "b": "nope"}, 400, "No round 'nope'"),
         ({"collapse": "XYZ"}, 400, "Cannot collapse XYZ"),
-        ({"bootstrap": "many"}, 400, "Must be an integer"),
-        ({"bootstrap": "1000000"}, 400, "between 0 and 100000"),
+        ({"bootstrap": "many"}, 400, "bootstrap must be a whole number from 0 to 100000"),
+        ({"bootstrap": "1000000"}, 400, "from 0 to 100000, not 1000000"),
     ],
 )
 def test_bad_report_requests_are_4xx(api_as, study, rated, coordinator, query, status, message):

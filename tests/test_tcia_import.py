@@ -258,7 +258,7 @@ def test_collapsing_nodes_merges_their_classes(imported, capsys):
     ("arguments", "message"),
     [
         (["--study", "nope"], "No study named 'nope'"),
-        (["--study", "tcia-aml", "--a", "gold"], "Give both --a and --b"),
+        (["--study", "tcia-aml", "--a", "gold"], "Give both a and b"),
         (["--study", "tcia-aml", "--a", "gold", "--b", "x"], "No round 'x' in study tcia-aml"),
         (["--study", "tcia-aml", "--level", "fifteen"], "Unknown level 'fifteen'"),
         (["--study", "tcia-aml", "--collapse", "NGS"], "NGS is a leaf"),

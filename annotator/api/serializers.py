@@ -394,7 +394,9 @@ class RoundCreateSerializer(ScopedSerializer):
     per_class = serializers.JSONField(
         required=False, help_text="per-class mode: a number for every class, or {code: number}."
     )
-    fraction = serializers.FloatField(required=False, min_value=0, max_value=1)
+    fraction = serializers.FloatField(
+        required=False, help_text="fraction mode: the share of the cells, in (0, 1]."
+    )
     seed = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
     reference = serializers.CharField(
         required=False, max_length=200, help_text="Name of a gold round; default the largest."

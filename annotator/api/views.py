@@ -21,6 +21,7 @@ from rest_framework.settings import api_settings
 from core.api.fields import int_param
 from core.files import fit_file_name
 from core.http import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
+from core.params import SEED_MAX
 
 from .. import access, annotation, reports
 from ..models import LabelChange, Membership, Taxonomy
@@ -55,33 +56,6 @@ class CSVTextRenderer(BaseRenderer):
         if isinstance(data, str):
             return data.encode(self.charset)
         return JSONRenderer().render(data)
-
-
-def report_options(request) -> dict:
-    """Pairs, collapsed nodes and bootstrap settings of an agreement report, from the query."""
-    query = request.query_params
-    a, b = query.get("a"), query.get("b")
-    if bool(a) != bool(b):
-        raise ValidationError({"b" if a else "a": ["Give both a and b, or neither."]})
-    collapse = [c.strip() for c in query.get("collapse", "").split(",") if c.strip()]
-    bootstrap = int_param(request, "bootstrap") or 0
-    seed = int_param(request, "seed") or 0
-    return {"a": a, "b": b, "collapse": collapse, "bootstrap": bootstrap, "seed": seed}
-
-
-def build_study_report(study, options: dict) -> reports.Report:
-    pairs = None
-    if options["a"]:
-        pairs = [
-            (reports.round_named(study, options["a"]), reports.round_named(study, options["b"]))
-        ]
-    return reports.build_report(
-        study,
-        pairs=pairs,
-        collapse=options["collapse"],
-        bootstrap=options["bootstrap"],
-        seed=options["seed"] % 2**32,
-    )
 
 
 class StudyViewSet(
@@ -121,9 +95,14 @@ class StudyViewSet(
         parameters=[
             OpenApiParameter("a", str, description="Reference round name (give b with it)."),
             OpenApiParameter("b", str, description="Rater round name."),
+            OpenApiParameter("level", str, enum=[reports.LEAF_LEVEL], description="Classes."),
             OpenApiParameter("collapse", str, description="Internal nodes to merge, e.g. MYO,PMO"),
-            OpenApiParameter("bootstrap", int, description="Patient-clustered bootstrap size."),
-            OpenApiParameter("seed", int, description="Seed of the bootstrap."),
+            OpenApiParameter(
+                "bootstrap",
+                int,
+                description=f"Patient-clustered bootstrap size, 0 to {reports.MAX_BOOTSTRAP}.",
+            ),
+            OpenApiParameter("seed", int, description=f"Seed of the bootstrap, 0 to {SEED_MAX}."),
         ],
         responses={200: OpenApiTypes.OBJECT},
     )
@@ -137,7 +116,7 @@ class StudyViewSet(
         `?format=csv` for one row per comparison."""
         study = self.get_object()
         access.require_role(request.user, study, access.OVERSEEING_ROLES, "read agreement")
-        report = build_study_report(study, report_options(request))
+        report = reports.ReportRequest.parse(request.query_params).build(study)
         if request.accepted_renderer.format == "csv":
             response = Response(reports.report_csv(report))
             response["Content-Disposition"] = f'attachment; filename="agreement-{study.name}.csv"'

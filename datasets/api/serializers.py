@@ -9,8 +9,11 @@ from annotator.access import overseen_studies
 from annotator.models import Study
 from core.api.fields import IdField
 from core.api.scoping import ScopedModelSerializer, ScopedSerializer
+from core.params import SEED_MAX
 
+from ..classmaps import DEFAULT_THRESHOLD, MAX_THRESHOLD
 from ..models import ClassMap, DatasetVersion, Export, Split
+from ..splits import K_RANGE
 
 
 class CodesField(serializers.ListField):
@@ -30,7 +33,9 @@ class ProposalQuerySerializer(ScopedSerializer):
     visible_querysets = {"study": overseen_studies}
 
     study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
-    threshold = serializers.IntegerField(min_value=0, max_value=10**9, default=10)
+    threshold = serializers.IntegerField(
+        default=DEFAULT_THRESHOLD, help_text=f"Cells, 0 to {MAX_THRESHOLD}."
+    )
     collapse = CodesField(required=False, default=list)
     expand = CodesField(required=False, default=list)
 
@@ -116,10 +121,14 @@ class DatasetDetailSerializer(DatasetSerializer):
 class SplitCreateSerializer(ScopedSerializer):
     dataset = IdField(queryset=DatasetVersion.objects.all())
     strategy = serializers.ChoiceField(choices=Split.Strategy.values)
-    k = serializers.IntegerField(min_value=2, max_value=1000, default=5)
-    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+    # The bounds are checked by the domain (datasets.splits.SplitParameters), as for the page
+    # and the make_split command.
+    k = serializers.IntegerField(default=5, help_text=f"Folds, {K_RANGE[0]} to {K_RANGE[1]}.")
+    seed = serializers.IntegerField(default=0, help_text=f"0 to {SEED_MAX}.")
     fractions = serializers.DictField(
-        child=serializers.FloatField(min_value=0, max_value=1), required=False
+        child=serializers.FloatField(),
+        required=False,
+        help_text="holdout: train, validation and test, each from 0 to 1, adding up to 1.",
     )
     grouped = serializers.BooleanField(default=False)
 

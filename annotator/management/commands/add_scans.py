@@ -1,12 +1,13 @@
 """manage.py add_scans PATH... --study NAME [--patient CODE]: register scan files in a study."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from annotator.models import Study
 from annotator.scans import ScanError, ingest_scan
+from core.commands import DomainCommand
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = "Register scan files (under SCAN_IMPORT_ROOTS) in a study; known files are recognised."
 
     def add_arguments(self, parser):
@@ -16,10 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--cohort", default="", help="Cohort of a new patient, e.g. AML.")
 
     def handle(self, *args, paths, study, patient, cohort, **options):
-        try:
-            study_obj = Study.objects.get(name=study)
-        except Study.DoesNotExist:
-            raise CommandError(f"No study named {study!r}.") from None
+        study_obj = Study.objects.named(study)
         failures = 0
         for path in paths:
             try:

@@ -4,15 +4,13 @@
 import json
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
-
 from annotator.models import Study
 from annotator.report_plots import standalone_html
-from annotator.reports import LEAF_LEVEL, build_report, report_csv, round_named
-from core.errors import DomainError
+from annotator.reports import LEAF_LEVEL, MAX_BOOTSTRAP, ReportRequest, report_csv
+from core.commands import DomainCommand
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = (
         "Agreement of rounds of a study: Cohen's kappa with its CI, confusion, sensitivity and "
         "specificity. Default pairs: gold against every other round, each repeat against the "
@@ -20,6 +18,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        # The report's options are read by ReportRequest.parse, as the API's query is.
         parser.add_argument("--study", required=True)
         parser.add_argument("--a", help="Reference round name (rows); give --b with it.")
         parser.add_argument("--b", help="Rater round name (columns).")
@@ -31,47 +30,25 @@ class Command(BaseCommand):
         parser.add_argument(
             "--collapse", default="", help="Internal nodes to merge into one class, e.g. MYO,PMO."
         )
-        parser.add_argument("--bootstrap", type=int, default=0, help="Patient bootstrap size.")
-        parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
+        parser.add_argument(
+            "--bootstrap", default="0", help=f"Patient bootstrap size, 0 to {MAX_BOOTSTRAP}."
+        )
+        parser.add_argument("--seed", default="0", help="Seed of the bootstrap.")
         parser.add_argument("--format", choices=["json", "csv", "html"], default="json")
         parser.add_argument("--out", help="File to write (default: standard output).")
 
     def handle(self, *args, **options):
-        try:
-            text = self._report(options)
-        except DomainError as exc:
-            raise CommandError(str(exc)) from None
+        study = Study.objects.named(options["study"])
+        report = ReportRequest.parse(options).build(study)
+        if options["format"] == "csv":
+            text = report_csv(report)
+        elif options["format"] == "html":
+            text = standalone_html(report)
+        else:
+            text = json.dumps(report.to_dict(), indent=2) + "\n"
         if options["out"]:
             with open(options["out"], "w", encoding="utf-8") as handle:
                 handle.write(text)
             self.stderr.write(f"wrote {options['out']}")
         else:
             sys.stdout.write(text)
-
-    def _report(self, options) -> str:
-        study = Study.objects.filter(name=options["study"]).first()
-        if study is None:
-            raise DomainError(f"No study named {options['study']!r}.")
-        if options["level"] != LEAF_LEVEL:
-            raise DomainError(
-                f"Unknown level {options['level']!r}: use leaf, with --collapse CODES to merge "
-                "internal nodes."
-            )
-        if bool(options["a"]) != bool(options["b"]):
-            raise DomainError("Give both --a and --b, or neither for the default pairs.")
-        pairs = None
-        if options["a"]:
-            pairs = [(round_named(study, options["a"]), round_named(study, options["b"]))]
-        collapse = [code.strip() for code in options["collapse"].split(",") if code.strip()]
-        report = build_report(
-            study,
-            pairs=pairs,
-            collapse=collapse,
-            bootstrap=options["bootstrap"],
-            seed=options["seed"],
-        )
-        if options["format"] == "csv":
-            return report_csv(report)
-        if options["format"] == "html":
-            return standalone_html(report)
-        return json.dumps(report.to_dict(), indent=2) + "\n"

@@ -3,10 +3,8 @@
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
-
 from annotator.models import Study
-from core.errors import DomainError
+from core.commands import DomainCommand
 from datasets.classmaps import DEFAULT_THRESHOLD, propose, save_class_map
 
 
@@ -14,7 +12,7 @@ def _codes(text: str) -> list[str]:
     return [code.strip() for code in text.split(",") if code.strip()]
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = "Count labelled cells per taxonomy node, propose the rare-leaf merge, save a class map."
 
     def add_arguments(self, parser):
@@ -26,21 +24,14 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the proposal as JSON.")
 
     def handle(self, *args, **options):
-        study = Study.objects.filter(name=options["study"]).first()
-        if study is None:
-            raise CommandError(f"No study named {options['study']!r}.")
-        try:
-            proposal = propose(
-                study,
-                threshold=options["threshold"],
-                collapse=_codes(options["collapse"]),
-                expand=_codes(options["expand"]),
-            )
-            saved = (
-                save_class_map(study, options["save"], proposal, None) if options["save"] else None
-            )
-        except DomainError as exc:
-            raise CommandError(str(exc)) from None
+        study = Study.objects.named(options["study"])
+        proposal = propose(
+            study,
+            threshold=options["threshold"],
+            collapse=_codes(options["collapse"]),
+            expand=_codes(options["expand"]),
+        )
+        saved = save_class_map(study, options["save"], proposal, None) if options["save"] else None
         if options["json"]:
             self.stdout.write(json.dumps(proposal.to_dict(), indent=2))
         else:

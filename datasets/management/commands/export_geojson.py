@@ -2,14 +2,14 @@
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from annotator.models import Round, Study
-from core.errors import DomainError
+from core.commands import DomainCommand
 from datasets.geojson import default_export_round, scan_cells_geojson
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = (
         "Write one scan's cells as QuPath GeoJSON points, classified by their labels in a round "
         "(default: the gold round with the most labels on the scan)."
@@ -22,9 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--out", required=True, help="GeoJSON file to write.")
 
     def handle(self, *args, study, scan, round_name, out, **options):
-        found_study = Study.objects.filter(name=study).first()
-        if found_study is None:
-            raise CommandError(f"No study named {study!r}.")
+        found_study = Study.objects.named(study)
         found_scan = found_study.scans.filter(pk=scan).first()
         if found_scan is None:
             raise CommandError(f"Scan {scan} is not part of study {study}.")
@@ -39,10 +37,7 @@ class Command(BaseCommand):
             round_ = Round.objects.filter(study=found_study, name=round_name).first()
             if round_ is None:
                 raise CommandError(f"No round {round_name!r} in study {study}.")
-        try:
-            collection = scan_cells_geojson(found_study, found_scan, round_)
-        except DomainError as exc:
-            raise CommandError(str(exc)) from None
+        collection = scan_cells_geojson(found_study, found_scan, round_)
         with open(out, "w", encoding="utf-8") as handle:
             json.dump(collection, handle, indent=2)
             handle.write("\n")

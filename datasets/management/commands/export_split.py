@@ -4,15 +4,15 @@ and now (the same code the background task runs), copy the zip to PATH."""
 import shutil
 
 from django.core.files.storage import default_storage
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from core.errors import DomainError
+from core.commands import DomainCommand
 from datasets.exports import request_export, run_export
 from datasets.models import Export
 from datasets.splits import find_split
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = "Export a split as a zip (imagefolder, csv or json); prints the export's id and hash."
 
     def add_arguments(self, parser):
@@ -21,11 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--out", required=True, help="Where to copy the zip.")
 
     def handle(self, *args, split, format, out, **options):
-        try:
-            found = find_split(split)
-            export = run_export(request_export(found, format, None).pk)
-        except DomainError as exc:
-            raise CommandError(str(exc)) from None
+        found = find_split(split)
+        export = run_export(request_export(found, format, None).pk)
         if export.status != Export.Status.DONE:
             raise CommandError(f"Export {export.pk} failed: {export.error}")
         with default_storage.open(export.file, "rb") as source, open(out, "wb") as target:

@@ -3,20 +3,21 @@
 import json
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
 from annotator.annotation import gold_round_for_member
 from annotator.models import Study
-from core.errors import DomainError
+from core.commands import DomainCommand
 from datasets.geojson import GeoJsonProblems, import_cells_geojson
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = (
         "Import QuPath GeoJSON points as cells of a scan, labelled by their classes in the "
         "user's gold round."
     )
+    refusal_note = " (nothing was imported)"
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="GeoJSON exported from QuPath.")
@@ -30,9 +31,7 @@ class Command(BaseCommand):
                 data = json.load(handle)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CommandError(f"Cannot read {file} as JSON: {exc}") from None
-        found_study = Study.objects.filter(name=study).first()
-        if found_study is None:
-            raise CommandError(f"No study named {study!r}.")
+        found_study = Study.objects.named(study)
         found_scan = found_study.scans.filter(pk=scan).first()
         if found_scan is None:
             raise CommandError(f"Scan {scan} is not part of study {study}.")
@@ -48,8 +47,6 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{len(exc.problems)} problem(s) in {file}:\n{listing}\n(nothing was imported)"
             ) from None
-        except DomainError as exc:
-            raise CommandError(f"{exc} (nothing was imported)") from None
         self.stdout.write(
             f"{summary.features} features: {summary.cells_created} cells created, "
             f"{summary.cells_reused} already there; in round {round_}: "

@@ -1,15 +1,15 @@
 """manage.py make_dataset --study NAME --name NAME [--classmap NAME] [--source gold]
 [--keep-cannot-classify] [--scans IDS] [--exclude-patients CODES] [--notes TEXT]."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from annotator.models import Study
-from core.errors import DomainError
+from core.commands import DomainCommand
 from datasets.classmaps import find_class_map
 from datasets.versions import make_dataset
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = "Freeze a label source under a class map as a new data set version; prints id and hash."
 
     def add_arguments(self, parser):
@@ -23,9 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--notes", default="")
 
     def handle(self, *args, **options):
-        study = Study.objects.filter(name=options["study"]).first()
-        if study is None:
-            raise CommandError(f"No study named {options['study']!r}.")
+        study = Study.objects.named(options["study"])
         try:
             scans = [int(s) for s in options["scans"].split(",") if s.strip()]
         except ValueError:
@@ -37,19 +35,16 @@ class Command(BaseCommand):
                 p.strip() for p in options["exclude_patients"].split(",") if p.strip()
             ],
         }
-        try:
-            class_map = find_class_map(study, options["classmap"]) if options["classmap"] else None
-            version, created = make_dataset(
-                study,
-                options["name"],
-                None,
-                source=options["source"],
-                class_map=class_map,
-                filters=filters,
-                notes=options["notes"],
-            )
-        except DomainError as exc:
-            raise CommandError(str(exc)) from None
+        class_map = find_class_map(study, options["classmap"]) if options["classmap"] else None
+        version, created = make_dataset(
+            study,
+            options["name"],
+            None,
+            source=options["source"],
+            class_map=class_map,
+            filters=filters,
+            notes=options["notes"],
+        )
         state = "made" if created else "unchanged, the latest version is"
         self.stdout.write(
             f"data set {version.name} v{version.version} {state}: id {version.pk} "

@@ -1,13 +1,13 @@
 """manage.py preannotate --run ID: suggest classes for the study's unlabelled cells."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from core.errors import DomainError
+from core.commands import DomainCommand
 from mltasks.inference import preannotate
 from mltasks.models import TrainingRun
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = "Apply a finished run's models to the cells no gold round labelled yet."
 
     def add_arguments(self, parser):
@@ -17,8 +17,5 @@ class Command(BaseCommand):
         found = TrainingRun.objects.filter(pk=run).first()
         if found is None:
             raise CommandError(f"No training run {run}.")
-        try:
-            count = preannotate(found, None)
-        except DomainError as exc:
-            raise CommandError(str(exc)) from None
+        count = preannotate(found, None)
         self.stdout.write(f"{count} cell(s) of {found.split.dataset.study.name} have a suggestion")

@@ -3,8 +3,9 @@
 import json
 import time
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from core.commands import DomainCommand
 from core.errors import DomainError
 from datasets.splits import find_split
 from mltasks import runs
@@ -12,7 +13,7 @@ from mltasks.models import TrainingRun
 from mltasks.tasks import queue_run
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = (
         "Train one ResNeXt per fold of a split and write the report. Runs here by default; "
         "--background queues it for a worker on the training queue."
@@ -27,12 +28,9 @@ class Command(BaseCommand):
         parser.add_argument("--background", action="store_true")
 
     def handle(self, *args, **options):
-        try:
-            config = _config(options["config"], options["set"])
-            split = find_split(options["split"])
-            run = runs.start_run(split, None, config)
-        except DomainError as exc:
-            raise CommandError(str(exc)) from None
+        config = _config(options["config"], options["set"])
+        split = find_split(options["split"])
+        run = runs.start_run(split, None, config)
         self.stdout.write(f"training run {run.pk} on split {split.pk} ({split.sha256[:12]})")
         if options["background"]:
             queue_run(run)
