@@ -525,7 +525,8 @@ def samples(
     them; a k-fold split's validation role needs `validation_fraction` to carve it."""
     if role not in ROLES:
         raise DomainError(f"Unknown role {role!r}; use train, validation or test.", "role")
-    if role == "validation" and validation_fraction is None and fold is not None:
+    kfold = split.strategy != Strategy.HOLDOUT
+    if role == "validation" and validation_fraction is None and kfold:
         raise DomainError(
             f"A {split.strategy} split has no validation part of its own: give "
             "validation_fraction to carve one out of the fold's training part.",

@@ -201,8 +201,9 @@ def test_holdout_samples_are_its_parts(study, curated, data_scientist):
         ]
     own = splits.fold_parts(split, None, validation_fraction=0.5, seed=0)
     assert own.by == "split" and own.validation == splits.samples(split, None, "validation")
-    with pytest.raises(DomainError, match="A holdout split has no folds"):
-        splits.samples(split, 0, "train")
+    for role in splits.ROLES:
+        with pytest.raises(DomainError, match="A holdout split has no folds"):
+            splits.samples(split, 0, role)
 
     no_validation = {"train": 0.8, "validation": 0, "test": 0.2}
     options = {"seed": 2, "grouped": True, "fractions": no_validation}
