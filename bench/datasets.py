@@ -135,8 +135,8 @@ def run(args) -> None:
             args.repeats,
             lambda n: exports.run_export(exports.request_export(split, "csv", user).pk),
         )
-        labels = np.array([row[3] for row in dataset.manifest])
-        groups = np.array([row[1] for row in dataset.manifest])
+        labels = np.array([row.class_name for row in dataset.rows()])
+        groups = np.array([row.patient for row in dataset.rows()])
         sklearn_s, _ = best(
             args.repeats,
             lambda n: [

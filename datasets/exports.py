@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from django.core.files import File
@@ -31,12 +31,11 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
 
-from annotator import patches
-from annotator.models import Cell
 from core import leases
 from core.errors import DomainError
 
 from .models import Export, Split
+from .splits import Sample, patch_names, split_samples
 
 MANIFEST_COLUMNS = ["cell_id", "patient", "scan", "class", "fold", "patch"]
 PROGRESS_EVERY = 50
@@ -92,23 +91,18 @@ def describe(split: Split) -> dict:
     }
 
 
-def manifest_rows(split: Split, patch_of: Callable[[list, object], str]) -> list[list]:
-    return [
-        [*row, fold, patch_of(row, fold)]
-        for row, fold in zip(split.dataset.manifest, split.folds, strict=True)
-    ]
-
-
-def manifest_csv(rows: list[list]) -> bytes:
+def manifest_csv(samples: Iterable[Sample]) -> bytes:
+    """manifest.csv: a sample per row, in MANIFEST_COLUMNS (the fields of `Sample`)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows(rows)
+    writer.writerows(samples)
     return out.getvalue().encode("utf-8")
 
 
-def image_name(row: list, fold) -> str:
-    return f"{fold_folder(fold)}/{row[3]}/{row[0]}.png"
+def image_name(sample: Sample) -> str:
+    """Where an imagefolder export holds the sample's patch."""
+    return f"{fold_folder(sample.fold)}/{sample.class_name}/{sample.cell}.png"
 
 
 def patch_png(name: str) -> bytes:
@@ -121,26 +115,6 @@ def patch_png(name: str) -> bytes:
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, "PNG", compress_level=3)
     return buffer.getvalue()
-
-
-def _storage_patch_names(split: Split, require_images: bool) -> dict[int, str]:
-    """Each cell's patch in media storage (a scan cell's is cut now where missing); "" for a
-    cell that has no image (labels imported without their files), which only an imagefolder
-    export refuses."""
-    wanted = {row[0] for row in split.dataset.manifest}
-    rows = Cell.objects.filter(study=split.dataset.study_id).values_list("pk", "scan_id", "patch")
-    names = {pk: patch for pk, scan, patch in rows if pk in wanted and scan is None}
-    on_scans = [pk for pk, scan, _ in rows if pk in wanted and scan is not None]
-    for cell in Cell.objects.filter(pk__in=on_scans).select_related("scan", "study"):
-        names[cell.pk] = patches.ensure_patch(cell).name
-    missing = sum(1 for name in names.values() if not name)
-    if missing and require_images:
-        raise DomainError(
-            f"{missing} of the {len(names)} cells have no image (their labels were imported "
-            "without the image files): an imagefolder export needs them all; csv and json "
-            "exports work without."
-        )
-    return names
 
 
 class _HashingWriter:
@@ -185,21 +159,23 @@ def _write_members(export: Export, stream, progress) -> None:
             archive.writestr("dataset.json", described)
             progress(1, 1)
             return
-        names = _storage_patch_names(split, export.format == Export.Format.IMAGEFOLDER)
-        if export.format == Export.Format.CSV:
-            rows = manifest_rows(split, lambda row, fold: names[row[0]])
-            archive.writestr("manifest.csv", manifest_csv(rows))
+        folder = export.format == Export.Format.IMAGEFOLDER
+        needed_by = "an imagefolder export (csv and json exports work without)" if folder else None
+        samples = split_samples(split, patch_names(split, needed_by=needed_by))
+        if not folder:
+            archive.writestr("manifest.csv", manifest_csv(samples))
             archive.writestr("dataset.json", described)
             progress(1, 1)
             return
-        rows = manifest_rows(split, image_name)
-        total = len(rows)
-        for done, row in enumerate(rows, start=1):
+        listed = []
+        for done, sample in enumerate(samples, start=1):
+            name = image_name(sample)
             # PNG is compressed already: store it as it is.
-            archive.writestr(row[5], patch_png(names[row[0]]), compress_type=zipfile.ZIP_STORED)
-            if done % PROGRESS_EVERY == 0 or done == total:
-                progress(done, total)
-        archive.writestr("manifest.csv", manifest_csv(rows))
+            archive.writestr(name, patch_png(sample.patch), compress_type=zipfile.ZIP_STORED)
+            listed.append(sample._replace(patch=name))
+            if done % PROGRESS_EVERY == 0 or done == len(samples):
+                progress(done, len(samples))
+        archive.writestr("manifest.csv", manifest_csv(listed))
         archive.writestr("dataset.json", described)
 
 

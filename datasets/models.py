@@ -6,6 +6,8 @@ row, and database triggers (migration 0002) refuse UPDATE statements too, so not
 always a new version.
 """
 
+from typing import NamedTuple
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -72,6 +74,16 @@ class ClassMap(Immutable):
         return {node: item["code"] for item in self.classes for node in item["nodes"]}
 
 
+class ManifestRow(NamedTuple):
+    """One row of a data set version's manifest. The manifest is stored as JSON lists in this
+    order (`list(row)`), so the stored rows and their hash do not depend on this type."""
+
+    cell: int
+    patient: str  # "" when the cell's patient is unknown
+    scan: str  # the scan's id as text, "" for a cell that has only a patch
+    class_name: str
+
+
 class DatasetVersion(Immutable):
     """A frozen manifest of (cell, patient, scan, class), hashed, with its counts."""
 
@@ -113,6 +125,10 @@ class DatasetVersion(Immutable):
     @property
     def cell_count(self) -> int:
         return sum(self.counts.values())
+
+    def rows(self) -> list[ManifestRow]:
+        """The manifest as typed rows, in its order (by cell id)."""
+        return [ManifestRow(*row) for row in self.manifest]
 
 
 class Split(Immutable):

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -20,12 +21,12 @@ from annotator.models import Label, Round, Study
 from core.errors import DomainError, check_field
 
 from .classmaps import gold_source
-from .models import ClassMap, DatasetVersion
+from .models import ClassMap, DatasetVersion, ManifestRow
 
 MANIFEST_HEADER = ["cell_id", "patient", "scan", "class"]
 
 
-def manifest_sha256(classes: list[str], manifest: list[list]) -> str:
+def manifest_sha256(classes: list[str], manifest: Sequence[Sequence]) -> str:
     """sha256 of the class list and the manifest as canonical CSV (LF line ends, UTF-8)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -118,14 +119,14 @@ def make_dataset(
         if class_map
         else sorted({code for *_, code in rows if code})
     )
-    manifest = []
+    manifest: list[ManifestRow] = []
     unmapped = Counter()
     for cell, patient, scan, code in rows:
         klass = "cannot-classify" if code is None else (class_of or {}).get(code, code)
         if code is not None and class_of is not None and code not in class_of:
             unmapped[code] += 1
             continue
-        manifest.append([cell, patient, scan, klass])
+        manifest.append(ManifestRow(cell, patient, scan, klass))
     if unmapped:
         listed = ", ".join(f"{code} ({n})" for code, n in sorted(unmapped.items()))
         raise DomainError(
@@ -133,7 +134,7 @@ def make_dataset(
         )
     if not filters["exclude_cannot_classify"]:
         classes = [*classes, "cannot-classify"]
-    counts = Counter(row[3] for row in manifest)
+    counts = Counter(row.class_name for row in manifest)
     sha = manifest_sha256(classes, manifest)
     latest = (
         DatasetVersion.objects.select_for_update()
@@ -152,7 +153,7 @@ def make_dataset(
         class_map=class_map,
         filters=filters,
         classes=classes,
-        manifest=manifest,
+        manifest=[list(row) for row in manifest],
         counts={klass: counts.get(klass, 0) for klass in classes},
         sha256=sha,
         notes=notes,
@@ -217,8 +218,8 @@ class VersionDiff:
 
 def diff_versions(a: DatasetVersion, b: DatasetVersion) -> VersionDiff:
     """What changed from `a` to `b`: cells added, removed, relabelled, and the class map."""
-    left = {row[0]: row[3] for row in a.manifest}
-    right = {row[0]: row[3] for row in b.manifest}
+    left = {row.cell: row.class_name for row in a.rows()}
+    right = {row.cell: row.class_name for row in b.rows()}
     return VersionDiff(
         added=sorted(right.keys() - left.keys()),
         removed=sorted(left.keys() - right.keys()),

@@ -168,8 +168,12 @@ def build_report(run, data, results, device, saliency_weights: str) -> dict:
                 "epochs": r.epochs,
                 "seconds": round(r.seconds, 2),
                 "history": r.history,
+                **r.parts,
             }
             for r in results
+        ],
+        "warnings": [
+            f"Fold {r.fold}: {note}" for r in results for note in r.parts.get("notes", [])
         ],
         "config": run.config,
         "split": {"id": run.split_id, "strategy": run.split.strategy, "sha256": run.split.sha256},

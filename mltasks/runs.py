@@ -170,9 +170,7 @@ def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
         if config["threads"]:
             torch.set_num_threads(config["threads"])
         data = training.load_data(run.split, config["image_size"])
-        plans = training.fold_plans(
-            data, config, run.split.strategy, bool(run.split.params.get("grouped"))
-        )
+        plans = training.fold_plans(run.split, data, config)
         progress = _Progress(run, len(plans), config, lease)
         results = []
         for index, plan in enumerate(plans):

@@ -2,7 +2,8 @@
 
 One model per fold (k-fold splits) or one model (holdout): random rotation and flips applied on
 the fly to whole batches on the device, every class oversampled towards a target count per
-epoch, early stopping on a validation part carved out of the training folds (stratified, seeded).
+epoch, early stopping on a validation part carved out of the training folds (stratified, seeded:
+the fold's samples come from `datasets.splits.fold_parts`, which carves by `carve_validation`).
 The patches are decoded once into a uint8 cache in memory, so no epoch waits for image decoding;
 an epoch is an order of indices into it and a batch becomes float only while it is used, in passes
 small enough for the memory (`mltasks.memory`), so memory follows the cache and the pass size.
@@ -16,19 +17,16 @@ import dataclasses
 import io
 import json
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from django.core.files.storage import default_storage
 from PIL import Image
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
-from annotator import patches
-from annotator.models import Cell
 from core.errors import DomainError
+from datasets import splits
 from datasets.models import Split
 
 from .augment import augment_batch, to_float
@@ -115,7 +113,8 @@ def pick_device(config: dict) -> torch.device:
 
 @dataclass
 class TrainingData:
-    """The split's patches decoded once: uint8 images (N, H, W, 3), class indices, folds."""
+    """The split's patches decoded once: uint8 images (N, H, W, 3), class indices, folds, in
+    the manifest's order; `patches` the patch name of each cell (as `splits.patch_names`)."""
 
     images: torch.Tensor
     labels: np.ndarray
@@ -123,22 +122,7 @@ class TrainingData:
     folds: list
     classes: list[str]
     patients: list[str] | None = None
-
-
-def _patch_names(split: Split) -> dict[int, str]:
-    ids = [row[0] for row in split.dataset.manifest]
-    names: dict[int, str] = {}
-    for cell in Cell.objects.filter(pk__in=ids).select_related("scan", "study"):
-        if cell.scan_id is None and not cell.patch:
-            continue
-        names[cell.pk] = patches.ensure_patch(cell).name
-    missing = len(ids) - len(names)
-    if missing:
-        raise DomainError(
-            f"{missing} of the {len(ids)} cells of the split have no image (labels imported "
-            "without their files); training needs every patch."
-        )
-    return names
+    patches: dict[int, str] = field(default_factory=dict)
 
 
 def decode_patch(name: str, image_size: int) -> np.ndarray:
@@ -152,84 +136,105 @@ def decode_patch(name: str, image_size: int) -> np.ndarray:
 
 def load_data(split: Split, image_size: int) -> TrainingData:
     """Decode every patch of the split once, resized to `image_size`."""
-    dataset = split.dataset
-    names = _patch_names(split)
-    index = {code: i for i, code in enumerate(dataset.classes)}
-    images = np.empty((len(dataset.manifest), image_size, image_size, 3), dtype=np.uint8)
-    for row_number, row in enumerate(dataset.manifest):
-        images[row_number] = decode_patch(names[row[0]], image_size)
+    names = splits.patch_names(split, needed_by="training")
+    every = splits.split_samples(split, names)
+    index = {code: i for i, code in enumerate(split.dataset.classes)}
+    images = np.empty((len(every), image_size, image_size, 3), dtype=np.uint8)
+    for position, sample in enumerate(every):
+        images[position] = decode_patch(sample.patch, image_size)
     return TrainingData(
         images=torch.from_numpy(images),
-        labels=np.array([index[row[3]] for row in dataset.manifest]),
-        cell_ids=[row[0] for row in dataset.manifest],
-        folds=list(split.folds),
-        classes=list(dataset.classes),
-        patients=[row[1] for row in dataset.manifest],
+        labels=np.array([index[sample.class_name] for sample in every]),
+        cell_ids=[sample.cell for sample in every],
+        folds=[sample.fold for sample in every],
+        classes=list(split.dataset.classes),
+        patients=[sample.patient for sample in every],
+        patches=names,
     )
 
 
 @dataclass(frozen=True)
 class FoldPlan:
+    """Positions (into `TrainingData`) of one fold's train, validation and test parts, how its
+    validation part was made (`splits.FoldParts.by`) and what a reader of the run should know
+    about these parts, in words."""
+
     fold: str
     train: np.ndarray
     validation: np.ndarray
     test: np.ndarray
+    validation_by: str = ""
+    notes: tuple[str, ...] = ()
+
+    def describe(self, patients: list[str] | None) -> dict:
+        """The parts for the report: sizes, the validation part's patients and how it was
+        made (also as a phrase), and the notes."""
+        cells = len(self.validation)
+        among = len({patients[i] for i in self.validation}) if patients else None
+        of = f"{cells} cells" + (f" of {among} patient(s)" if among is not None else "")
+        made = {
+            "patients": f"{of}, carved by whole patients",
+            "cells": f"{of}, carved by cells",
+            "split": f"the split's own, {of}",
+        }.get(self.validation_by, of if cells else "none")
+        return {
+            "train": len(self.train),
+            "validation": {"cells": cells, "patients": among, "by": self.validation_by},
+            "validation_made": made,
+            "test": len(self.test),
+            "notes": list(self.notes),
+        }
 
 
-def fold_plans(
-    data: TrainingData, config: dict, strategy: str, grouped: bool = False
-) -> list[FoldPlan]:
-    """Train / validation / test indices per fold; validation carved from the training part,
-    by whole patients where the split keeps patients apart (else early stopping would be
-    steered by cells of the training patients)."""
-    folds = np.array([str(f) for f in data.folds])
-    grouped = grouped or strategy == Split.Strategy.PATIENT_KFOLD
-    if strategy == Split.Strategy.HOLDOUT:
-        parts = {p: np.flatnonzero(folds == p) for p in ("train", "validation", "test")}
-        if not len(parts["validation"]):
-            parts["train"], parts["validation"] = _carve(data, parts["train"], config, grouped)
-        plans = [FoldPlan("test", parts["train"], parts["validation"], parts["test"])]
-    else:
-        plans = []
-        for fold in sorted(set(folds), key=int):
-            rest = np.flatnonzero(folds != fold)
-            train, validation = _carve(data, rest, config, grouped)
-            plans.append(FoldPlan(fold, train, validation, np.flatnonzero(folds == fold)))
+HOLDOUT_FOLD = "test"  # the name of a holdout split's one model
+
+
+def fold_plans(split: Split, data: TrainingData, config: dict) -> list[FoldPlan]:
+    """Train / validation / test positions per fold, as `splits.fold_parts` defines them with
+    the config's validation fraction and seed: validation by whole patients where the split
+    keeps patients apart (else early stopping would be steered by cells of the training
+    patients), by cells within patients where whole patients would harm training; the notes say
+    which, and name folds that would train on the same cells."""
+    position = {cell: i for i, cell in enumerate(data.cell_ids)}
+
+    def positions(part: list[splits.Sample]) -> np.ndarray:
+        return np.array([position[sample.cell] for sample in part], dtype=int)
+
+    names = splits.fold_names(split)
     wanted = config["folds"]
     if wanted is not None:
         wanted = {str(f) for f in wanted}
-        unknown = sorted(wanted - {plan.fold for plan in plans})
+        known = {HOLDOUT_FOLD if name is None else name for name in names}
+        unknown = sorted(wanted - known)
         if unknown:
             raise DomainError(f"The split has no fold(s) {', '.join(unknown)}.", field="folds")
-        plans = [plan for plan in plans if plan.fold in wanted]
-    return plans
-
-
-def _carve(
-    data: TrainingData, index: np.ndarray, config: dict, grouped: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    labels = data.labels[index]
-    share = config["validation_fraction"]
-    if grouped and data.patients is not None:
-        groups = np.array([data.patients[i] for i in index])
-        n_splits = max(2, round(1 / share))
-        if len(set(groups)) >= n_splits:
-            splitter = StratifiedGroupKFold(n_splits, shuffle=True, random_state=config["seed"])
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=UserWarning)
-                keep, held = next(splitter.split(np.zeros(len(index)), labels, groups))
-            return np.sort(index[keep]), np.sort(index[held])
-        if len(set(groups)) >= 2:
-            splitter = GroupShuffleSplit(1, test_size=share, random_state=config["seed"])
-            keep, held = next(splitter.split(np.zeros(len(index)), labels, groups))
-            return np.sort(index[keep]), np.sort(index[held])
-    try:
-        train, validation = train_test_split(
-            index, test_size=share, random_state=config["seed"], stratify=labels
+    plans: list[FoldPlan] = []
+    for name in names:
+        parts = splits.fold_parts(
+            split,
+            name,
+            validation_fraction=config["validation_fraction"],
+            seed=config["seed"],
+            patches=data.patches,
         )
-    except ValueError:  # a class with a single cell cannot be stratified
-        train, validation = train_test_split(index, test_size=share, random_state=config["seed"])
-    return np.sort(train), np.sort(validation)
+        train = positions(parts.train)
+        notes = [
+            f"Folds {earlier.fold} and {name} train on the same {len(train)} cells: their "
+            "models differ by their validation parts only."
+            for earlier in plans
+            if np.array_equal(earlier.train, train)
+        ]
+        plans.append(
+            FoldPlan(
+                HOLDOUT_FOLD if name is None else name,
+                train,
+                positions(parts.validation),
+                positions(parts.test),
+                parts.by,
+                (*parts.notes, *notes),
+            )
+        )
+    return [plan for plan in plans if wanted is None or plan.fold in wanted]
 
 
 def oversampled_order(labels: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
@@ -257,6 +262,7 @@ class FoldResult:
     epochs: int
     seconds: float
     history: list[dict]
+    parts: dict = field(default_factory=dict)  # FoldPlan.describe: what the fold trained on
 
     def without_weights(self) -> FoldResult:
         """The result once its weights are stored: a finished fold holds no model in memory,
@@ -353,7 +359,14 @@ def train_fold(
     probabilities = predict(model, data, plan.test, config, device)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     return FoldResult(
-        plan.fold, state, plan.test, probabilities, epoch, time.perf_counter() - started, history
+        plan.fold,
+        state,
+        plan.test,
+        probabilities,
+        epoch,
+        time.perf_counter() - started,
+        history,
+        plan.describe(data.patients),
     )
 
 

@@ -74,9 +74,10 @@ def test_a_version_is_hashed_frozen_and_found_again(study, curated, data_scienti
     version, created = _dataset(study, data_scientist)
     assert created and version.version == 1
     assert len(version.manifest) == sum(CLASS_SIZES.values())
-    assert [row[0] for row in version.manifest] == sorted(row[0] for row in version.manifest)
+    cells = [row.cell for row in version.rows()]
+    assert cells == sorted(cells)
     assert version.counts["MYO"] == 44 and version.classes[0] == "NGS"
-    assert version.manifest[0][1].startswith("P-")
+    assert version.rows()[0].patient.startswith("P-")
     same, created_again = _dataset(study, data_scientist)
     assert not created_again and same.pk == version.pk
     assert versions.manifest_sha256(version.classes, version.manifest) == version.sha256
@@ -105,15 +106,15 @@ def test_filters_leave_out_patients_and_say_what_is_unknown(study, curated, data
     version, _ = _dataset(
         study, data_scientist, name="no-p00", filters={"exclude_patients": ["P-00"]}
     )
-    assert all(row[1] != "P-00" for row in version.manifest)
+    assert all(row.patient != "P-00" for row in version.rows())
     with pytest.raises(DomainError, match="Unknown filter"):
         _dataset(study, data_scientist, name="x", filters={"colour": "red"})
 
 
 def _folds_of_patients(version, split) -> dict[str, set]:
     found: dict[str, set] = {}
-    for row, fold in zip(version.manifest, split.folds, strict=True):
-        found.setdefault(row[1], set()).add(fold)
+    for row, fold in zip(version.rows(), split.folds, strict=True):
+        found.setdefault(row.patient, set()).add(fold)
     return found
 
 

@@ -3,14 +3,17 @@ cancelling, failing, and the command."""
 
 from __future__ import annotations
 
+import html
 import io
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from core.errors import DomainError
 from mltasks import runs, training
@@ -146,6 +149,7 @@ def test_the_train_command_runs_here_and_prints_the_report(split, tmp_path):
     )
     text = out.getvalue()
     assert "done in" in text and "MYO" in text and "blast: AUC" in text
+    assert "Fold 0: Grouped by patient, the validation part holds" in text
     run = TrainingRun.objects.get()
     assert run.config["image_size"] == 32 and run.config["max_epochs"] == 1
     with pytest.raises(CommandError, match="--set takes KEY=VALUE"):
@@ -154,8 +158,6 @@ def test_the_train_command_runs_here_and_prints_the_report(split, tmp_path):
 
 @pytest.mark.django_db
 def test_the_pages_show_runs_and_the_report(split, data_scientist, annotator):
-    from django.test import Client
-
     run = runs.start_run(split, data_scientist, {**SMOKE, "folds": ["1"]})
     runs.execute(run.pk)
     browser = Client()
@@ -235,8 +237,102 @@ def test_preannotation_suggests_classes_for_unlabelled_cells_only(
 def test_patient_folds_carve_validation_by_whole_patients(split):
     data = training.load_data(split, 32)
     config = training.load_config({"validation_fraction": 0.25})
-    for plan in training.fold_plans(data, config, split.strategy):
+    for plan in training.fold_plans(split, data, config):
         train = {data.patients[i] for i in plan.train}
         validation = {data.patients[i] for i in plan.validation}
         test = {data.patients[i] for i in plan.test}
         assert validation and not train & validation and not (train | validation) & test
+        assert plan.validation_by == "patients"
+
+
+@pytest.mark.django_db
+def test_training_reads_the_splits_samples(split):
+    from datasets import splits
+
+    data = training.load_data(split, 32)
+    every = splits.split_samples(split)
+    assert data.cell_ids == [s.cell for s in every] == [row.cell for row in split.dataset.rows()]
+    assert [data.classes[i] for i in data.labels] == [s.class_name for s in every]
+    assert data.patients == [s.patient for s in every] and data.folds == split.folds
+    config = training.load_config({"validation_fraction": 0.2, "seed": 5})
+    plans = training.fold_plans(split, data, config)
+    assert [plan.fold for plan in plans] == splits.fold_names(split) == ["0", "1"]
+    for plan in plans:
+        for role in ("train", "validation", "test"):
+            cells = [data.cell_ids[i] for i in getattr(plan, role)]
+            expected = splits.samples(split, plan.fold, role, validation_fraction=0.2, seed=5)
+            assert cells == [s.cell for s in expected], role
+    only = training.fold_plans(split, data, {**config, "folds": [1]})
+    assert [plan.fold for plan in only] == ["1"]
+    with pytest.raises(DomainError, match="no fold"):
+        training.fold_plans(split, data, {**config, "folds": ["7"]})
+
+
+@pytest.fixture
+def three_patients(study, curated, data_scientist):
+    """The curated cells of three patients only, split by patient into three folds."""
+    from datasets import splits, versions
+
+    others = [f"P-{n:02d}" for n in range(3, 12)]
+    version, _ = versions.make_dataset(
+        study, "three", data_scientist, filters={"exclude_patients": others}
+    )
+    made, _ = splits.make_split(version, "patient-kfold", data_scientist, k=3, seed=0)
+    return made
+
+
+@pytest.mark.django_db
+def test_three_patients_never_train_two_folds_on_the_same_cells(three_patients, data_scientist):
+    split = three_patients
+    data = training.load_data(split, 32)
+    plans = training.fold_plans(split, data, training.load_config())
+    trained = [tuple(plan.train) for plan in plans]
+    assert len(set(trained)) == 3
+    for plan in plans:
+        # A whole patient carved out would leave one patient to train on: cells are carved.
+        assert plan.validation_by == "cells" and len(plan.validation)
+        assert {data.patients[i] for i in plan.train} == {data.patients[i] for i in plan.validation}
+        assert not {data.patients[i] for i in plan.train} & {data.patients[i] for i in plan.test}
+        assert "carved by cells within patients" in plan.notes[0]
+        assert "belong to only 2 patients, and whole patients would leave 1" in plan.notes[0]
+
+    # The run's report says it, fold by fold (one fold trained here, to keep the test short).
+    run = runs.start_run(split, data_scientist, {**SMOKE, "saliency_samples": 1, "folds": ["1"]})
+    assert runs.execute(run.pk).status == "done"
+    report = TrainingRun.objects.get(pk=run.pk).report
+    (fold,) = report["folds"]
+    assert fold["validation"]["by"] == "cells" and fold["validation"]["patients"] == 2
+    assert fold["validation_made"] == f"{fold['validation']['cells']} cells of 2 patient(s), " + (
+        "carved by cells"
+    )
+    assert fold["train"] + fold["validation"]["cells"] + fold["test"] == len(data.cell_ids)
+    assert report["warnings"][0] == f"Fold 1: {plans[1].notes[0]}"
+    browser = Client()
+    browser.force_login(data_scientist)
+    page = html.unescape(browser.get(f"/training/{run.pk}/").content.decode())
+    assert report["warnings"][0] in page and fold["validation_made"] in page
+
+
+@pytest.mark.django_db
+def test_folds_that_would_train_on_the_same_cells_are_named():
+    """Where the carve cannot help it (a fold of one cell), the plans say so."""
+    from datasets.models import DatasetVersion, Split
+
+    version = DatasetVersion(manifest=[[n, "", "", "A"] for n in range(3)], classes=["A", "B"])
+    split = Split(dataset=version, strategy="stratified-kfold", params={"k": 3}, folds=[0, 1, 2])
+    data = training.TrainingData(
+        images=None,
+        labels=np.zeros(3, dtype=int),
+        cell_ids=[0, 1, 2],
+        folds=[0, 1, 2],
+        classes=["A", "B"],
+    )
+    named = 0
+    for seed in range(8):
+        plans = training.fold_plans(split, data, training.load_config({"seed": seed}))
+        for later, plan in enumerate(plans):
+            same = [p.fold for p in plans[:later] if np.array_equal(p.train, plan.train)]
+            notes = [n for n in plan.notes if "train on the same" in n]
+            assert len(notes) == len(same)
+            named += len(notes)
+    assert named

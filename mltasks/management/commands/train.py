@@ -49,6 +49,8 @@ class Command(DomainCommand):
             self.stdout.write(f"  {code:<6} {row['images']:>7} {cells[0]:>17} {cells[1]:>17}")
         for group, roc in run.report["groups"].items():
             self.stdout.write(f"  {group}: AUC {_spread(roc.get('auc') or {})}")
+        for warning in run.report.get("warnings", []):
+            self.stdout.write(f"  {warning}")
 
 
 def _spread(value: dict) -> str:
