@@ -10,12 +10,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from annotator.errors import DomainError
 from django.core.files.storage import default_storage
 from sklearn.model_selection import train_test_split
 
 from annotator.annotation import set_label
 from annotator.models import Cell
+from core.errors import DomainError
 from datasets import classmaps, exports, splits, versions
 from datasets.models import DatasetVersion, ManifestRow, Split
 from datasets.torch import ExportDataset
