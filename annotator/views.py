@@ -16,7 +16,7 @@ from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from . import access, annotation, blinding, report_plots, reports, rounds
+from . import access, annotation, blinding, reports, rounds
 from .errors import DomainError
 from .models import Cell, Membership, Round
 from .taxonomy import group_leaf_codes
@@ -241,7 +241,10 @@ def _schedule_repeat(study, user, data) -> Round:
 @login_required
 @require_GET
 def agreement_page(request, study_name: str):
-    """The agreement report as a page with plots; JSON and CSV through the API."""
+    """The agreement report as a page with plots; JSON and CSV through the API. The plots'
+    module (matplotlib) is imported by the first request for this page, not by every worker."""
+    from . import report_plots
+
     study = overseen_study(request, study_name)
     collapse = [c.strip() for c in request.GET.get("collapse", "").split(",") if c.strip()]
     try:

@@ -13,7 +13,7 @@ from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
 from annotator.errors import DomainError
-from mltasks import runs, training
+from mltasks import run_config, runs, training
 from mltasks.models import FoldModel, TrainingRun
 
 from .conftest import client_for
@@ -234,7 +234,7 @@ def test_preannotation_suggests_classes_for_unlabelled_cells_only(
 @pytest.mark.django_db
 def test_patient_folds_carve_validation_by_whole_patients(split):
     data = training.load_data(split, 32)
-    config = training.load_config({"validation_fraction": 0.25})
+    config = run_config.load_config({"validation_fraction": 0.25})
     for plan in training.fold_plans(data, config, split.strategy):
         train = {data.patients[i] for i in plan.train}
         validation = {data.patients[i] for i in plan.validation}

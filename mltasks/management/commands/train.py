@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotator.errors import DomainError
 from datasets.splits import find_split
-from mltasks import runs
+from mltasks import run_config, runs
 from mltasks.models import TrainingRun
 from mltasks.tasks import queue_run
 
@@ -30,6 +30,8 @@ class Command(BaseCommand):
         try:
             config = _config(options["config"], options["set"])
             split = find_split(options["split"])
+            if not options["background"]:
+                _check_device_here(config)
             run = runs.start_run(split, None, config)
         except DomainError as exc:
             raise CommandError(str(exc)) from None
@@ -51,6 +53,14 @@ class Command(BaseCommand):
             self.stdout.write(f"  {code:<6} {row['images']:>7} {cells[0]:>17} {cells[1]:>17}")
         for group, roc in run.report["groups"].items():
             self.stdout.write(f"  {group}: AUC {_spread(roc.get('auc') or {})}")
+
+
+def _check_device_here(config: dict) -> None:
+    """A run trained in this process needs its device on this machine (torch: imported only
+    when the command trains here, not for --background)."""
+    from mltasks import training
+
+    training.check_device(run_config.load_config(config))
 
 
 def _spread(value: dict) -> str:
