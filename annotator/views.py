@@ -17,7 +17,7 @@ from core.errors import DomainError
 from core.pages import guarded
 from core.url_templates import url_template
 
-from . import access, annotation, blinding, report_plots, reports, rounds
+from . import access, annotation, blinding, reports, rounds
 from .models import Cell, Membership, Round
 from .taxonomy import group_leaf_codes
 
@@ -241,7 +241,11 @@ def _schedule_repeat(study, user, data) -> Round:
 @require_GET
 def agreement_page(request, study_name: str):
     """The agreement report as a page with plots; JSON and CSV through the API. The query is
-    the API's (`reports.ReportRequest`); a refused one shows why beside the default report."""
+    the API's (`reports.ReportRequest`); a refused one shows why beside the default report. The
+    plots' module (matplotlib) is imported by the first request for this page, not by every
+    worker."""
+    from . import report_plots
+
     study = guarded(access.overseen_study, request.user, study_name)
     try:
         asked = reports.ReportRequest.parse(request.GET)

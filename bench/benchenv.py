@@ -1,7 +1,8 @@
 """What the HTTP benchmarks share: a throw-away PostgreSQL database, the environment that points
 the project at it, a synthetic scan registered in a study, and percentiles.
 
-Nothing here is a benchmark; `bench/tiles.py` and `bench/labels.py` import it. Every database,
+Nothing here is a benchmark; `bench/tiles.py`, `bench/labels.py` and `bench/web_process.py`
+import it. Every database,
 folder and Redis key it makes is named after the benchmark and removed when the run ends.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -171,6 +174,25 @@ def register_scan(folder: Path, *, size: int, cells: int, seed: int, user):
     manifest = make_synthetic_scan(path, width=size, height=size, cells=cells, seed=seed)
     scan = ingest_scan(path, study=study, patient_code="BENCH-01", user=user).scan
     return study, scan, manifest
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now, for a server the benchmark starts."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop a server the benchmark started (gunicorn: SIGTERM, its workers finish), killing it
+    if it takes longer than 30 s."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

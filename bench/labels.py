@@ -51,8 +51,6 @@ import http.client
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -280,14 +278,8 @@ def merge(method: str, seconds: float, results: list) -> tuple[Result, dict[int,
 # --- gunicorn -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
 def start_gunicorn(workers: int, threads: int, log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    port = benchenv.free_port(HOST)
     command = [
         sys.executable,
         "-m",
@@ -320,18 +312,8 @@ def start_gunicorn(workers: int, threads: int, log: Path) -> tuple[subprocess.Po
         except OSError:
             pass
         time.sleep(0.2)
-    stop_gunicorn(server)
+    benchenv.stop_server(server)
     raise RuntimeError(f"gunicorn did not answer /health/ within 60 s; see {log}")
-
-
-def stop_gunicorn(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 # --- the database baseline ------------------------------------------------------------------
@@ -577,7 +559,7 @@ def run_benchmark(folder: Path, db_url: str, servers: list[tuple[int, int]], arg
             seconds, results = run_threads(args.clients, health_load(port, per_client))
             health, _ = merge(f"/health/, {name}", seconds, results)
         finally:
-            stop_gunicorn(server)
+            benchenv.stop_server(server)
         labels.lost, labels.detail = count_lost(acks)
         rows += [(labels, health), (health, None)]
         if best is None or labels.rate > best[0].rate:
@@ -599,7 +581,7 @@ def run_benchmark(folder: Path, db_url: str, servers: list[tuple[int, int]], arg
                 args.clients, label_load(port, clients, "paced", args.patch_every, args.pace)
             )
         finally:
-            stop_gunicorn(server)
+            benchenv.stop_server(server)
         paced, acks = merge(f"labels API paced, {args.pace:g}/s/client", seconds, results)
         paced.lost, paced.detail = count_lost(acks)
     connections.close_all()

@@ -76,10 +76,10 @@ def bare_loop(data, batch: int, steps: int, device) -> float:
 
 def project_loop(data, batch: int, steps: int, device, augment: bool) -> float:
     """Seconds of the project's training steps (one epoch of exactly `steps` steps)."""
-    from mltasks import training
+    from mltasks import run_config, training
 
     classes = len(data.classes)
-    config = training.load_config(
+    config = run_config.load_config(
         {
             "image_size": data.images.shape[1],
             "batch_size": batch,

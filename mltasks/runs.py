@@ -3,6 +3,9 @@
 A run's fold models are published (FoldModel rows) only when every fold finished and the
 report is written, in one transaction; a failed or cancelled run removes the weight files it
 stored and publishes nothing.
+
+Starting and cancelling a run is what the web process does, without torch; the training modules
+(torch) are imported by `execute`, in the process that trains.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import subprocess
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -26,9 +29,11 @@ from core.errors import DomainError
 from core.storage import store_bytes
 from datasets.models import Split
 
-from . import memory, training
-from . import report as reports
+from . import memory, run_config
 from .models import FoldModel, TrainingRun
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_SECONDS = 0.5
@@ -59,14 +64,14 @@ def start_run(split: Split, user, config: dict | None = None) -> TrainingRun:
     """A queued run with its full config (the caller queues the task once committed)."""
     if user is not None:
         require_role(user, split.dataset.study, OVERSEEING_ROLES, "train models")
-    full = training.load_config(config)
+    full = run_config.load_config(config)
     if len(split.dataset.classes) < 2:
         raise DomainError("Training needs at least two classes in the data set.", "split")
     needed = memory.estimate(
         len(split.dataset.manifest),
         len(split.dataset.classes),
         full,
-        training.pick_device(full).type,
+        run_config.estimated_device_type(full),
     )
     memory.require_within(needed, settings.TRAINING_MAX_MEMORY_GB)
     return TrainingRun.objects.create(split=split, config=full, created_by=user)
@@ -142,6 +147,8 @@ def execute(run_id: int) -> TrainingRun:
     Claimed in one statement (core.leases): a task delivered twice trains once, and one
     delivered again after its worker died trains from the start.
     """
+    from . import training
+
     run = TrainingRun.objects.select_related("split__dataset__study").get(pk=run_id)
     config = run.config
     device = training.pick_device(config)
@@ -165,8 +172,14 @@ def execute(run_id: int) -> TrainingRun:
 
 
 def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
+    import torch
+
+    from . import report as reports
+    from . import training
+
     stored: list[str] = []
     try:
+        training.check_device(config)
         if config["threads"]:
             torch.set_num_threads(config["threads"])
         data = training.load_data(run.split, config["image_size"])
@@ -204,6 +217,8 @@ def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
 
 
 def _describe(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu ({torch.get_num_threads()} threads)"

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from core.errors import DomainError
-from mltasks import runs, training
+from mltasks import run_config, runs, training
 from mltasks.models import FoldModel, TrainingRun
 
 from .conftest import client_for
@@ -236,7 +236,7 @@ def test_preannotation_suggests_classes_for_unlabelled_cells_only(
 @pytest.mark.django_db
 def test_patient_folds_carve_validation_by_whole_patients(split):
     data = training.load_data(split, 32)
-    config = training.load_config({"validation_fraction": 0.25})
+    config = run_config.load_config({"validation_fraction": 0.25})
     for plan in training.fold_plans(split, data, config):
         train = {data.patients[i] for i in plan.train}
         validation = {data.patients[i] for i in plan.validation}
@@ -254,7 +254,7 @@ def test_training_reads_the_splits_samples(split):
     assert data.cell_ids == [s.cell for s in every] == [row.cell for row in split.dataset.rows()]
     assert [data.classes[i] for i in data.labels] == [s.class_name for s in every]
     assert data.patients == [s.patient for s in every] and data.folds == split.folds
-    config = training.load_config({"validation_fraction": 0.2, "seed": 5})
+    config = run_config.load_config({"validation_fraction": 0.2, "seed": 5})
     plans = training.fold_plans(split, data, config)
     assert [plan.fold for plan in plans] == splits.fold_names(split) == ["0", "1"]
     for plan in plans:
@@ -285,7 +285,7 @@ def three_patients(study, curated, data_scientist):
 def test_three_patients_never_train_two_folds_on_the_same_cells(three_patients, data_scientist):
     split = three_patients
     data = training.load_data(split, 32)
-    plans = training.fold_plans(split, data, training.load_config())
+    plans = training.fold_plans(split, data, run_config.load_config())
     trained = [tuple(plan.train) for plan in plans]
     assert len(set(trained)) == 3
     for plan in plans:
@@ -329,7 +329,7 @@ def test_folds_that_would_train_on_the_same_cells_are_named():
     )
     named = 0
     for seed in range(8):
-        plans = training.fold_plans(split, data, training.load_config({"seed": seed}))
+        plans = training.fold_plans(split, data, run_config.load_config({"seed": seed}))
         for later, plan in enumerate(plans):
             same = [p.fold for p in plans[:later] if np.array_equal(p.train, plan.train)]
             notes = [n for n in plan.notes if "train on the same" in n]

@@ -15,7 +15,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from core.errors import DomainError
-from mltasks import memory, training
+from mltasks import memory, run_config, training
 from mltasks.models import TrainingRun
 
 from .conftest import client_for
@@ -50,7 +50,7 @@ def test_a_run_estimated_over_the_limit_is_refused_naming_estimate_and_limit(
 
 
 def test_the_default_config_fits_the_demo_split_and_the_full_data_set_names_its_cache():
-    config = training.load_config()
+    config = run_config.load_config()
     demo = memory.estimate(300, 15, config, "cpu")
     assert demo.pass_size == 4 and demo.total < 3 * memory.GB
     assert demo.cache == 300 * 400 * 400 * 3
@@ -61,7 +61,7 @@ def test_the_default_config_fits_the_demo_split_and_the_full_data_set_names_its_
 
 
 def test_the_pass_size_follows_the_config_device_and_image_size():
-    default = training.load_config()
+    default = run_config.load_config()
     assert memory.pass_size(default, "cpu") == 4
     assert memory.pass_size(default, "cuda") == 32
     assert memory.pass_size({**default, "image_size": 64}, "cpu") == 32
@@ -69,7 +69,7 @@ def test_the_pass_size_follows_the_config_device_and_image_size():
     assert memory.pass_size({**default, "micro_batch_size": 64}, "cpu") == 32
     for wrong in (0, "4", 2.5):
         with pytest.raises(DomainError, match="micro_batch_size must be"):
-            training.load_config({"micro_batch_size": wrong})
+            run_config.load_config({"micro_batch_size": wrong})
 
 
 # One training fold in a fresh process on synthetic patches; prints the peak RSS of the training
@@ -80,10 +80,10 @@ FOLD = textwrap.dedent(
     import django
     django.setup()
     import numpy as np, torch
-    from mltasks import training
+    from mltasks import run_config, training
     torch.set_num_threads(2)
     overrides = json.loads(sys.argv[1])
-    config = training.load_config({"image_size": 96, "max_epochs": 1, **overrides})
+    config = run_config.load_config({"image_size": 96, "max_epochs": 1, **overrides})
     rng = np.random.default_rng(0)
     count = 32
     data = training.TrainingData(
@@ -130,7 +130,7 @@ def test_a_folds_peak_memory_follows_the_pass_not_the_batch_images_per_class_or_
     # 16 images of 96 px at once: about 90 MB more at the peak than passes of 2.
     assert whole_batch - small > 50 * 2**20, (whole_batch, small)
     assert abs(longer - small) < 0.05 * small, (small, longer)
-    estimate = memory.estimate(32, 2, training.load_config({"image_size": 96, **passes}), "cpu")
+    estimate = memory.estimate(32, 2, run_config.load_config({"image_size": 96, **passes}), "cpu")
     assert small <= estimate.total, (small, estimate.describe())
 
 
@@ -150,7 +150,7 @@ def test_passes_add_up_to_the_gradient_of_the_whole_batch():
         folds=[0] * count,
         classes=["A", "B", "C"],
     )
-    config = training.load_config({"rotate": False, "flip": False})
+    config = run_config.load_config({"rotate": False, "flip": False})
     batch, device = np.arange(count), torch.device("cpu")
 
     def gradients(passes: int) -> tuple[float, list[torch.Tensor]]:

@@ -8,7 +8,7 @@ from django.core.management.base import CommandError
 from core.commands import DomainCommand
 from core.errors import DomainError
 from datasets.splits import find_split
-from mltasks import runs
+from mltasks import run_config, runs
 from mltasks.models import TrainingRun
 from mltasks.tasks import queue_run
 
@@ -30,6 +30,8 @@ class Command(DomainCommand):
     def handle(self, *args, **options):
         config = _config(options["config"], options["set"])
         split = find_split(options["split"])
+        if not options["background"]:
+            _check_device_here(config)
         run = runs.start_run(split, None, config)
         self.stdout.write(f"training run {run.pk} on split {split.pk} ({split.sha256[:12]})")
         if options["background"]:
@@ -51,6 +53,14 @@ class Command(DomainCommand):
             self.stdout.write(f"  {group}: AUC {_spread(roc.get('auc') or {})}")
         for warning in run.report.get("warnings", []):
             self.stdout.write(f"  {warning}")
+
+
+def _check_device_here(config: dict) -> None:
+    """A run trained in this process needs its device on this machine (torch: imported only
+    when the command trains here, not for --background)."""
+    from mltasks import training
+
+    training.check_device(run_config.load_config(config))
 
 
 def _spread(value: dict) -> str:

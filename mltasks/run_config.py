@@ -1,0 +1,88 @@
+"""A training run's config: the defaults (the original protocol), each key's check, and the
+device a run is estimated for.
+
+Plain Python, no torch: the web process validates a config and estimates a run's memory
+(`mltasks.memory`) before it queues it, and never imports torch. Which device a run really
+trains on is the training worker's to decide (`mltasks.training.pick_device`), where torch is.
+"""
+
+from __future__ import annotations
+
+from core.errors import DomainError
+
+DEFAULTS = {
+    "image_size": 400,  # px: patches are resized to this square (the original: 400 x 400)
+    "batch_size": 32,  # images per optimiser step
+    "micro_batch_size": None,  # images per forward/backward pass (None: mltasks.memory decides)
+    "max_epochs": 15,  # the original's loss levelled off after about 15 epochs
+    "patience": 3,  # early stopping: epochs without a better validation loss
+    "validation_fraction": 0.1,  # of the training folds, stratified
+    "oversample_to": 10000,  # training images per class per epoch (the original: 10,000)
+    "learning_rate": 0.0001,
+    "weight_decay": 0.0,
+    "rotate": True,
+    "flip": True,
+    "seed": 0,
+    "folds": None,  # which folds to train (None: all)
+    "pretrained": None,  # a torchvision-format resnext50_32x4d state dict file, for fine-tuning
+    "device": "auto",  # auto (CUDA when present), cpu or cuda
+    "threads": None,  # CPU threads (None: PyTorch's default)
+    "saliency_samples": 6,  # test patches with a saliency map in the report
+}
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# Each key's check, and what the message says it must be.
+CONFIG_CHECKS = {
+    "image_size": (lambda v: _whole(v) and 32 <= v <= 4096, "a whole number from 32 to 4096"),
+    "batch_size": (lambda v: _whole(v) and 1 <= v <= 65536, "a whole number of at least 1"),
+    "micro_batch_size": (
+        lambda v: v is None or (_whole(v) and 1 <= v <= 65536),
+        "null or a whole number of at least 1",
+    ),
+    "max_epochs": (lambda v: _whole(v) and 1 <= v <= 10000, "a whole number of at least 1"),
+    "patience": (lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
+    "validation_fraction": (lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
+    "oversample_to": (lambda v: _whole(v) and 1 <= v <= 10**7, "a whole number of at least 1"),
+    "learning_rate": (lambda v: _number(v) and 0 < v < 10, "a positive number"),
+    "weight_decay": (lambda v: _number(v) and 0 <= v < 10, "a number of at least 0"),
+    "rotate": (lambda v: isinstance(v, bool), "true or false"),
+    "flip": (lambda v: isinstance(v, bool), "true or false"),
+    "seed": (lambda v: _whole(v) and 0 <= v < 2**32, "a whole number from 0 to 4294967295"),
+    "folds": (
+        lambda v: v is None or (isinstance(v, list) and all(isinstance(f, str | int) for f in v)),
+        "null or a list of fold names",
+    ),
+    "pretrained": (lambda v: v is None or isinstance(v, str), "null or a file path"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    "threads": (lambda v: v is None or (_whole(v) and 1 <= v <= 1024), "null or a whole number"),
+    "saliency_samples": (lambda v: _whole(v) and 0 <= v <= 100, "a whole number from 0 to 100"),
+}
+
+
+def load_config(overrides: dict | None = None) -> dict:
+    """The defaults with `overrides` applied; unknown keys and wrong types are refused."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise DomainError(f"Unknown config key(s) {', '.join(unknown)}; known: {sorted(DEFAULTS)}.")
+    config = {**DEFAULTS, **overrides}
+    for key, (check, wanted) in CONFIG_CHECKS.items():
+        if not check(config[key]):
+            raise DomainError(f"{key} must be {wanted}, not {config[key]!r}.", field=key)
+    return config
+
+
+def estimated_device_type(config: dict) -> str:
+    """The device type a run's memory is estimated for before it is queued: the one the config
+    names, the CPU for `auto`. The process that queues a run does not know the training
+    worker's device; the CPU estimate is the larger one but at small image sizes, where a
+    CUDA context's 1 GB outweighs the activations (docs/training.md, "Memory")."""
+    return "cuda" if config["device"] == "cuda" else "cpu"
