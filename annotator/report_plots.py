@@ -6,53 +6,21 @@ which is what a web server (several threads, no screen) needs.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 from django.conf import settings
 from django.template.loader import render_to_string
-from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+from core.plots import confusion_figure, svg
+
 from .reports import Comparison, Report
-
-
-def _svg(figure: Figure) -> str:
-    buffer = io.StringIO()
-    with rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, searchable
-        figure.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
-
-
-def confusion_figure(matrix, labels: list[str], *, rows: str, columns: str) -> Figure:
-    """Heatmap of a confusion matrix: colour is the share of the row's total, the number the
-    count of cells. Shared by the agreement report and the training report."""
-    counts = np.array(matrix, dtype=float).reshape(len(labels), len(labels))
-    totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    side = max(3.5, 0.42 * len(labels) + 1.5)
-    figure = Figure(figsize=(side + 1, side))
-    axes = figure.subplots()
-    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(labels))
-    axes.set_xticks(ticks, labels, rotation=90)
-    axes.set_yticks(ticks, labels)
-    axes.set_xlabel(columns)
-    axes.set_ylabel(rows)
-    for row, col in zip(*np.nonzero(counts), strict=True):
-        colour = "white" if shares[row, col] > 0.6 else "black"
-        count = int(counts[row, col])
-        axes.text(col, row, count, ha="center", va="center", fontsize=7, color=colour)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the row")
-    return figure
 
 
 def confusion_svg(comparison: Comparison) -> str:
     """The comparison's confusion heatmap, reference rows and rater columns."""
     result = comparison.agreement
-    return _svg(
+    return svg(
         confusion_figure(
             result.matrix,
             result.labels,
@@ -86,7 +54,7 @@ def group_points_svg(report: Report, group: str) -> str:
     axes.set_xlabel("1 - specificity")
     axes.set_ylabel("sensitivity")
     axes.set_title(f"{group}: raters against their reference", fontsize=9)
-    return _svg(figure)
+    return svg(figure)
 
 
 def page_context(report: Report) -> dict:

@@ -32,6 +32,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from core import params
 from core.errors import DomainError, ForbiddenError, check_field
 
 from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, Role, require_role, roles_in
@@ -227,6 +228,19 @@ def _check_images(study: Study, cell_ids: list[int]) -> None:
         )
 
 
+# A round's seed orders its rater's queue with Python's random (any size of seed will do); the
+# bound keeps it in the column (a 64-bit integer).
+ROUND_SEED_MAX = 2**62
+
+
+def _round_seed(seed) -> int:
+    """The seed given (checked, whoever passes it: the page's form, the API, a command), or a
+    fresh random one."""
+    if seed is None:
+        return secrets.randbits(31)
+    return params.whole_number(seed, "seed", 0, ROUND_SEED_MAX)
+
+
 @transaction.atomic
 def create_blinded_round(
     study: Study,
@@ -252,7 +266,7 @@ def create_blinded_round(
             "choose another rater.",
             field="rater",
         )
-    seed = secrets.randbits(31) if seed is None else seed
+    seed = _round_seed(seed)
     cell_ids = draw_sample(reference, mode=mode, seed=seed, per_class=per_class, fraction=fraction)
     seen = Label.objects.filter(
         cell_id__in=cell_ids, round__rater=rater, round__kind=Round.Kind.GOLD
@@ -294,7 +308,7 @@ def schedule_repeat(
     cell_ids = sorted(original.items.values_list("cell_id", flat=True))
     if not cell_ids:
         raise DomainError(f"Round {original.name} has no items to repeat.", field="round")
-    seed = secrets.randbits(31) if seed is None else seed
+    seed = _round_seed(seed)
     number = original.repeated_by.count() + 1
     round_ = Round.objects.create(
         study=original.study,

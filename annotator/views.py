@@ -148,7 +148,7 @@ class BlindedRoundForm(forms.Form):
     fraction = forms.FloatField(
         required=False, widget=forms.NumberInput(attrs={"min": 0, "max": 1, "step": "any"})
     )
-    seed = forms.IntegerField(min_value=0, max_value=2**62, required=False)
+    seed = forms.IntegerField(required=False)
     name = forms.CharField(max_length=200, required=False)
 
     def __init__(self, study, *args, **kwargs):
@@ -167,7 +167,7 @@ class RepeatForm(forms.Form):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         help_text="UTC",
     )
-    seed = forms.IntegerField(min_value=0, max_value=2**62, required=False)
+    seed = forms.IntegerField(required=False)
     name = forms.CharField(max_length=200, required=False)
 
 

@@ -42,7 +42,6 @@ def synthetic_data(count: int, size: int, classes: int, seed: int):
         images=images,
         labels=labels,
         cell_ids=list(range(count)),
-        folds=[0] * count,
         classes=[f"C{i}" for i in range(classes)],
     )
 

@@ -29,6 +29,7 @@ from annotator.annotation import bulk_import_labels
 from annotator.models import Cell, Round, Study, TaxonNode
 from annotator.rounds import examiner, queue_cells
 from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, latest_version, load_taxonomy_file
+from core.errors import DomainError
 
 from .imagefiles import image_file_problem
 
@@ -40,7 +41,7 @@ IMAGE_PATH = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+\.tiff?$")
 ITEM_ORDER_SEED = 2019  # the imported rounds' item order (only progress pages use it)
 
 
-class ImportProblem(ValueError):
+class ImportProblem(DomainError):
     """The file (or the image folder) cannot be imported; the message says where and why."""
 
 

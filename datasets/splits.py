@@ -6,9 +6,10 @@ too thin for the folds, a proof that no patient is in two folds for the grouped 
 per-fold class counts, and a sha256 over the data set's hash, the strategy, its parameters, the
 seed and the assignment, so the same inputs give the same hash on any machine.
 
-It is also where a split is read: `samples(split, fold, role)` gives the samples (cell, patient,
-class, patch in storage) of a fold's train, validation or test role, the one definition that
-exports and training use, and `carve_validation` the one rule by which a part is held out of
+It is also where a split is read, the one definition that exports and training use:
+`split_samples(split)` gives every cell with its fold and patch in storage (an export's manifest),
+`fold_parts(split, fold)` a fold's train, validation and test samples (training), `samples(split,
+fold, role)` one of those roles; `carve_validation` is the one rule by which a part is held out of
 others (a holdout's test and validation parts, training's validation part).
 """
 
@@ -43,6 +44,9 @@ Strategy = Split.Strategy
 HOLDOUT_PARTS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 K_RANGE = (2, 1000)  # folds of a k-fold split
+ROLES = HOLDOUT_PARTS
+# A carve by whole patients must leave at least this many patients in the part that trains.
+MIN_TRAINING_PATIENTS = 2
 
 
 @dataclass(frozen=True)
@@ -102,9 +106,6 @@ def _checked_fractions(fractions: Mapping | None) -> dict[str, float] | None:
     if values["test"] <= 0 or values["train"] <= 0:
         raise DomainError("train and test fractions must be above 0.", field="fractions")
     return values
-ROLES = HOLDOUT_PARTS
-# A carve by whole patients must leave at least this many patients in the part that trains.
-MIN_TRAINING_PATIENTS = 2
 
 
 def split_sha256(dataset_sha: str, strategy: str, params: dict, seed: int, folds: list) -> str:

@@ -6,27 +6,20 @@ Plots are PNG files in storage (matplotlib `Figure`, no display needed)."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 from django.core.files.storage import default_storage
 from matplotlib.figure import Figure
 
 from annotator.models import Label, Round
-from annotator.report_plots import confusion_figure
 from annotator.taxonomy import classes_in_groups
+from core import plots
+from core.plots import confusion_figure
 from core.storage import store_bytes
 
 from .augment import to_float
 from .evaluation import FoldPredictions, fold_summary, group_roc, rater_point
 from .training import load_model
-
-
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
 
 
 def class_groups(study, classes: list[str], class_map) -> dict[str, set[str]]:
@@ -86,7 +79,7 @@ def _roc_png(group: str, roc: dict, points: list[dict]) -> bytes:
     axes.set_ylabel("sensitivity")
     axes.set_title(f"{group}: network and human raters", fontsize=9)
     axes.legend(fontsize=7, loc="lower right")
-    return _png(figure)
+    return plots.png(figure)
 
 
 def saliency_maps(model, data, index: np.ndarray, device, count: int) -> list[tuple[int, bytes]]:
@@ -112,7 +105,7 @@ def saliency_maps(model, data, index: np.ndarray, device, count: int) -> list[tu
         right.set_title("saliency", fontsize=8)
         for axes in (left, right):
             axes.axis("off")
-        made.append((data.cell_ids[position], _png(figure)))
+        made.append((data.cell_ids[position], plots.png(figure)))
     return made
 
 
@@ -135,7 +128,7 @@ def build_report(run, data, results, device, saliency_weights: str) -> dict:
     confusion = confusion_figure(
         summary["confusion"]["matrix"], classes, rows="true (gold)", columns="predicted"
     )
-    store_bytes(files["confusion"], _png(confusion))
+    store_bytes(files["confusion"], plots.png(confusion))
     rocs = {}
     for group, members in sorted(groups.items()):
         # A question that every class (or none) answers "yes" has no ROC curve.

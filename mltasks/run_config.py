@@ -9,6 +9,7 @@ trains on is the training worker's to decide (`mltasks.training.pick_device`), w
 from __future__ import annotations
 
 from core.errors import DomainError
+from core.params import SEED_MAX
 
 DEFAULTS = {
     "image_size": 400,  # px: patches are resized to this square (the original: 400 x 400)
@@ -55,7 +56,7 @@ CONFIG_CHECKS = {
     "weight_decay": (lambda v: _number(v) and 0 <= v < 10, "a number of at least 0"),
     "rotate": (lambda v: isinstance(v, bool), "true or false"),
     "flip": (lambda v: isinstance(v, bool), "true or false"),
-    "seed": (lambda v: _whole(v) and 0 <= v < 2**32, "a whole number from 0 to 4294967295"),
+    "seed": (lambda v: _whole(v) and 0 <= v <= SEED_MAX, f"a whole number from 0 to {SEED_MAX}"),
     "folds": (
         lambda v: v is None or (isinstance(v, list) and all(isinstance(f, str | int) for f in v)),
         "null or a list of fold names",

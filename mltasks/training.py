@@ -49,13 +49,13 @@ def pick_device(config: dict) -> torch.device:
 
 @dataclass
 class TrainingData:
-    """The split's patches decoded once: uint8 images (N, H, W, 3), class indices, folds, in
-    the manifest's order; `patches` the patch name of each cell (as `splits.patch_names`)."""
+    """The split's patches decoded once: uint8 images (N, H, W, 3), class indices, in the
+    manifest's order (a fold's parts come from `splits.fold_parts`); `patches` the patch name
+    of each cell (as `splits.patch_names`)."""
 
     images: torch.Tensor
     labels: np.ndarray
     cell_ids: list[int]
-    folds: list
     classes: list[str]
     patients: list[str] | None = None
     patches: dict[int, str] = field(default_factory=dict)
@@ -82,7 +82,6 @@ def load_data(split: Split, image_size: int) -> TrainingData:
         images=torch.from_numpy(images),
         labels=np.array([index[sample.class_name] for sample in every]),
         cell_ids=[sample.cell for sample in every],
-        folds=[sample.fold for sample in every],
         classes=list(split.dataset.classes),
         patients=[sample.patient for sample in every],
         patches=names,

@@ -284,6 +284,28 @@ def test_api_and_page_take_the_same_round_fraction(
         assert "fraction must be a number in (0, 1]." in shown
 
 
+@pytest.mark.parametrize(("seed", "made"), [(-1, False), (2**62 + 1, False), (2**62, True)])
+def test_api_and_page_take_the_same_round_seed(
+    study, gold_cells, rater, coordinator, api_as, seed, made
+):
+    message = f"seed must be a whole number from 0 to {2**62}, not {seed}."
+    body = {"study": "munich", "rater": "rita", "mode": "all", "seed": seed}
+    response = api_as(coordinator).post("/api/v1/rounds/", body, format="json")
+    assert (response.status_code == 201) is made, response.json()
+    if not made:
+        assert response.json() == {"seed": [message]}
+    Round.objects.filter(kind=Round.Kind.BLINDED).delete()
+
+    page = Client()
+    page.force_login(coordinator)
+    shown = _page_text(
+        page.post("/studies/munich/rounds/", {"action": "create", **body}, follow=True)
+    )
+    assert Round.objects.filter(kind=Round.Kind.BLINDED).exists() is made
+    if not made:
+        assert message in shown
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [

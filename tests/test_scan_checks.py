@@ -120,9 +120,7 @@ def measure_check(path: Path) -> dict:
     ],
     ids=["single-level", "pyramid", "huge-tiles", "huge-photo"],
 )
-def test_checking_a_file_costs_bounded_time_and_memory_whatever_it_claims(
-    tmp_path, make, verdict
-):
+def test_checking_a_file_costs_bounded_time_and_memory_whatever_it_claims(tmp_path, make, verdict):
     path = make(tmp_path)
     assert path.stat().st_size < 1_100_000
     measured = measure_check(path)

@@ -253,7 +253,7 @@ def test_training_reads_the_splits_samples(split):
     every = splits.split_samples(split)
     assert data.cell_ids == [s.cell for s in every] == [row.cell for row in split.dataset.rows()]
     assert [data.classes[i] for i in data.labels] == [s.class_name for s in every]
-    assert data.patients == [s.patient for s in every] and data.folds == split.folds
+    assert data.patients == [s.patient for s in every]
     config = run_config.load_config({"validation_fraction": 0.2, "seed": 5})
     plans = training.fold_plans(split, data, config)
     assert [plan.fold for plan in plans] == splits.fold_names(split) == ["0", "1"]
@@ -324,7 +324,6 @@ def test_folds_that_would_train_on_the_same_cells_are_named():
         images=None,
         labels=np.zeros(3, dtype=int),
         cell_ids=[0, 1, 2],
-        folds=[0, 1, 2],
         classes=["A", "B"],
     )
     named = 0

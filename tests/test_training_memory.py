@@ -88,7 +88,7 @@ FOLD = textwrap.dedent(
     count = 32
     data = training.TrainingData(
         images=torch.from_numpy(rng.integers(0, 256, (count, 96, 96, 3), dtype=np.uint8)),
-        labels=np.arange(count) % 2, cell_ids=list(range(count)), folds=[0] * count,
+        labels=np.arange(count) % 2, cell_ids=list(range(count)),
         classes=["A", "B"],
     )
     index = np.arange(count)
@@ -147,7 +147,6 @@ def test_passes_add_up_to_the_gradient_of_the_whole_batch():
         images=torch.randint(0, 256, (count, 32, 32, 3), dtype=torch.uint8),
         labels=np.arange(count) % 3,
         cell_ids=list(range(count)),
-        folds=[0] * count,
         classes=["A", "B", "C"],
     )
     config = run_config.load_config({"rotate": False, "flip": False})

@@ -397,7 +397,7 @@ class RoundCreateSerializer(ScopedSerializer):
     fraction = serializers.FloatField(
         required=False, help_text="fraction mode: the share of the cells, in (0, 1]."
     )
-    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
+    seed = serializers.IntegerField(required=False)
     reference = serializers.CharField(
         required=False, max_length=200, help_text="Name of a gold round; default the largest."
     )
@@ -420,7 +420,7 @@ class RepeatCreateSerializer(ScopedSerializer):
     not_before = serializers.DateTimeField(
         help_text="The rater cannot open the repeat before this time (the washout)."
     )
-    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
+    seed = serializers.IntegerField(required=False)
     name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
 
 

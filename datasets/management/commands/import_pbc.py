@@ -2,17 +2,16 @@
 
 import time
 
-from django.core.management.base import BaseCommand, CommandError
-
-from datasets.importers import ImportProblem
+from core.commands import DomainCommand
 from datasets.pbc import GOLD_ROUND, import_pbc
 
 
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = (
         "Import the Barcelona peripheral blood cell set (one folder per class of JPG images): "
         "one patch-only cell per image with its gold label in the round 'gold'."
     )
+    refusal_note = "\n(nothing was imported)"
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -22,10 +21,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, folder, study, **options):
         started = time.perf_counter()
-        try:
-            report = import_pbc(folder, study)
-        except ImportProblem as exc:
-            raise CommandError(f"{exc}\n(nothing was imported)") from None
+        report = import_pbc(folder, study)
         seconds = time.perf_counter() - started
         self.stdout.write(
             f"study {report.study.name}: {report.images} images in {len(report.per_class)} "

@@ -2,16 +2,16 @@
 
 import time
 
-from django.core.management.base import BaseCommand, CommandError
+from core.commands import DomainCommand
+from datasets.importers import ROUND_NAMES, import_tcia_aml
 
-from datasets.importers import ROUND_NAMES, ImportProblem, import_tcia_aml
 
-
-class Command(BaseCommand):
+class Command(DomainCommand):
     help = (
         "Import the public AML cytomorphology annotation file: one patch-only cell per image, "
         "labels in the rounds gold, reannotation-1 and its repeat reannotation-2."
     )
+    refusal_note = " (nothing was imported)"
 
     def add_arguments(self, parser):
         parser.add_argument("annotations", help="annotations.dat of the release.")
@@ -22,10 +22,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, annotations, study, images, **options):
         started = time.perf_counter()
-        try:
-            report = import_tcia_aml(annotations, study, images)
-        except ImportProblem as exc:
-            raise CommandError(f"{exc} (nothing was imported)") from None
+        report = import_tcia_aml(annotations, study, images)
         seconds = time.perf_counter() - started
         self.stdout.write(
             f"study {report.study.name}: {report.lines} lines, {report.cells_created} cells "

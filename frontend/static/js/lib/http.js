@@ -112,7 +112,7 @@ export class Backoff {
 }
 
 /**
- * A URL from a template the view built (annotator.views.url_template: a reversed route with
+ * A URL from a template the view built (core.url_templates.url_template: a reversed route with
  * `{id}`-style placeholders): each `{name}` becomes `values[name]`, encoded; `query` adds a
  * query string.
  */
