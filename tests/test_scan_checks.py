@@ -24,6 +24,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from annotator.models import Scan
 from annotator.scans import ScanError, inspect_slide
+from annotator.synthetic import make_synthetic_scan
 
 from .conftest import client_for
 
@@ -153,3 +154,12 @@ def test_an_upload_claiming_a_huge_size_is_refused_quickly_and_leaves_nothing(
     assert "flat.tiff: no pyramid" in response.json()["file"][0]
     assert Scan.objects.count() == 0
     assert not (Path(settings.MEDIA_ROOT) / "scans").exists()
+
+
+def test_a_scan_cut_to_its_first_100_kb_is_refused_as_truncated(tmp_path):
+    """A real-sized upload that broke off early: the reason says truncated, not "too large"."""
+    make_synthetic_scan(tmp_path / "whole.tiff", width=2000, height=2000, cells=5, seed=3)
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes((tmp_path / "whole.tiff").read_bytes()[:100_000])
+    with pytest.raises(ScanError, match=r"cut.tiff: truncated file: .* only 100,000 bytes"):
+        inspect_slide(cut, "cut.tiff")
