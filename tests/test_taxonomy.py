@@ -16,6 +16,7 @@ from annotator.taxonomy import (
     load_taxonomy,
     load_taxonomy_file,
     parse_taxonomy,
+    read_taxonomy_file,
     taxon_tree,
 )
 
@@ -212,3 +213,47 @@ def test_a_class_is_in_a_group_when_one_of_its_nodes_or_their_ancestors_is(tiny)
         "ELSE": ["ZZZ"],  # a code outside the taxonomy is only itself
     }
     assert classes_in_groups(tiny, classes) == {"first": {"AA1", "AAA", "MIX"}}
+
+
+# The classes the Shanghai paediatric bone marrow study's text names among its 19 + 1.
+SHANGHAI_NAMED = {
+    "EOS": "Eosinophil",
+    "LYT": "Lymphocyte",
+    "LYC": "Lymphoma cell",
+    "PMK": "Promegakaryocyte",
+    "NBL": "Neuroblastoma cell",
+    "PMO": "Promyelocyte",
+    "MYB": "Neutrophilic myelocyte",
+    "NGB": "Neutrophil, band",
+    "NGS": "Neutrophil, segmented",
+    "PEB": "Proerythroblast",
+    "BNB": "Basophilic normoblast",
+    "PNB": "Polychromatic normoblast",
+    "ONB": "Orthochromatic normoblast",
+    "LBL": "Lymphoblast",
+    "MKB": "Megakaryoblast",
+    "MON": "Monocyte",
+}
+
+
+def test_the_bone_marrow_tree_holds_every_class_the_study_names_and_merges_the_rest():
+    spec = read_taxonomy_file(SHIPPED_DIR / "bone-marrow.yaml")
+    nodes = {node.code: node for node in spec.nodes}
+    parents = {node.parent for node in spec.nodes}
+    leaves = {code for code in nodes if code not in parents}
+    for code, name in SHANGHAI_NAMED.items():
+        assert code in leaves and nodes[code].name.startswith(name), code
+    # 19 classes outside "other": the 16 named and three the text does not name.
+    counted = {code for code in leaves if nodes[code].parent != "OTHER"}
+    assert len(counted) == 19
+    assert counted - set(SHANGHAI_NAMED) == {"MYO", "MMZ", "PLC"}
+    # Rare types are recorded as what they are, under OTHER, which a class map merges.
+    assert {code for code in leaves if nodes[code].parent == "OTHER"} == {
+        "BAS",
+        "PLY",
+        "MOB",
+        "PMC",
+        "ORT",
+    }
+    hotkeys = [node.hotkey for node in spec.nodes if node.hotkey]
+    assert len(hotkeys) == len(set(hotkeys)) == len(leaves)
