@@ -308,39 +308,19 @@ def test_the_proposed_class_map_gives_the_15_public_classes(imported, tmp_path):
 def test_a_labels_only_export_joins_to_the_public_image_files(imported, tmp_path):
     """The public release comes without images here: its csv export has no patch path, but
     every row names the image's path in the release, so it joins to the downloaded files."""
-    call_command("classmap", "--study", "tcia-aml", "--save", "aml-15", stdout=io.StringIO())
-    call_command(
-        "make_dataset",
-        "--study",
-        "tcia-aml",
-        "--name",
-        "aml",
-        "--classmap",
-        "aml-15",
-        stdout=io.StringIO(),
-    )
-    call_command(
-        "make_split",
-        "--dataset",
-        "aml",
-        "--study",
-        "tcia-aml",
-        "--strategy",
-        "holdout",
-        stdout=io.StringIO(),
-    )
     from datasets.models import Split
 
-    target = tmp_path / "aml.zip"
+    quiet = io.StringIO()
+    for command in (
+        "classmap --study tcia-aml --save aml-15",
+        "make_dataset --study tcia-aml --name aml --classmap aml-15",
+        "make_split --dataset aml --study tcia-aml --strategy holdout",
+    ):
+        call_command(*command.split(), stdout=quiet)
     split = Split.objects.get(dataset__study=imported)
+    target = tmp_path / "aml.zip"
     call_command(
-        "export_split",
-        str(split.pk),
-        "--format",
-        "csv",
-        "--out",
-        str(target),
-        stdout=io.StringIO(),
+        "export_split", str(split.pk), "--format", "csv", "--out", str(target), stdout=quiet
     )
     with zipfile.ZipFile(target) as archive:
         rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))

@@ -1,6 +1,6 @@
-"""manage.py export_split SPLIT --format imagefolder|csv|json --out PATH: write the export here
-and now (the same code the background task runs), copy the zip to PATH. Every format is a zip
-(manifest.csv and dataset.json inside, see docs/datasets.md), so PATH must end in .zip: a zip
+"""manage.py export_split SPLIT --format imagefolder|csv|json --out NAME.zip: write the export here
+and now (the same code the background task runs), copy the zip to NAME.zip. Every format is a zip
+(manifest.csv and dataset.json inside, see docs/datasets.md), so the name must end in .zip: a zip
 named x.csv would be opened as a CSV and read as garbage."""
 
 import shutil
