@@ -2,8 +2,7 @@
 
     imagefolder   fold_K/CLASS/CELL.png (K: 0..k-1, or train/validation/test) + manifest.csv
                   + dataset.json
-    csv           manifest.csv: cell_id,patient,scan,class,fold,patch (patch: the image's name
-                  in media storage)
+    csv           manifest.csv (its patch column empty: no image inside) + dataset.json
     json          dataset.json: taxonomy version, class map, data set and split with their
                   hashes, strategy, parameters, seed, counts per fold and class
 
@@ -11,6 +10,11 @@ The zip is written to a hidden partial file beside its final name and renamed in
 whole (on an object store: uploaded in one request from a local temporary file), and the export
 row names the file only after that; a failed export is marked failed with its error and leaves
 no file. `datasets.torch.ExportDataset` reads imagefolder exports.
+
+manifest.csv has a row per cell in MANIFEST_COLUMNS: the cell's id here and its external id (the
+original image's path in an imported data set), the patient code, the scan's id and original
+file name, the class, the fold (or holdout role) and the patch's path inside the export ("" where
+the export holds no image), so that its rows join the files a data scientist already has.
 """
 
 from __future__ import annotations
@@ -31,13 +35,23 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
 
+from annotator.models import Cell
 from core import leases
 from core.errors import DomainError
 
 from .models import Export, Split
 from .splits import Sample, patch_names, split_samples
 
-MANIFEST_COLUMNS = ["cell_id", "patient", "scan", "class", "fold", "patch"]
+MANIFEST_COLUMNS = [
+    "cell_id",
+    "external_id",
+    "patient",
+    "scan",
+    "scan_file",
+    "class",
+    "fold",
+    "patch",
+]
 PROGRESS_EVERY = 50
 
 
@@ -91,12 +105,44 @@ def describe(split: Split) -> dict:
     }
 
 
-def manifest_csv(samples: Iterable[Sample]) -> bytes:
-    """manifest.csv: a sample per row, in MANIFEST_COLUMNS (the fields of `Sample`)."""
+def cell_origins(split: Split) -> dict[int, tuple[str, str]]:
+    """Each cell of the split's study with its external id and its scan's original file name
+    ("" where it has none), in one query."""
+    found = Cell.objects.filter(study=split.dataset.study_id).values_list(
+        "pk", "external_id", "scan__original_name"
+    )
+    return {pk: (external_id, scan_file or "") for pk, external_id, scan_file in found}
+
+
+def manifest_rows(
+    samples: Iterable[Sample], origins: dict[int, tuple[str, str]], inside: dict[int, str]
+) -> list[list]:
+    """The rows of manifest.csv in MANIFEST_COLUMNS: `origins` as `cell_origins` gives them,
+    `inside` each cell's patch path inside the export (absent: the export holds no image)."""
+    rows = []
+    for sample in samples:
+        external_id, scan_file = origins.get(sample.cell, ("", ""))
+        rows.append(
+            [
+                sample.cell,
+                external_id,
+                sample.patient,
+                sample.scan,
+                scan_file,
+                sample.class_name,
+                sample.fold,
+                inside.get(sample.cell, ""),
+            ]
+        )
+    return rows
+
+
+def manifest_csv(rows: Iterable[list]) -> bytes:
+    """manifest.csv: MANIFEST_COLUMNS, then the rows `manifest_rows` gives."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows(samples)
+    writer.writerows(rows)
     return out.getvalue().encode("utf-8")
 
 
@@ -159,23 +205,25 @@ def _write_members(export: Export, stream, progress) -> None:
             archive.writestr("dataset.json", described)
             progress(1, 1)
             return
-        folder = export.format == Export.Format.IMAGEFOLDER
-        needed_by = "an imagefolder export (csv and json exports work without)" if folder else None
-        samples = split_samples(split, patch_names(split, needed_by=needed_by))
-        if not folder:
-            archive.writestr("manifest.csv", manifest_csv(samples))
+        origins = cell_origins(split)
+        if export.format != Export.Format.IMAGEFOLDER:
+            # A csv export holds no image: no patch is cut for it.
+            rows = manifest_rows(split_samples(split, {}), origins, {})
+            archive.writestr("manifest.csv", manifest_csv(rows))
             archive.writestr("dataset.json", described)
             progress(1, 1)
             return
-        listed = []
+        needed_by = "an imagefolder export (csv and json exports work without)"
+        samples = split_samples(split, patch_names(split, needed_by=needed_by))
+        inside = {}
         for done, sample in enumerate(samples, start=1):
             name = image_name(sample)
             # PNG is compressed already: store it as it is.
             archive.writestr(name, patch_png(sample.patch), compress_type=zipfile.ZIP_STORED)
-            listed.append(sample._replace(patch=name))
+            inside[sample.cell] = name
             if done % PROGRESS_EVERY == 0 or done == len(samples):
                 progress(done, len(samples))
-        archive.writestr("manifest.csv", manifest_csv(listed))
+        archive.writestr("manifest.csv", manifest_csv(manifest_rows(samples, origins, inside)))
         archive.writestr("dataset.json", described)
 
 

@@ -415,7 +415,8 @@ def find_split(reference: str) -> Split:
 class Sample(NamedTuple):
     """One cell of a split as exports and training read it: its manifest row, its fold (a
     k-fold's number, or a holdout's part) and its patch's name in media storage ("" for a cell
-    without an image). `list(sample)` is the row of an export's manifest.csv."""
+    without an image). An export's manifest.csv row adds the cell's external id and its scan's
+    file name to it (`datasets.exports.manifest_rows`)."""
 
     cell: int
     patient: str

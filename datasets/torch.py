@@ -5,8 +5,10 @@
     loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True)
 
 The export is the zip itself or the directory it unpacks to: `dataset.json` (the class order,
-the split's strategy, k and seed), `manifest.csv` (`cell_id,patient,scan,class,fold,patch`, one
-row per cell) and the PNG patches at the manifest's `patch` paths.
+the split's strategy, k and seed), `manifest.csv` (one row per cell: `cell_id,external_id,patient,
+scan,scan_file,class,fold,patch`; MANIFEST_COLUMNS are the ones read, so exports written before
+`external_id` and `scan_file` were added still open) and the PNG patches at the manifest's `patch`
+paths.
 
 - k-fold exports (`stratified-kfold`, `patient-kfold`): `fold` (0..k-1) is required;
   `role="test"` is that fold's rows, `role="train"` every other row. There is no validation
@@ -50,7 +52,8 @@ class ExportDataset(torch.utils.data.Dataset):
     """One fold and role of an imagefolder export, as `(float32 CHW tensor, class index)`.
 
     Attributes: `classes` (from dataset.json), `samples` (`(patch path inside the export, class
-    index)` in manifest order), `targets` (the class indices alone), `cell_ids`, `strategy`,
+    index)` in manifest order), `targets` (the class indices alone), `cell_ids`, `external_ids`
+    (the original image paths of an imported data set, "" where none), `strategy`,
     `k` (None for holdout), `fold`, `role` and `info` (the whole dataset.json).
     """
 
@@ -83,6 +86,7 @@ class ExportDataset(torch.utils.data.Dataset):
         index_of = {code: position for position, code in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
         self.cell_ids: list[str] = []
+        self.external_ids: list[str] = []
         for row in self._read_manifest():
             cell = row["cell_id"]
             code = row["class"]
@@ -94,6 +98,7 @@ class ExportDataset(torch.utils.data.Dataset):
             if self._selected(row["fold"], cell):
                 self.samples.append((self._check_patch(row["patch"], cell), index_of[code]))
                 self.cell_ids.append(cell)
+                self.external_ids.append(row.get("external_id", ""))
         self.targets = [target for _, target in self.samples]
 
     # -- reading the export -------------------------------------------------------------------

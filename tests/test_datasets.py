@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError, transaction
 
 from annotator.annotation import set_label
@@ -246,6 +246,10 @@ def test_the_commands_print_ids_and_hashes(study, curated, data_scientist, tmp_p
     split = Split.objects.get()
     assert f"split {split.pk}" in out.getvalue() and split.sha256 in out.getvalue()
     assert "in two folds: 0" in out.getvalue()
+    misnamed = tmp_path / "export.csv"
+    with pytest.raises(CommandError, match=r"every export format is a zip.*--out csv\.zip"):
+        call_command("export_split", split.sha256[:10], "--format", "csv", "--out", str(misnamed))
+    assert not misnamed.exists() and not Export.objects.exists()
     target = tmp_path / "export.zip"
     out = io.StringIO()
     call_command(
@@ -255,4 +259,27 @@ def test_the_commands_print_ids_and_hashes(study, curated, data_scientist, tmp_p
     assert export.sha256 in out.getvalue()
     with zipfile.ZipFile(target) as archive:
         header = archive.read("manifest.csv").decode().splitlines()[0]
-    assert header == "cell_id,patient,scan,class,fold,patch"
+    assert header == "cell_id,external_id,patient,scan,scan_file,class,fold,patch"
+
+
+def test_a_scan_study_export_names_the_scan_file_and_holds_each_patch(
+    study, scan, gold_cells, data_scientist
+):
+    version, _ = versions.make_dataset(study, "scan-cells", data_scientist)
+    split, _ = splits.make_split(version, "stratified-kfold", data_scientist, k=2, seed=0)
+    export = exports.run_export(exports.request_export(split, "imagefolder", data_scientist).pk)
+    assert export.status == "done", export.error
+    local = default_storage.path(export.file)
+    with zipfile.ZipFile(local) as archive:
+        names = set(archive.namelist())
+        rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert [int(row["cell_id"]) for row in rows] == sorted(cell.pk for cell in gold_cells)
+    for row in rows:
+        assert (row["scan"], row["scan_file"]) == (str(scan.pk), scan.original_name)
+        assert row["patient"] == "P-001" and row["patch"] in names
+    train = ExportDataset(local, fold=0, role="train")
+    test = ExportDataset(local, fold=0, role="test")
+    assert len(train) + len(test) == len(rows)
+    assert train.external_ids == [""] * len(train)
+    image, _ = test[0]
+    assert image.shape[0] == 3

@@ -87,6 +87,9 @@ def test_curation_through_the_api_with_a_real_worker(
     assert body["done"] == body["total"] == detail["cells"]
     download = client.get(body["download"])
     assert download.status_code == 200 and download["Content-Type"] == "application/zip"
+    assert download["Content-Disposition"] == (
+        f'attachment; filename="cytomark-imagefolder-split{split.json()["id"]}-{export.pk}.zip"'
+    )
     archive = zipfile.ZipFile(io.BytesIO(b"".join(download.streaming_content)))
     assert archive.testzip() is None
     assert len([n for n in archive.namelist() if n.endswith(".png")]) == detail["cells"]

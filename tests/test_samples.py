@@ -250,12 +250,16 @@ def test_the_export_and_its_torch_reader_agree_with_samples(
 
 
 @pytest.mark.django_db
-def test_export_manifests_are_the_stored_rows_with_fold_and_patch(study, curated, data_scientist):
+def test_export_manifests_are_the_stored_rows_with_origins_fold_and_patch(
+    study, curated, data_scientist
+):
     version = _dataset(study, data_scientist)
     split, _ = splits.make_split(version, "patient-kfold", data_scientist, k=2, seed=0)
     patch_of = dict(Cell.objects.filter(study=study).values_list("pk", "patch"))
-    assert exports.MANIFEST_COLUMNS == ["cell_id", "patient", "scan", "class", "fold", "patch"]
-    assert len(splits.Sample._fields) == len(exports.MANIFEST_COLUMNS)
+    external_of = dict(Cell.objects.filter(study=study).values_list("pk", "external_id"))
+    assert ",".join(exports.MANIFEST_COLUMNS) == (
+        "cell_id,external_id,patient,scan,scan_file,class,fold,patch"
+    )
 
     def manifest(export_format: str) -> tuple[list[list[str]], zipfile.ZipFile]:
         export = exports.run_export(exports.request_export(split, export_format, data_scientist).pk)
@@ -264,16 +268,18 @@ def test_export_manifests_are_the_stored_rows_with_fold_and_patch(study, curated
             archive = zipfile.ZipFile(io.BytesIO(handle.read()))
         return list(csv.reader(io.StringIO(archive.read("manifest.csv").decode()))), archive
 
+    def expected(cell, patient, scan, code, fold, patch) -> list[str]:
+        return [str(v) for v in [cell, external_of[cell], patient, scan, "", code, fold, patch]]
+
     stored = list(zip(version.manifest, split.folds, strict=True))
     rows, _ = manifest("csv")
     assert rows[0] == exports.MANIFEST_COLUMNS
-    assert rows[1:] == [
-        [str(value) for value in [*row, fold, patch_of[row[0]]]] for row, fold in stored
-    ]
+    # A csv export holds no image: no patch path, the external id joins the rows to the files.
+    assert rows[1:] == [expected(*row, fold, "") for row, fold in stored]
+    assert all(row[1] for row in rows[1:])
     rows, archive = manifest("imagefolder")
     assert rows[1:] == [
-        [str(value) for value in [*row, fold, f"fold_{fold}/{row[3]}/{row[0]}.png"]]
-        for row, fold in stored
+        expected(*row, fold, f"fold_{fold}/{row[3]}/{row[0]}.png") for row, fold in stored
     ]
     for row, fold in stored[:10]:
         with default_storage.open(patch_of[row[0]], "rb") as handle:

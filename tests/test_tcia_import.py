@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 from collections import Counter
 
 import pytest
@@ -302,6 +303,33 @@ def test_the_proposed_class_map_gives_the_15_public_classes(imported, tmp_path):
         call_command(
             "make_split", "--dataset", "aml", "--study", "tcia-aml", "--strategy", "patient-kfold"
         )
+
+
+def test_a_labels_only_export_joins_to_the_public_image_files(imported, tmp_path):
+    """The public release comes without images here: its csv export has no patch path, but
+    every row names the image's path in the release, so it joins to the downloaded files."""
+    from datasets.models import Split
+
+    quiet = io.StringIO()
+    for command in (
+        "classmap --study tcia-aml --save aml-15",
+        "make_dataset --study tcia-aml --name aml --classmap aml-15",
+        "make_split --dataset aml --study tcia-aml --strategy holdout",
+    ):
+        call_command(*command.split(), stdout=quiet)
+    split = Split.objects.get(dataset__study=imported)
+    target = tmp_path / "aml.zip"
+    call_command(
+        "export_split", str(split.pk), "--format", "csv", "--out", str(target), stdout=quiet
+    )
+    with zipfile.ZipFile(target) as archive:
+        rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    public = {line[0]: line[1] for line in _lines()}
+    assert len(rows) == len(public) == 18365
+    assert {row["external_id"] for row in rows} == set(public)
+    assert all(row["patch"] == "" and row["scan"] == row["scan_file"] == "" for row in rows)
+    assert {row["fold"] for row in rows} <= {"train", "validation", "test"}
+    assert all(row["class"] == public[row["external_id"]] for row in rows)
 
 
 def _two_lines(tmp_path, prefix: str = "") -> tuple:

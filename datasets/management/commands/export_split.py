@@ -1,5 +1,7 @@
-"""manage.py export_split SPLIT --format imagefolder|csv|json --out PATH: write the export here
-and now (the same code the background task runs), copy the zip to PATH."""
+"""manage.py export_split SPLIT --format imagefolder|csv|json --out NAME.zip: write the export here
+and now (the same code the background task runs), copy the zip to NAME.zip. Every format is a zip
+(manifest.csv and dataset.json inside, see docs/datasets.md), so the name must end in .zip: a zip
+named x.csv would be opened as a CSV and read as garbage."""
 
 import shutil
 
@@ -18,9 +20,14 @@ class Command(DomainCommand):
     def add_arguments(self, parser):
         parser.add_argument("split", help="Split id or hash (prefix of at least 8 characters).")
         parser.add_argument("--format", required=True, choices=Export.Format.values)
-        parser.add_argument("--out", required=True, help="Where to copy the zip.")
+        parser.add_argument("--out", required=True, help="Where to copy the zip (NAME.zip).")
 
     def handle(self, *args, split, format, out, **options):
+        if not out.lower().endswith(".zip"):
+            raise CommandError(
+                f"--out {out!r}: every export format is a zip (manifest.csv and dataset.json "
+                f"inside, images too for imagefolder); name it .zip, e.g. --out {format}.zip."
+            )
         found = find_split(split)
         export = run_export(request_export(found, format, None).pk)
         if export.status != Export.Status.DONE:
