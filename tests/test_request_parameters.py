@@ -263,37 +263,12 @@ def test_api_page_and_command_refuse_the_same_threshold(study, curated, data_sci
     assert too_many.status_code == 400 and "from 0 to 1000000000" in str(too_many.json())
 
 
-@pytest.mark.parametrize(("fraction", "made"), [(0, False), (1, True), (0.00001, True)])
-def test_api_and_page_take_the_same_round_fraction(
-    study, gold_cells, rater, coordinator, api_as, fraction, made
-):
-    body = {"study": "munich", "rater": "rita", "mode": "fraction", "fraction": fraction}
+def _api_and_page_make_the_same_round(api_as, coordinator, body, made, field, message):
+    """The API and the rounds page both make the blinded round, or both refuse it in words."""
     response = api_as(coordinator).post("/api/v1/rounds/", body, format="json")
     assert (response.status_code == 201) is made, response.json()
     if not made:
-        assert response.json() == {"fraction": ["fraction must be a number in (0, 1]."]}
-    Round.objects.filter(kind=Round.Kind.BLINDED).delete()
-
-    page = Client()
-    page.force_login(coordinator)
-    shown = _page_text(
-        page.post("/studies/munich/rounds/", {"action": "create", **body}, follow=True)
-    )
-    assert Round.objects.filter(kind=Round.Kind.BLINDED).exists() is made
-    if not made:
-        assert "fraction must be a number in (0, 1]." in shown
-
-
-@pytest.mark.parametrize(("seed", "made"), [(-1, False), (2**62 + 1, False), (2**62, True)])
-def test_api_and_page_take_the_same_round_seed(
-    study, gold_cells, rater, coordinator, api_as, seed, made
-):
-    message = f"seed must be a whole number from 0 to {2**62}, not {seed}."
-    body = {"study": "munich", "rater": "rita", "mode": "all", "seed": seed}
-    response = api_as(coordinator).post("/api/v1/rounds/", body, format="json")
-    assert (response.status_code == 201) is made, response.json()
-    if not made:
-        assert response.json() == {"seed": [message]}
+        assert response.json() == {field: [message]}
     Round.objects.filter(kind=Round.Kind.BLINDED).delete()
 
     page = Client()
@@ -304,6 +279,24 @@ def test_api_and_page_take_the_same_round_seed(
     assert Round.objects.filter(kind=Round.Kind.BLINDED).exists() is made
     if not made:
         assert message in shown
+
+
+@pytest.mark.parametrize(("fraction", "made"), [(0, False), (1, True), (0.00001, True)])
+def test_api_and_page_take_the_same_round_fraction(
+    study, gold_cells, rater, coordinator, api_as, fraction, made
+):
+    body = {"study": "munich", "rater": "rita", "mode": "fraction", "fraction": fraction}
+    message = "fraction must be a number in (0, 1]."
+    _api_and_page_make_the_same_round(api_as, coordinator, body, made, "fraction", message)
+
+
+@pytest.mark.parametrize(("seed", "made"), [(-1, False), (2**62 + 1, False), (2**62, True)])
+def test_api_and_page_take_the_same_round_seed(
+    study, gold_cells, rater, coordinator, api_as, seed, made
+):
+    body = {"study": "munich", "rater": "rita", "mode": "all", "seed": seed}
+    message = f"seed must be a whole number from 0 to {2**62}, not {seed}."
+    _api_and_page_make_the_same_round(api_as, coordinator, body, made, "seed", message)
 
 
 @pytest.mark.parametrize(
