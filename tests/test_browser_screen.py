@@ -9,7 +9,10 @@ keyboard focus moves with Tab to the cell list, where Enter selects a cell.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from django.conf import settings
 
 from annotator.models import Cell, Label
 
@@ -131,6 +134,9 @@ def test_the_picker_opens_beside_the_cell_over_no_other_marker_and_the_slide_und
     viewer = _box(page, "#viewer")
     assert viewer["left"] <= picker["left"] and picker["right"] <= viewer["right"]
     assert viewer["top"] <= picker["top"] and picker["bottom"] <= viewer["bottom"]
+    screenshots = Path(settings.TEST_RUN_DIR) / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "picker-placement.png"))
 
     # A click on the slide where the picker used to open selects the cell there, labels none.
     _wait_for_picker_to_settle(page)
@@ -258,7 +264,7 @@ def test_tab_moves_the_focus_to_a_cell_in_the_list_and_enter_selects_it(
     chromium, live_server, annotator, study, scan
 ):
     page, problems = chromium
-    first, second, _third = _cells(study, scan, [(0, 0), (150, 0), (0, 150)])
+    first, second, third = _cells(study, scan, [(0, 0), (150, 0), (0, 150)])
     _open(page, live_server, scan)
     for _ in range(80):
         page.keyboard.press("Tab")
@@ -274,6 +280,12 @@ def test_tab_moves_the_focus_to_a_cell_in_the_list_and_enter_selects_it(
     assert page.evaluate("document.activeElement.dataset.key") == str(focused), "focus stays"
     # Space on a focused cell presses it (it does not mean "next unlabelled" there).
     page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Space")
+    assert _selected(page) == first.pk
+    # Clicked with the mouse, a cell of the list keeps no focus: Space then means next unlabelled.
+    page.click("#cell-list li:nth-child(3) button")
+    assert _selected(page) == third.pk
+    assert page.evaluate("document.activeElement.tagName") != "BUTTON"
     page.keyboard.press("Space")
     assert _selected(page) == first.pk
 

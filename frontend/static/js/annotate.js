@@ -9,7 +9,7 @@
  */
 import { staleState } from "./lib/http.js";
 import { ANNOTATE, actionFor } from "./lib/keys.js";
-import { pageClient, pageConfig, showKeyHelp } from "./lib/page.js";
+import { noFocusOnMouse, pageClient, pageConfig, showKeyHelp } from "./lib/page.js";
 import { countCovered, fits, pickerBox, placePicker } from "./lib/picker-placement.js";
 import { SaveQueue } from "./lib/save-queue.js";
 import { CANNOT, ScanAnnotations, labelCode, nearestUnlabelled } from "./lib/scan-annotations.js";
@@ -482,11 +482,7 @@ let pressOnPicker = false;
 document.addEventListener("pointerdown", (event) => {
   pressOnPicker = picker.contains(event.target) && performance.now() - pickerMovedAt >= PICKER_SETTLE_MS;
 }, true);
-// A button pressed with the mouse does not take the focus, so that Space and Enter keep their
-// meanings on the screen afterwards; Tab still reaches the buttons.
-picker.addEventListener("mousedown", (event) => {
-  if (event.target.closest("button")) event.preventDefault();
-});
+noFocusOnMouse(picker);
 picker.addEventListener("click", (event) => {
   if (event.detail === 0) return; // pressed with the keyboard (Enter or Space on a focused button)
   if (!pressOnPicker) {
@@ -608,6 +604,7 @@ function renderList() {
   if (again) again.focus();
 }
 
+noFocusOnMouse(cellList);
 cellList.addEventListener("click", (event) => {
   const item = event.target.closest("button[data-key]");
   if (!item) return;
@@ -631,7 +628,9 @@ let toastTimer = null;
 function toast(message) {
   toastEl.replaceChildren(message);
   toastEl.classList.remove("notice");
-  showToast();
+  toastEl.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (toastEl.hidden = true), 6000);
 }
 
 // A message about the user's own change, with a button that takes it back.
@@ -646,18 +645,13 @@ function notice(message, buttonText, onClick) {
   });
   toastEl.replaceChildren(message + " ", button);
   toastEl.classList.add("notice");
-  showToast(15000); // time to reach for the button
+  toastEl.hidden = false;
+  clearTimeout(toastTimer); // it stays until the next change (clearNotice)
 }
 
 // A notice's button takes back the change it names, so it goes once a later change is made.
 function clearNotice() {
   if (toastEl.classList.contains("notice")) toastEl.hidden = true;
-}
-
-function showToast(milliseconds = 6000) {
-  toastEl.hidden = false;
-  clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => (toastEl.hidden = true), milliseconds);
 }
 
 window.addEventListener("beforeunload", (event) => {

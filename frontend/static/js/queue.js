@@ -2,7 +2,7 @@
 // knows comes from the queue API, which names items only by opaque tokens.
 import { urlFor } from "./lib/http.js";
 import { QUEUE, actionFor } from "./lib/keys.js";
-import { pageClient, pageConfig, showKeyHelp } from "./lib/page.js";
+import { noFocusOnMouse, pageClient, pageConfig, showKeyHelp } from "./lib/page.js";
 import { Taxonomy } from "./lib/taxonomy.js";
 
 const config = pageConfig("queue-config");
@@ -153,6 +153,7 @@ $("cannot").addEventListener("click", () => answer({ cannot_classify: true }));
 
 buildChoices();
 showKeyHelp($("key-help"), QUEUE);
+noFocusOnMouse(document.querySelector(".choices"));
 http.get(config.urls.round)
   .then((state) => open(state.first_unanswered || 1))
   .then(() => { document.body.dataset.ready = "true"; })

@@ -1,8 +1,8 @@
 /*
  * What every page script reads from its page: the config the view put there with
  * `{{ config|json_script:"ID" }}` (URLs built with reverse(), never written in the scripts) and
- * the CSRF token for the HTTP client; the key help of a screen; and the polling of a table of
- * running jobs.
+ * the CSRF token for the HTTP client; the key help of a screen and its buttons' focus; and the
+ * polling of a table of running jobs.
  */
 import { Backoff, createClient, isRetryable } from "./http.js";
 import { keyHelp } from "./keys.js";
@@ -27,6 +27,20 @@ export function showKeyHelp(list, screen) {
     description.textContent = does;
     list.append(term, description);
   }
+}
+
+/**
+ * Buttons under `element` do not take the keyboard focus when pressed with the mouse (Tab still
+ * reaches them), and the focus leaves whatever had it, as a click elsewhere on the page would
+ * do: a focused button takes Space and Enter, which then would press it again instead of
+ * meaning what the screen's key map says.
+ */
+export function noFocusOnMouse(element) {
+  element.addEventListener("mousedown", (event) => {
+    if (!event.target.closest("button")) return;
+    event.preventDefault();
+    if (document.activeElement instanceof HTMLElement) document.activeElement.blur();
+  });
 }
 
 /**
