@@ -97,6 +97,19 @@ def test_a_blinded_round_and_its_repeat_end_to_end(
     item = round_.items.get(position=position)
     assert Label.objects.get(round=round_, cell=item.cell).node.code == changed_to
     assert all(label.seconds_spent > 0 for label in Label.objects.filter(round=round_))
+    # Backspace means back too, as on the annotation screen (where it never deletes); the key
+    # help on the page says so.
+    rita.keyboard.press("Backspace")
+    rita.wait_for_function(f"document.body.dataset.position === '{total - 2}'")
+    help_text = rita.eval_on_selector("#key-help", "e => e.textContent")
+    assert "← / Backspaceprevious cell" in help_text and "Delete" not in help_text
+    # A choice clicked with the mouse keeps no focus, so Space then skips instead of pressing it.
+    _wait_for_patch(rita, round_)
+    rita.click("button.choice >> nth=0")
+    rita.wait_for_function("document.getElementById('status').textContent === 'Saved.'")
+    assert rita.evaluate("document.activeElement.tagName") != "BUTTON"
+    rita.keyboard.press("Space")
+    rita.wait_for_function(f"document.body.dataset.position === '{total - 1}'")
 
     # Cora schedules the repeat eleven months on; the page shows Rita's progress.
     cora.goto(f"{live_server.url}/studies/munich/rounds/")

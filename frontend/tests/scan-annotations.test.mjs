@@ -5,7 +5,7 @@ import { test } from "node:test";
 
 import { createClient, staleState } from "../static/js/lib/http.js";
 import { SaveQueue } from "../static/js/lib/save-queue.js";
-import { CANNOT, ScanAnnotations, labelCode } from "../static/js/lib/scan-annotations.js";
+import { CANNOT, ScanAnnotations, labelCode, nearestUnlabelled } from "../static/js/lib/scan-annotations.js";
 import { FakeApi, URLS } from "./fake-api.mjs";
 
 const ROUND = 7;
@@ -246,16 +246,78 @@ test("loading reads the scan's cells and this round's labels", async () => {
   assert.equal(cells[1].suggestion.node, "LYT");
 });
 
-test("neighbours wrap around; the next unlabelled one skips labelled cells", () => {
+test("neighbours step through the list in order and wrap around", () => {
   const { annotations } = screen();
   const [a, b, c] = [1, 2, 3].map((id) => annotations.add({ id, x: id, y: id, version: 1 }));
-  b.label = { node: "LYT", cannot_classify: false };
-  assert.equal(annotations.neighbour(a, +1, false), b);
-  assert.equal(annotations.neighbour(a, -1, false), c);
-  assert.equal(annotations.neighbour(a, +1, true), c);
-  assert.equal(annotations.neighbour(c, +1, true), a);
-  a.label = c.label = b.label;
-  assert.equal(annotations.neighbour(a, +1, true), null);
+  assert.equal(annotations.neighbour(a, +1), b);
+  assert.equal(annotations.neighbour(a, -1), c);
+  assert.equal(annotations.neighbour(c, +1), a);
+  assert.equal(annotations.neighbour(null, +1), a, "with nothing selected, the first cell");
+  assert.equal(annotations.neighbour(null, -1), c, "or the last");
   const fresh = annotations.create(9, 9);
-  assert.equal(annotations.neighbour(c, +1, false), fresh, "new cells come after saved ones");
+  assert.equal(annotations.neighbour(c, +1), fresh, "new cells come after saved ones");
+});
+
+// Cells at level-0 points across a wide scan, saved in an order unrelated to where they lie.
+function scatter(annotations, points) {
+  return points.map(([id, x, y]) => annotations.add({ id, x, y, version: 1 }));
+}
+
+test("next unlabelled is the nearest unlabelled cell, not the next id across the scan", () => {
+  const { annotations } = screen();
+  // #51 at the top right, #52 at the top left, #53 and #54 just below #51.
+  const [c51, c52, c53, c54] = scatter(annotations, [
+    [51, 19800, 200], [52, 150, 180], [53, 19750, 900], [54, 19000, 700],
+  ]);
+  assert.equal(nearestUnlabelled(annotations.cells.values(), c51), c53);
+  c53.label = { node: "LYT", cannot_classify: false };
+  assert.equal(nearestUnlabelled(annotations.cells.values(), c51), c54, "labelled cells are passed over");
+  c54.label = c53.label;
+  assert.equal(nearestUnlabelled(annotations.cells.values(), c51), c52, "the far one comes last");
+  c52.label = c53.label;
+  assert.equal(nearestUnlabelled(annotations.cells.values(), c51), null, "the cell itself is not next");
+  assert.equal(nearestUnlabelled(annotations.cells.values(), { x: 0, y: 0 }), c51, "from a point too");
+});
+
+test("cells at the same distance are taken upper first, then left, then older", () => {
+  const { annotations } = screen();
+  const [below, right, above, left] = scatter(annotations, [
+    [1, 500, 600], [2, 600, 500], [3, 500, 400], [4, 400, 500],
+  ]);
+  const centre = { x: 500, y: 500 };
+  assert.equal(nearestUnlabelled(annotations.cells.values(), centre), above);
+  above.label = { node: "LYT", cannot_classify: false };
+  assert.equal(nearestUnlabelled(annotations.cells.values(), centre), left);
+  left.label = above.label;
+  assert.equal(nearestUnlabelled(annotations.cells.values(), centre), right);
+  right.label = above.label;
+  assert.equal(nearestUnlabelled(annotations.cells.values(), centre), below);
+  const [older, newer] = scatter(annotations, [[5, 700, 700], [6, 700, 700]]);
+  below.label = above.label;
+  assert.equal(nearestUnlabelled(annotations.cells.values(), centre), older);
+  assert.notEqual(newer, older);
+});
+
+test("cells skipped with next unlabelled come after every other unlabelled cell", () => {
+  const { annotations } = screen();
+  const [a, b, far] = scatter(annotations, [[1, 100, 100], [2, 150, 100], [3, 2000, 2000]]);
+  const skipped = new Set([a]);
+  assert.equal(nearestUnlabelled(annotations.cells.values(), b, skipped), far, "not back to the skipped one");
+  skipped.add(far);
+  assert.equal(nearestUnlabelled(annotations.cells.values(), b, skipped), a, "then the skipped, nearest first");
+});
+
+test("a walk by next unlabelled visits every cell, each step to the nearest one left", () => {
+  const { annotations } = screen();
+  const cells = scatter(annotations, [
+    [1, 0, 0], [2, 10000, 0], [3, 100, 50], [4, 9900, 80], [5, 300, 0], [6, 5000, 5000],
+  ]);
+  const visited = [];
+  let at = cells[0];
+  while (at) {
+    visited.push(at.id);
+    at.label = { node: "LYT", cannot_classify: false };
+    at = nearestUnlabelled(annotations.cells.values(), at);
+  }
+  assert.deepEqual(visited, [1, 3, 5, 6, 4, 2]);
 });

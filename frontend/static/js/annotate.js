@@ -8,9 +8,11 @@
  * redrawing 2,000 circles per frame on a canvas is cheap, moving 2,000 elements is not.
  */
 import { staleState } from "./lib/http.js";
-import { pageClient, pageConfig } from "./lib/page.js";
+import { ANNOTATE, actionFor } from "./lib/keys.js";
+import { noFocusOnMouse, pageClient, pageConfig, showKeyHelp } from "./lib/page.js";
+import { countCovered, fits, pickerBox, placePicker } from "./lib/picker-placement.js";
 import { SaveQueue } from "./lib/save-queue.js";
-import { CANNOT, ScanAnnotations, labelCode } from "./lib/scan-annotations.js";
+import { CANNOT, ScanAnnotations, labelCode, nearestUnlabelled } from "./lib/scan-annotations.js";
 import { Taxonomy } from "./lib/taxonomy.js";
 
 const config = pageConfig("annotate-config");
@@ -59,6 +61,7 @@ function acceptableSuggestion(cell) {
 }
 
 function select(key, pan) {
+  if (key !== selectedKey) placement = null;
   selectedKey = key;
   selectedAt = performance.now();
   const cell = annotations.cells.get(key);
@@ -68,6 +71,7 @@ function select(key, pan) {
 
 // ---- Actions ------------------------------------------------------------------------------
 function labelSelected(code) {
+  clearNotice();
   const cell = annotations.cells.get(selectedKey);
   if (!cell) {
     toast("Select a cell first: click it on the scan.");
@@ -75,14 +79,31 @@ function labelSelected(code) {
   }
   const seconds = Math.min(3600, (performance.now() - selectedAt) / 1000);
   annotations.label(cell, code, Math.round(seconds * 100) / 100);
-  // On to the next unlabelled cell; when every cell is labelled the picker closes, so that
+  // On to the nearest unlabelled cell; when every cell is labelled the picker closes, so that
   // it does not cover the scan where the next click goes.
-  const next = annotations.neighbour(cell, +1, true);
+  const next = nearestUnlabelled(annotations.cells.values(), cell, skipped);
   select(next ? next.key : null, !!next);
   render();
 }
 
+// "Next unlabelled": the nearest unlabelled cell to the selected one (or to the middle of the
+// view). The cell left is skipped: the walk comes back to skipped cells when no other is left.
+const skipped = new Set();
+function nextUnlabelled() {
+  const current = annotations.cells.get(selectedKey);
+  const from = current || imagePoint(viewer.viewport.getCenter(true), true);
+  if (current) skipped.add(current);
+  let next = nearestUnlabelled(annotations.cells.values(), from, skipped);
+  if (next && skipped.has(next)) {
+    skipped.clear(); // every unlabelled cell was skipped once: a new pass
+    next = nearestUnlabelled(annotations.cells.values(), from, skipped);
+  }
+  if (next) select(next.key, true);
+  else toast("Every cell is labelled.");
+}
+
 function createAt(x, y) {
+  clearNotice();
   if (x < 0 || y < 0 || x >= scan.width || y >= scan.height) {
     toast("That point is outside the scan.");
     return;
@@ -95,13 +116,22 @@ function createAt(x, y) {
 function deleteSelected() {
   const cell = annotations.cells.get(selectedKey);
   if (!cell) return;
-  const next = annotations.neighbour(cell, +1, false);
+  clearNotice();
   annotations.remove(cell);
-  select(next && next !== cell ? next.key : null, false);
+  const step = annotations.undoStack[annotations.undoStack.length - 1];
+  const next = nearestUnlabelled(annotations.cells.values(), cell, skipped);
+  select(next ? next.key : null, !!next);
   render();
+  // Undo rather than a confirmation: a dialog per deleted false positive would slow the count,
+  // and undo gives the cell back with its label.
+  notice((cell.id != null ? "Cell #" + cell.id : "The new cell") + " deleted.", "Undo (Ctrl+Z)", () => {
+    if (annotations.undoStack[annotations.undoStack.length - 1] === step) undo();
+    else toast("Later changes came after the delete: press Ctrl+Z once per change to undo it.");
+  });
 }
 
 function undo() {
+  clearNotice();
   const step = annotations.undo();
   if (!step) {
     toast("Nothing to undo.");
@@ -231,8 +261,11 @@ function requestDraw() {
   });
 }
 
-function imagePoint(position) {
-  const point = viewer.viewport.viewerElementToImageCoordinates(position);
+// The level-0 point of a viewer-element point (or, with `viewport`, of a viewport point).
+function imagePoint(position, viewport) {
+  const point = viewport
+    ? viewer.viewport.viewportToImageCoordinates(position)
+    : viewer.viewport.viewerElementToImageCoordinates(position);
   return { x: Math.floor(point.x), y: Math.floor(point.y) };
 }
 
@@ -284,6 +317,7 @@ viewer.addHandler("canvas-release", () => {
     const to = { x: cell.x, y: cell.y };
     cell.x = from.x;
     cell.y = from.y;
+    clearNotice();
     annotations.move(cell, to.x, to.y);
     select(cell.key, false);
     render();
@@ -303,6 +337,8 @@ viewer.addHandler("canvas-click", (event) => {
 });
 viewer.addHandler("update-viewport", requestDraw);
 viewer.addHandler("resize", requestDraw);
+// After a pan or zoom the picker may lie over markers a place nearby would leave free.
+viewer.addHandler("animation-finish", () => positionPicker(true));
 
 // ---- Scale bar ------------------------------------------------------------------------
 const scaleBar = document.getElementById("scalebar");
@@ -362,10 +398,11 @@ function buildPicker() {
   pickerTree.replaceChildren(fragment);
 }
 
-function positionPicker() {
+function positionPicker(recheck) {
   const cell = annotations.cells.get(selectedKey);
   if (!cell || !viewer.world.getItemCount()) {
     picker.hidden = true;
+    pickerShownAt = { left: null, top: null };
     return;
   }
   picker.hidden = false;
@@ -385,16 +422,75 @@ function positionPicker() {
     hint.textContent = "Suggested: " + cell.suggestion.code + " (" + percent + " %)" +
       (offered ? " · Enter accepts" : " · pick the leaf");
   }
+  placeBesideCell(cell, recheck);
+}
+
+// The place chosen beside the selected cell ({side, shift} of lib/picker-placement.js), kept
+// while the view moves so that the picker follows the cell instead of jumping about; chosen
+// anew when the selection changes, when it no longer fits in the viewer, or (`recheck`, after
+// a pan or zoom) when another place covers fewer markers.
+let placement = null;
+let pickerMovedAt = 0;
+let pickerShownAt = { left: null, top: null };
+let pointer = null; // the mouse in viewer-element pixels, null when it is not over the stage
+
+function placeBesideCell(cell, recheck) {
   const t = transform();
-  const stage = viewer.element.getBoundingClientRect();
-  let left = cell.x * t.scale + t.dx + markerRadius(t) + 16;
-  let top = cell.y * t.scale + t.dy - 40;
-  if (left + picker.offsetWidth > stage.width - 8) left = cell.x * t.scale + t.dx - markerRadius(t) - 16 - picker.offsetWidth;
-  left = Math.max(8, left);
-  top = Math.max(8, Math.min(stage.height - picker.offsetHeight - 8, top));
+  const radius = markerRadius(t);
+  const at = { x: cell.x * t.scale + t.dx, y: cell.y * t.scale + t.dy, radius };
+  const size = { width: picker.offsetWidth, height: picker.offsetHeight };
+  const stage = { width: viewer.element.clientWidth, height: viewer.element.clientHeight };
+  const markers = [];
+  for (const other of annotations.cells.values()) {
+    const x = other.x * t.scale + t.dx;
+    const y = other.y * t.scale + t.dy;
+    const onStage = x > -radius && y > -radius && x < stage.width + radius && y < stage.height + radius;
+    if (other !== cell && onStage) markers.push({ x, y });
+  }
+  let box = placement ? pickerBox(placement.side, placement.shift, at, size) : null;
+  const kept = box && fits(box, stage);
+  if (!kept || (recheck && countCovered(box, markers, radius))) {
+    const best = placePicker({ cell: at, size, stage, markers, pointer });
+    if (!kept || best.covered < countCovered(box, markers, radius)) {
+      placement = best;
+      box = best.box;
+    }
+  }
+  const left = Math.round(box.left + viewer.element.offsetLeft);
+  const top = Math.round(box.top + viewer.element.offsetTop);
+  if (left !== pickerShownAt.left || top !== pickerShownAt.top) {
+    pickerMovedAt = performance.now();
+    pickerShownAt = { left, top };
+  }
   picker.style.left = left + "px";
   picker.style.top = top + "px";
 }
+
+// Over the picker too (it lies beside the viewer element, in the stage).
+const stageEl = viewer.element.parentElement;
+stageEl.addEventListener("pointermove", (event) => {
+  const area = viewer.element.getBoundingClientRect();
+  pointer = { x: event.clientX - area.left, y: event.clientY - area.top };
+});
+stageEl.addEventListener("pointerleave", () => (pointer = null));
+
+// A button of the picker takes a mouse click only when the press began on the picker, once it
+// had stood still for a moment: a press on the slide released over the picker, or a click
+// aimed at the slide where the picker has just moved to, labels nothing.
+const PICKER_SETTLE_MS = 400;
+let pressOnPicker = false;
+document.addEventListener("pointerdown", (event) => {
+  pressOnPicker = picker.contains(event.target) && performance.now() - pickerMovedAt >= PICKER_SETTLE_MS;
+}, true);
+noFocusOnMouse(picker);
+picker.addEventListener("click", (event) => {
+  if (event.detail === 0) return; // pressed with the keyboard (Enter or Space on a focused button)
+  if (!pressOnPicker) {
+    event.stopPropagation();
+    event.preventDefault();
+  }
+  pressOnPicker = false;
+}, true);
 
 pickerTree.addEventListener("click", (event) => {
   const button = event.target.closest(".leaf");
@@ -423,42 +519,36 @@ search.addEventListener("keydown", (event) => {
 });
 
 // ---- Keyboard -------------------------------------------------------------------------
-document.addEventListener("keydown", (event) => {
-  if (event.target instanceof HTMLInputElement || event.target instanceof HTMLTextAreaElement) return;
-  const key = event.key;
-  if ((event.ctrlKey || event.metaKey) && key.toLowerCase() === "z") {
-    undo();
-  } else if (event.ctrlKey || event.metaKey || event.altKey) {
-    return;
-  } else if (taxonomy.leafForHotkey(key)) {
-    labelSelected(taxonomy.leafForHotkey(key).code);
-  } else if (key === "x") {
-    labelSelected(CANNOT);
-  } else if (key === "ArrowRight" || (key === "Tab" && !event.shiftKey)) {
-    const next = annotations.neighbour(annotations.cells.get(selectedKey), +1, false);
-    if (next) select(next.key, true);
-  } else if (key === "ArrowLeft" || (key === "Tab" && event.shiftKey)) {
-    const previous = annotations.neighbour(annotations.cells.get(selectedKey), -1, false);
-    if (previous) select(previous.key, true);
-  } else if (key === " ") {
-    const next = annotations.neighbour(annotations.cells.get(selectedKey), +1, true);
-    if (next) select(next.key, true);
-    else toast("Every cell is labelled.");
-  } else if (key === "Delete" || key === "Backspace") {
-    deleteSelected();
-  } else if (key === "Escape") {
-    select(null, false);
-  } else if (key === "/") {
-    search.focus();
-  } else if (key === "Enter") {
+// What each key does is lib/keys.js's map, shared with the blinded queue; Tab is left to the
+// browser, so that the keyboard focus moves through the picker and the cell list.
+const ACTIONS = {
+  label: (meant) => labelSelected(meant.leaf.code),
+  cannot: () => labelSelected(CANNOT),
+  next: () => step(+1),
+  previous: () => step(-1),
+  "next-open": nextUnlabelled,
+  delete: deleteSelected,
+  undo: undo,
+  close: () => select(null, false),
+  search: () => search.focus(),
+  accept: () => {
     const cell = annotations.cells.get(selectedKey);
     const offered = cell && !labelCode(cell) && acceptableSuggestion(cell);
     if (offered) labelSelected(offered);
     else if (cell) viewer.viewport.panTo(viewer.viewport.imageToViewportCoordinates(cell.x, cell.y));
-  } else {
-    return;
-  }
+  },
+};
+
+function step(direction) {
+  const next = annotations.neighbour(annotations.cells.get(selectedKey), direction);
+  if (next) select(next.key, true);
+}
+
+document.addEventListener("keydown", (event) => {
+  const meant = actionFor(event, ANNOTATE, taxonomy);
+  if (!meant) return;
   event.preventDefault();
+  ACTIONS[meant.action](meant);
   render();
 });
 
@@ -494,20 +584,29 @@ function renderCounts() {
     "<div>" + countable + " countable · " + cannot + " cannot classify · " + unlabelled + " unlabelled</div>";
 }
 
+// Each cell is a button, so that Tab reaches it and Enter or Space selects it; the list is
+// drawn anew after every change, and the focus goes back to the same cell's button.
 function renderList() {
   const list = annotations.sorted();
   document.getElementById("cell-total").textContent = list.length + " on this scan";
+  const focused = cellList.contains(document.activeElement) ? document.activeElement.dataset.key : null;
   cellList.innerHTML = list.map((cell) => {
     const code = labelCode(cell);
     const node = code && code !== CANNOT ? taxonomy.node(code) : null;
-    return '<li data-key="' + cell.key + '" class="' + (cell.key === selectedKey ? "selected" : "") + '">' +
+    const selected = cell.key === selectedKey;
+    return '<li class="' + (selected ? "selected" : "") + '"><button type="button" data-key="' + cell.key + '"' +
+      (selected ? ' aria-current="true"' : "") + ">" +
       '<span class="swatch" style="background:' + (node ? node.colour : code ? "#8a8a8a" : "transparent") + '"></span>' +
-      (cell.id != null ? "#" + cell.id : "new") + ' <span class="label">' + (node ? node.code : code || "unlabelled") + "</span></li>";
+      (cell.id != null ? "#" + cell.id : "new") + ' <span class="label">' + (node ? node.code : code || "unlabelled") +
+      "</span></button></li>";
   }).join("");
+  const again = focused && cellList.querySelector('button[data-key="' + focused + '"]');
+  if (again) again.focus();
 }
 
+noFocusOnMouse(cellList);
 cellList.addEventListener("click", (event) => {
-  const item = event.target.closest("li");
+  const item = event.target.closest("button[data-key]");
   if (!item) return;
   select(Number(item.dataset.key), true);
   render();
@@ -527,10 +626,32 @@ function render() {
 const toastEl = document.getElementById("toast");
 let toastTimer = null;
 function toast(message) {
-  toastEl.textContent = message;
+  toastEl.replaceChildren(message);
+  toastEl.classList.remove("notice");
   toastEl.hidden = false;
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => (toastEl.hidden = true), 6000);
+}
+
+// A message about the user's own change, with a button that takes it back.
+function notice(message, buttonText, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = buttonText;
+  button.addEventListener("click", () => {
+    toastEl.hidden = true;
+    onClick();
+    render();
+  });
+  toastEl.replaceChildren(message + " ", button);
+  toastEl.classList.add("notice");
+  toastEl.hidden = false;
+  clearTimeout(toastTimer); // it stays until the next change (clearNotice)
+}
+
+// A notice's button takes back the change it names, so it goes once a later change is made.
+function clearNotice() {
+  if (toastEl.classList.contains("notice")) toastEl.hidden = true;
 }
 
 window.addEventListener("beforeunload", (event) => {
@@ -542,6 +663,7 @@ window.addEventListener("beforeunload", (event) => {
 
 // ---- Loading what is saved --------------------------------------------------------------
 buildPicker();
+showKeyHelp(document.getElementById("key-help"), ANNOTATE);
 const opened = new Promise((resolve) => viewer.addOnceHandler("open", resolve));
 Promise.all([annotations.load(), opened])
   .then(() => {
@@ -549,6 +671,7 @@ Promise.all([annotations.load(), opened])
     queue.reportStatus();
     window.cytomark = {
       viewer, cells: annotations.cells, ready: true, pending: () => queue.pending, redraw: drawMarkers,
+      markerRadius: () => markerRadius(transform()),
     };
     document.body.dataset.ready = "true";
   })

@@ -1,7 +1,8 @@
 // The blinded rater's queue: one patch at a time, answered by hotkey. Everything this page
 // knows comes from the queue API, which names items only by opaque tokens.
 import { urlFor } from "./lib/http.js";
-import { pageClient, pageConfig } from "./lib/page.js";
+import { QUEUE, actionFor } from "./lib/keys.js";
+import { noFocusOnMouse, pageClient, pageConfig, showKeyHelp } from "./lib/page.js";
 import { Taxonomy } from "./lib/taxonomy.js";
 
 const config = pageConfig("queue-config");
@@ -119,6 +120,10 @@ function back() {
   if (item && item.position > 1) open(item.position - 1);
 }
 
+function forward() {
+  if (item && item.position < item.total) open(item.position + 1);
+}
+
 function skip() {
   if (!item) return;
   const next = item.next_unanswered && item.next_unanswered !== item.position
@@ -127,29 +132,28 @@ function skip() {
   open(next);
 }
 
+// The keys mean what they mean on the annotation screen too (lib/keys.js).
+const ACTIONS = {
+  label: (meant) => answer({ node: meant.leaf.code }),
+  cannot: () => answer({ cannot_classify: true }),
+  previous: back,
+  next: forward,
+  "next-open": skip,
+};
+
 document.addEventListener("keydown", (event) => {
-  if (event.ctrlKey || event.metaKey || event.altKey) return;
-  const key = event.key.toLowerCase();
-  const leaf = taxonomy.leafForHotkey(key);
-  if (leaf) {
-    event.preventDefault();
-    answer({ node: leaf.code });
-  } else if (key === "x") {
-    event.preventDefault();
-    answer({ cannot_classify: true });
-  } else if (key === "arrowleft" || key === "backspace") {
-    event.preventDefault();
-    back();
-  } else if (key === "arrowright" || key === " ") {
-    event.preventDefault();
-    skip();
-  }
+  const meant = actionFor(event, QUEUE, taxonomy);
+  if (!meant) return;
+  event.preventDefault();
+  ACTIONS[meant.action](meant);
 });
 $("back").addEventListener("click", back);
 $("skip").addEventListener("click", skip);
 $("cannot").addEventListener("click", () => answer({ cannot_classify: true }));
 
 buildChoices();
+showKeyHelp($("key-help"), QUEUE);
+noFocusOnMouse(document.querySelector(".choices"));
 http.get(config.urls.round)
   .then((state) => open(state.first_unanswered || 1))
   .then(() => { document.body.dataset.ready = "true"; })

@@ -22,6 +22,25 @@ function answerFor(code) {
   return code === CANNOT ? { node: null, cannot_classify: true } : { node: code, cannot_classify: false };
 }
 
+/**
+ * The unlabelled cell nearest to `from` ({x, y} in level-0 pixels; a cell itself is passed
+ * over), so that "next unlabelled" moves the examiner's eye as little as possible. Cells in
+ * `skipped` (passed over with "next unlabelled") come only when no other is left, so that two
+ * unlabelled neighbours are not visited in turn for ever. Ties go to the upper cell, then the
+ * left one, then the older one. null when no other cell is unlabelled.
+ */
+export function nearestUnlabelled(cells, from, skipped = new Set()) {
+  const distance = (cell) => (cell.x - from.x) ** 2 + (cell.y - from.y) ** 2;
+  const before = (a, b) =>
+    skipped.has(a) - skipped.has(b) || distance(a) - distance(b) || a.y - b.y || a.x - b.x || a.order - b.order;
+  let best = null;
+  for (const cell of cells) {
+    if (cell.label || cell === from) continue;
+    if (best === null || before(cell, best) < 0) best = cell;
+  }
+  return best;
+}
+
 export class ScanAnnotations {
   /**
    * http: a client of lib/http.js; queue: a SaveQueue; urls: the templates the view sends
@@ -52,23 +71,14 @@ export class ScanAnnotations {
     return Array.from(this.cells.values()).sort((a, b) => a.order - b.order);
   }
 
-  /**
-   * The cell `direction` (+1 or -1) steps from `cell` in that order, wrapping around; with
-   * `unlabelledOnly` the next unlabelled one, or null when every other cell is labelled.
-   */
-  neighbour(cell, direction, unlabelledOnly) {
+  /** The cell `direction` (+1 or -1) steps from `cell` in that order, wrapping around. */
+  neighbour(cell, direction) {
     const list = this.sorted();
     if (!list.length) return null;
-    const start = cell ? list.indexOf(cell) : -1;
-    for (let step = 1; step <= list.length; step++) {
-      const index = ((start + direction * step) % list.length + list.length) % list.length;
-      const candidate = list[index];
-      if (!unlabelledOnly || !candidate.label) {
-        if (candidate === cell && unlabelledOnly) return null;
-        return candidate;
-      }
-    }
-    return null;
+    // With no cell, +1 steps to the first and -1 to the last.
+    const start = cell ? list.indexOf(cell) : direction > 0 ? -1 : list.length;
+    const index = (((start + direction) % list.length) + list.length) % list.length;
+    return list[index];
   }
 
   /** Load the scan's saved cells and this round's labels of them. */
