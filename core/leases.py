@@ -263,10 +263,12 @@ def _send_again(kind: JobKind, pk: int) -> str:
     """Send a job set back to queued to its queue; failed with the reason if that fails."""
     try:
         kind.requeue(pk)
-    except Exception as exc:  # any broker error: recorded on the job, never left queued unsent
+    except Exception:  # any broker error: recorded on the job, never left queued unsent
         log.warning("Could not queue %s %s again", kind.label, pk, exc_info=True)
         kind.model.objects.filter(pk=pk, status=QUEUED).update(
-            status=FAILED, error=f"Its worker stopped and it could not be queued again: {exc}"
+            status=FAILED,
+            error="Its worker stopped and it could not be queued again: the task broker did "
+            "not answer. Start it anew; the details are in the worker's log.",
         )
         return FAILED
     return QUEUED

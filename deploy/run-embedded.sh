@@ -45,11 +45,13 @@ fi
 echo "$$ $URL" >"$LOCK"
 
 mkdir -p "$LOGS"
-echo "Preparing the database (log: $LOGS/setup.log) ..."
+echo "Preparing the database and the demo (log: $LOGS/setup.log) ..."
+export LOG_FILE="$LOGS/setup.log" CONSOLE_LOG_LEVEL=WARNING
 "$PY" manage.py migrate --noinput >>"$LOGS/setup.log"
 "$PY" manage.py collectstatic --noinput --verbosity 0
 # shellcheck disable=SC2086  # SEED_ARGS is a list of options
 "$PY" manage.py seed_demo ${SEED_ARGS:-}
+unset LOG_FILE CONSOLE_LOG_LEVEL
 
 # Both in this script's process group: a Ctrl-C in the terminal reaches them at once. The
 # worker's banner and log go to its log file; its warnings of failures are on the job pages.

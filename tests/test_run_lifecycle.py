@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from .test_job_recovery import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "deploy" / "run-embedded.sh"
 SEED_ARGS = "--scans 2 --size 3000 --cells 16"
@@ -57,14 +59,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def wait_until(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"Not within {seconds} s: {what}"
-        time.sleep(0.2)
-    return found
 
 
 class Instance:
@@ -182,6 +176,7 @@ def test_it_comes_up_with_the_address_on_the_terminal_and_requests_in_the_log(in
     assert f"{instance.var}/log/access.log" in terminal
     assert "GET /" not in terminal and "tiles/scan_files" not in terminal
     assert "Not Found" not in terminal and "Applying " not in terminal
+    assert "registered scan" not in terminal  # seeding says the logins, not each step
     access = wait_until(
         lambda: (
             (text := (instance.var / "log" / "access.log").read_text()) and tile in text and text
