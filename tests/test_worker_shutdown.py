@@ -132,7 +132,9 @@ def test_a_worker_stopped_warmly_cancels_its_export_and_leaves_no_partial_file(
 
 
 @pytest.mark.django_db
-def test_a_failed_run_says_why_in_a_sentence_without_a_traceback(study, curated, data_scientist):
+def test_a_failed_run_says_why_in_a_sentence_without_a_traceback(
+    study, curated, data_scientist, client
+):
     split = _split(study, data_scientist)
     default_storage.delete(Cell.objects.filter(study=study).order_by("pk").last().patch.name)
     run = runs.start_run(split, data_scientist, ENDLESS)
@@ -140,5 +142,6 @@ def test_a_failed_run_says_why_in_a_sentence_without_a_traceback(study, curated,
     assert run.status == "failed"
     assert run.error.startswith("The training run failed while loading the patches because a file")
     assert "Traceback" not in run.error and "Error:" not in run.error
-    page = client_for(data_scientist).get(f"/studies/{study.name}/training/").content.decode()
+    client.force_login(data_scientist)
+    page = client.get(f"/studies/{study.name}/training/").content.decode()
     assert "was not found in storage" in page and "Traceback" not in page
