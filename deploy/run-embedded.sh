@@ -31,7 +31,7 @@ else  # no flock(1) (macOS): the recorded pid, if that process still lives
     read -r pid _ <"$LOCK" 2>/dev/null && kill -0 "$pid" 2>/dev/null && running=yes
 fi
 if [ "${running:-}" = yes ]; then
-    read -r pid url <"$LOCK" || true
+    read -r pid url _ <"$LOCK" || true
     echo "Cytomark is already running at ${url:-$URL} (pid ${pid:-unknown}); stop it with Ctrl-C in its terminal." >&2
     exit 1
 fi
@@ -53,9 +53,12 @@ export LOG_FILE="$LOGS/setup.log" CONSOLE_LOG_LEVEL=WARNING
 "$PY" manage.py seed_demo ${SEED_ARGS:-}
 unset LOG_FILE CONSOLE_LOG_LEVEL
 
-# Both in this script's process group: a Ctrl-C in the terminal reaches them at once. The
-# worker's banner and log go to its log file; its warnings of failures are on the job pages.
-"$PY" -m celery -A config worker --pool=solo --concurrency=1 --loglevel=info \
+# The worker runs in a process group of its own, so that a Ctrl-C in the terminal reaches only
+# this script (and gunicorn), which passes exactly one signal on: a second SIGINT would be
+# Celery's cold shutdown, which the solo pool cannot do. Its banner and log go to its log file;
+# a job's failure is told on the job's page.
+"$PY" -c 'import os, sys; os.setpgid(0, 0); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])' \
+    -m celery -A config worker --pool=solo --concurrency=1 --loglevel=info \
     --queues default,tiles,exports,training --without-gossip --without-mingle \
     --logfile="$LOGS/worker.log" >>"$LOGS/worker.log" &
 worker=$!
@@ -64,11 +67,15 @@ LOG_FILE="$LOGS/web.log" CONSOLE_LOG_LEVEL=WARNING \
     --graceful-timeout 5 --access-logfile "$LOGS/access.log" --log-level warning &
 web=$!
 
+echo "$$ $URL $worker" >"$LOCK"
+
+# $1: the exit status; SIGINT (a Ctrl-C) is passed to the worker as such, so that its jobs say so.
 stop() {
-    trap '' INT TERM
+    trap '' INT TERM HUP
     echo
     echo "Stopping Cytomark ..."
-    kill -TERM "$web" "$worker" 2>/dev/null || true
+    kill -TERM "$web" 2>/dev/null || true
+    kill "-$([ "$1" = 130 ] && echo INT || echo TERM)" "$worker" 2>/dev/null || true
     for _ in $(seq $((STOP_GRACE * 10))); do
         kill -0 "$worker" 2>/dev/null || break
         sleep 0.1
@@ -78,16 +85,17 @@ stop() {
         kill -KILL "$worker" 2>/dev/null || true
         wait "$worker" 2>/dev/null || true
         reason="Cytomark was shut down"
-        [ "${1:-}" = 130 ] && reason="$reason (Ctrl-C)"
+        [ "$1" = 130 ] && reason="$reason (Ctrl-C)"
         "$PY" manage.py close_stopped_jobs "$worker" --reason "$reason" || true
     fi
     wait "$web" 2>/dev/null || true
     wait "$worker" 2>/dev/null || true
     echo "Cytomark has stopped."
-    exit "${1:-0}"
+    exit "$1"
 }
 trap 'stop 130' INT
 trap 'stop 143' TERM
+trap 'stop 129' HUP
 
 echo
 echo "Cytomark is running at $URL  (API docs: ${URL}api/docs/)"

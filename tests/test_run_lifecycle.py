@@ -9,6 +9,7 @@ leaves the run cancelled with a sentence. Needs no PostgreSQL or Redis; takes ab
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -76,6 +77,7 @@ class Instance:
         }
         self.env.update(VAR_DIR=str(var), PORT=str(port), PY=sys.executable, SEED_ARGS=SEED_ARGS)
         self.process: subprocess.Popen | None = None
+        self.worker = 0
 
     def start(self, output: Path) -> subprocess.Popen:
         """The script in a new process group, SIGINT not ignored (as from a terminal)."""
@@ -104,14 +106,21 @@ class Instance:
         with sqlite3.connect(self.var / "db.sqlite3", timeout=30) as db:
             return db.execute(query).fetchall()
 
-    def group_alive(self) -> bool:
-        """Whether any process of the script's group lives (the script itself reaped first)."""
+    def worker_pid(self) -> int:
+        """The worker's pid, which the script records in var/run.lock (pid, address, worker)."""
+        return int((self.var / "run.lock").read_text().split()[2])
+
+    def alive(self) -> bool:
+        """Whether any process of the script's group, or its worker (in a group of its own),
+        lives; the script itself reaped first."""
         self.process.poll()
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        for kill, pid in ((os.killpg, self.process.pid), (os.kill, self.worker)):
+            try:
+                kill(pid, 0)
+                return True
+            except ProcessLookupError:
+                pass
+        return False
 
     def manage_shell(self, code: str) -> str:
         done = subprocess.run(
@@ -138,10 +147,12 @@ def instance(tmp_path_factory):
             "the embedded instance answering /health/",
         )
         assert running.process.poll() is None, running.terminal.read_text()
+        running.worker = running.worker_pid()
         yield running
     finally:
-        if running.group_alive():
-            os.killpg(running.process.pid, signal.SIGKILL)
+        for kill, pid in ((os.killpg, running.process.pid), (os.kill, running.worker)):
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid, signal.SIGKILL)
         running.process.wait()
 
 
@@ -228,6 +239,7 @@ def test_a_port_taken_by_another_program_is_named(tmp_path):
 
 
 def test_ctrl_c_during_a_training_run_stops_everything_and_cancels_the_run(instance):
+    assert instance.alive()
     run_id = int(instance.manage_shell(ENDLESS_RUN).split()[-1])
     wait_until(
         lambda: instance.database(
@@ -239,7 +251,9 @@ def test_ctrl_c_during_a_training_run_stops_everything_and_cancels_the_run(insta
     )
     pressed = time.monotonic()
     os.killpg(instance.process.pid, signal.SIGINT)
-    wait_until(lambda: not instance.group_alive(), 12, "every process of make run stopped")
+    time.sleep(0.5)
+    os.killpg(instance.process.pid, signal.SIGINT)  # an impatient second Ctrl-C changes nothing
+    wait_until(lambda: not instance.alive(), 12, "every process of make run stopped")
     print(f"stopped in {time.monotonic() - pressed:.1f} s")
 
     [(status, error)] = instance.database(
