@@ -35,7 +35,12 @@ def stop_running_jobs(sig: str = "", **_) -> None:
 @worker_shutdown.connect
 def exit_at_once(sender=None, **_) -> None:
     """The worker has stopped (its jobs ended, its messages acknowledged): leave without the
-    interpreter's teardown, which with the numerical libraries loaded takes seconds more."""
+    interpreter's teardown, which with the numerical libraries loaded takes seconds more. Only
+    a worker process of its own (`celery worker`), never one embedded in another program."""
+    from celery.apps.worker import Worker
+
+    if not isinstance(sender, Worker):
+        return
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
