@@ -196,7 +196,8 @@ def test_it_comes_up_with_the_address_on_the_terminal_and_requests_in_the_log(in
         "the tile request in var/log/access.log",
     )
     assert '"GET / HTTP/1.1" 200' in access
-    assert "ready." in (instance.var / "log" / "worker.log").read_text()
+    worker_log = instance.var / "log" / "worker.log"
+    wait_until(lambda: "ready." in worker_log.read_text(), 60, "the worker's start logged")
 
 
 def test_a_second_start_in_the_same_folder_is_refused_and_touches_nothing(instance):
@@ -246,7 +247,7 @@ def test_ctrl_c_during_a_training_run_stops_everything_and_cancels_the_run(insta
             f"select 1 from mltasks_trainingrun where id = {run_id} and status = 'running' "
             "and progress like '%\"epoch\"%'"
         ),
-        60,
+        90,
         "the training run in its first epoch",
     )
     pressed = time.monotonic()
