@@ -32,10 +32,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	@touch $@
 
+# The script checks that Cytomark is not already running here before it migrates and seeds.
 run: install
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py collectstatic --noinput --verbosity 0
-	$(PY) manage.py seed_demo
 	HOST=$(HOST) PORT=$(PORT) PY=$(PY) deploy/run-embedded.sh
 
 lint: install

@@ -18,7 +18,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image, ImageColor
 
-from core import leases
+from core import failures, leases
 from core.errors import DomainError
 from core.storage import store_bytes
 
@@ -125,6 +125,7 @@ def cut_missing_patches(scan_id: int) -> int:
     )
     made = 0
     for cell in cells:
+        leases.stop_if_shutting_down()
         if cell.cut_patch != patch_name(cell, patch_geometry(cell)):
             ensure_patch(cell)
             made += 1
@@ -143,9 +144,14 @@ def run_batch(batch_id: int) -> int:
     with leases.Lease(PatchBatch, batch.pk, owner) as lease:
         try:
             made = cut_missing_patches(batch.scan_id)
+        except leases.ShuttingDown as stop:  # queued again, cut when a worker is back
+            leases.end_stopped(leases.kind_of(PatchBatch), batch.pk, owner, str(stop))
+            return 0
         except Exception as exc:  # recorded on the batch; a missing patch is cut on demand
             lease.finish(
-                status=PatchBatch.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+                status=PatchBatch.Status.FAILED,
+                error=failures.describe(exc, "Cutting the scan's patches")[:2000],
+                finished_at=timezone.now(),
             )
             raise
         lease.mine().delete()

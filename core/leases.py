@@ -64,6 +64,10 @@ class JobKind:
     model: type[LeasedJob]
     requeue: Callable[[int], None]
     remove_partials: Callable[[LeasedJob], None]
+    # The sentence of a job stopped by its worker's shutdown, from the job and the reason
+    # ("Cytomark was shut down (Ctrl-C)"); the job ends cancelled with it. None: such a job
+    # is queued again instead (work nobody started by hand, like patch batches).
+    stopped_message: Callable[[LeasedJob, str], str] | None = None
 
 
 _kinds: dict[str, JobKind] = {}
@@ -129,6 +133,31 @@ def claim(model: type[LeasedJob], pk: int, claimable, owner: str, **fields) -> i
 
 class LeaseLost(Exception):
     """The job is not this worker's any more: cancelled, or taken over after a stall."""
+
+
+class ShuttingDown(Exception):
+    """This worker is shutting down: the job stops at its step and ends in a clear state."""
+
+
+_shutdown_reason: list[str] = []
+
+
+def stop_jobs(reason: str) -> None:
+    """Ask the jobs of this process to stop at their next step, because (`reason`, e.g.
+    "Cytomark was shut down (Ctrl-C)") the worker is shutting down. The first reason holds."""
+    if not _shutdown_reason:
+        _shutdown_reason.append(reason)
+
+
+def shutdown_reason() -> str:
+    """Why this process's jobs must stop, or "" while they may go on."""
+    return _shutdown_reason[0] if _shutdown_reason else ""
+
+
+def stop_if_shutting_down() -> None:
+    """Raise ShuttingDown once this worker shuts down: called by jobs between their steps."""
+    if _shutdown_reason:
+        raise ShuttingDown(_shutdown_reason[0])
 
 
 class Lease:
@@ -227,12 +256,19 @@ def recover(kind: JobKind, job: LeasedJob, now=None) -> str | None:
         return None
     log.warning("%s %s: its worker %s stopped; queued again", kind.label, job.pk, job.lease_owner)
     kind.remove_partials(job)
+    return _send_again(kind, job.pk)
+
+
+def _send_again(kind: JobKind, pk: int) -> str:
+    """Send a job set back to queued to its queue; failed with the reason if that fails."""
     try:
-        kind.requeue(job.pk)
-    except Exception as exc:  # any broker error: recorded on the job, never left queued unsent
-        log.warning("Could not queue %s %s again", kind.label, job.pk, exc_info=True)
-        kind.model.objects.filter(pk=job.pk, status=QUEUED).update(
-            status=FAILED, error=f"Its worker stopped and it could not be queued again: {exc}"
+        kind.requeue(pk)
+    except Exception:  # any broker error: recorded on the job, never left queued unsent
+        log.warning("Could not queue %s %s again", kind.label, pk, exc_info=True)
+        kind.model.objects.filter(pk=pk, status=QUEUED).update(
+            status=FAILED,
+            error="Its worker stopped and it could not be queued again: the task broker did "
+            "not answer. Start it anew; the details are in the worker's log.",
         )
         return FAILED
     return QUEUED
@@ -260,6 +296,44 @@ def cancel(model: type[LeasedJob], pk: int, status: str, **fields) -> bool:
     if ended and job is not None:
         kind_of(model).remove_partials(job)
     return bool(ended)
+
+
+def end_stopped(kind: JobKind, pk: int, owner: str, reason: str) -> str | None:
+    """End a job that `owner` held when its worker shut down for `reason`: cancelled with the
+    kind's sentence, or queued again; its partial files removed. The new state, or None when
+    the job was not (or no longer) that owner's."""
+    job = kind.model.objects.filter(pk=pk).first()
+    held = kind.model.objects.filter(pk=pk, lease_owner=owner, status=RUNNING)
+    if job is None:
+        return None
+    if kind.stopped_message is not None:
+        if not held.update(
+            status="cancelled",
+            error=kind.stopped_message(job, reason)[:4000],
+            finished_at=timezone.now(),
+            lease_expires_at=None,
+        ):
+            return None
+        kind.remove_partials(job)
+        return "cancelled"
+    if not held.update(status=QUEUED, lease_expires_at=None):
+        return None
+    kind.remove_partials(job)
+    return _send_again(kind, pk)
+
+
+def end_jobs_of_process(pid: int, reason: str) -> list[tuple[str, int, str]]:
+    """End the running jobs of a worker process of this host that was killed while it shut
+    down (`make run` kills a worker that does not stop in time): each as `end_stopped` would,
+    without waiting for its lease to run out. (label, id, new state) of each."""
+    prefix = f"{socket.gethostname()}:{pid}:"
+    ended = []
+    for kind in _kinds.values():
+        for job in kind.model.objects.filter(status=RUNNING, lease_owner__startswith=prefix):
+            state = end_stopped(kind, job.pk, job.lease_owner, reason)
+            if state:
+                ended.append((kind.label, job.pk, state))
+    return ended
 
 
 def start_sweeper() -> threading.Thread:

@@ -21,6 +21,7 @@ class DatasetsConfig(AppConfig):
                 model=Export,
                 requeue=lambda pk: tasks.write_export.delay(pk),
                 remove_partials=exports.remove_partials,
+                stopped_message=exports.stopped_message,
             )
         )
         register_visibility(RULES)

@@ -23,6 +23,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -36,11 +37,13 @@ from django.utils import timezone
 from PIL import Image
 
 from annotator.models import Cell
-from core import leases
+from core import failures, leases
 from core.errors import DomainError
 
 from .models import Export, Split
 from .splits import Sample, patch_names, split_samples
+
+log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
     "cell_id",
@@ -300,6 +303,12 @@ def cancel_export(export: Export) -> Export:
     return export
 
 
+def stopped_message(export: Export, reason: str) -> str:
+    """The sentence of an export stopped by its worker's shutdown."""
+    written = f" ({export.done} of {export.total} files written)" if export.total else ""
+    return f"Stopped because {reason} while it was being written{written}; request it again."
+
+
 def run_export(export_id: int) -> Export:
     """Build the export's zip and publish it; failures are recorded on the row.
 
@@ -315,15 +324,22 @@ def run_export(export_id: int) -> Export:
     with leases.Lease(Export, export.pk, owner) as lease:
 
         def progress(done: int, total: int) -> None:
+            leases.stop_if_shutting_down()
             if not lease.mine().update(done=done, total=total):
                 raise leases.LeaseLost(f"Export {export.pk} is no longer this worker's.")
 
         name = export_name(export, attempt)
         try:
             stored, size, digest = _write_and_publish(export, name, progress)
-        except Exception as exc:  # recorded for the user; the task itself ends cleanly
+        except leases.ShuttingDown as stop:
+            leases.end_stopped(leases.kind_of(Export), export.pk, owner, str(stop))
+        except Exception as exc:  # recorded for the user in a sentence; the task ends cleanly
+            if not isinstance(exc, DomainError | leases.LeaseLost):
+                log.exception("Export %s failed", export.pk)
             lease.finish(
-                status=Export.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+                status=Export.Status.FAILED,
+                error=failures.describe(exc, "The export")[:2000],
+                finished_at=timezone.now(),
             )
         else:
             published = lease.finish(

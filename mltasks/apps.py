@@ -13,6 +13,12 @@ def _remove_partials(run) -> None:
     remove_partials(run)
 
 
+def _stopped_message(run, reason: str) -> str:
+    from .runs import position, stopped_message
+
+    return stopped_message(reason, position(run.progress or {}))
+
+
 class MltasksConfig(AppConfig):
     """Training and inference (depends on datasets and annotator)."""
 
@@ -32,6 +38,7 @@ class MltasksConfig(AppConfig):
                 model=TrainingRun,
                 requeue=_queue_again,
                 remove_partials=_remove_partials,
+                stopped_message=_stopped_message,
             )
         )
         register_visibility(RULES)

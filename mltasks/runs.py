@@ -14,7 +14,6 @@ import hashlib
 import logging
 import subprocess
 import time
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotator.access import OVERSEEING_ROLES, require_role
-from core import leases
+from core import failures, leases
 from core.errors import DomainError
 from core.storage import store_bytes
 from datasets.models import Split
@@ -112,6 +111,8 @@ class _Progress:
 
     def next_fold(self, index: int) -> None:
         self.fold_index = index
+        self.state["fold_number"] = index + 1
+        self.state.pop("epoch", None)
 
     def __call__(self, update: dict) -> None:
         self.state.update(update)
@@ -134,6 +135,8 @@ class _Progress:
         return min(1.0, (self.fold_index + within) / self.folds)
 
     def should_stop(self) -> bool:
+        if leases.shutdown_reason():
+            return True
         now = time.monotonic()
         if now - self.last_check < PROGRESS_EVERY_SECONDS:
             return False
@@ -178,6 +181,7 @@ def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
     from . import training
 
     stored: list[str] = []
+    progress = None
     try:
         training.check_device(config)
         if config["threads"]:
@@ -202,18 +206,36 @@ def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
         report = reports.build_report(run, data, folds, device, saliency_weights=results[0][1])
         stored.extend(report.pop("_files", []))
         _publish(run, results, report, lease)
-    except (training.Cancelled, leases.LeaseLost):
-        _end(run, lease, TrainingRun.Status.CANCELLED, "Cancelled by its user.", stored)
-    except Exception as exc:  # recorded on the run for its user, and logged in full
-        log.exception("Training run %s failed", run.pk)
-        message = f"{exc.__class__.__name__}: {exc}"
-        _end(
-            run,
-            lease,
-            TrainingRun.Status.FAILED,
-            message + "\n" + traceback.format_exc(limit=3),
-            stored,
-        )
+    except Exception as exc:  # each end recorded on the run in a sentence, errors logged in full
+        where = position(progress.state if progress else {})
+        if reason := leases.shutdown_reason():
+            # Also an error raised by the shutdown itself (a second Ctrl-C interrupts a step).
+            log.info("Training run %s stopped: %s", run.pk, reason, exc_info=True)
+            status, message = TrainingRun.Status.CANCELLED, stopped_message(reason, where)
+        elif isinstance(exc, training.Cancelled | leases.LeaseLost):
+            status, message = TrainingRun.Status.CANCELLED, "Cancelled by its user."
+        else:
+            log.exception("Training run %s failed", run.pk)
+            status, message = (
+                TrainingRun.Status.FAILED,
+                failures.describe(exc, "The training run", where),
+            )
+        _end(run, lease, status, message, stored)
+
+
+def position(progress: dict) -> str:
+    """Where a run's progress is, for a sentence: " during fold 2 of 3, epoch 4"."""
+    if "fold_number" not in progress:
+        return " while loading the patches"
+    fold = f"fold {progress['fold_number']} of {progress['folds']}"
+    if "epoch" not in progress:
+        return f" at the start of {fold}"
+    return f" during {fold}, epoch {progress['epoch']}"
+
+
+def stopped_message(reason: str, where: str = "") -> str:
+    """The sentence of a run stopped by a worker's shutdown (`reason`: who shut it down)."""
+    return f"Stopped because {reason}{where}; start it again to train."
 
 
 def _describe(device: torch.device) -> str:

@@ -34,10 +34,12 @@ def queue_run(run: TrainingRun) -> None:
     def send() -> None:
         try:
             train.delay(run.pk)
-        except Exception as exc:  # any broker error: recorded on the run
+        except Exception:  # any broker error: recorded on the run, in full in the log
             log.warning("Could not queue training run %s", run.pk, exc_info=True)
             TrainingRun.objects.filter(pk=run.pk).update(
-                status=TrainingRun.Status.FAILED, error=f"Could not queue the run: {exc}"
+                status=TrainingRun.Status.FAILED,
+                error="Could not queue the run: the task broker did not answer. Start it again "
+                "once the broker is back; the details are in the web server's log.",
             )
 
     transaction.on_commit(send)

@@ -189,6 +189,8 @@ if CELERY_BROKER_URL == "filesystem://":
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # How often an idle worker looks for messages; also how soon it notices a Ctrl-C.
+        "polling_interval": 0.25,
     }
     for _folder in ("queue", "processed", "control"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
@@ -259,9 +261,39 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "mltasks.models.TrainingRun.Status"},
 }
 
+# Logs go to the console; with LOG_FILE set (`make run`'s web server: var/log/web.log) they go
+# to that file too, and CONSOLE_LOG_LEVEL keeps the console for warnings and errors.
+LOG_FILE = env.str("LOG_FILE", default="")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "formatters": {"timed": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "level": env.str("CONSOLE_LOG_LEVEL", default="NOTSET"),
+        },
+        **(
+            {
+                "file": {
+                    "class": "logging.handlers.WatchedFileHandler",
+                    "filename": LOG_FILE,
+                    "formatter": "timed",
+                }
+            }
+            if LOG_FILE
+            else {}
+        ),
+    },
+    "root": {
+        "handlers": ["console", "file"] if LOG_FILE else ["console"],
+        "level": env.str("LOG_LEVEL", default="INFO"),
+    },
 }
+if LOG_FILE:
+    # Refused requests (4xx, logged as warnings) are the client's business: file only; server
+    # errors (5xx) reach the console too.
+    LOGGING["handlers"]["errors"] = {"class": "logging.StreamHandler", "level": "ERROR"}
+    LOGGING["loggers"] = {
+        "django.request": {"handlers": ["file", "errors"], "propagate": False},
+    }
