@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from datasets.models import ClassMap
+
 from .conftest import log_in, new_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,4 +60,36 @@ def test_the_training_page_follows_a_run_and_shows_its_report_when_done(
     )
     TrainingRun.objects.filter(pk=run.pk).update(status="done")
     page.wait_for_selector(f"{row} a:has-text('report')", timeout=15000)
+    assert problems == []
+
+
+PATTERNS_COMPILE = """() => [...document.querySelectorAll('[pattern]')].map((field) => {
+  try { new RegExp(field.pattern, 'v'); return [field.name, true]; }
+  catch (error) { return [field.name, false]; }
+})"""
+
+
+def test_the_class_map_name_is_checked_by_the_browser(
+    chromium_browser, live_server, study, curated, data_scientist
+):
+    """Chromium compiles `pattern` with the v flag and skips the check of one that fails."""
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, data_scientist.username)
+    for path in ("datasets", "training"):
+        page.goto(f"{live_server.url}/studies/{study.name}/{path}/")
+        compiled = page.evaluate(PATTERNS_COMPILE)
+        assert all(ok for _, ok in compiled), (path, compiled)
+    page.goto(f"{live_server.url}/studies/{study.name}/datasets/")
+    field = page.locator("input[name=name][pattern]")
+    mismatch = "(field) => field.validity.patternMismatch"
+    for typed, refused in [("aml merged", True), ("blasts+", True), ("aml-merged_2", False)]:
+        field.fill(typed)
+        assert field.evaluate(mismatch) is refused, typed
+    field.fill("aml merged")
+    page.click("text=Save this class map")
+    assert page.url.endswith("/datasets/") and not ClassMap.objects.exists()
+    field.fill("aml-merged_2")
+    page.click("text=Save this class map")
+    page.wait_for_selector("text=aml-merged_2", timeout=15000)
+    assert ClassMap.objects.filter(name="aml-merged_2").exists()
     assert problems == []
