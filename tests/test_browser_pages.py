@@ -42,24 +42,38 @@ def test_the_datasets_page_follows_an_export_to_its_download(
 def test_the_training_page_follows_a_run_and_shows_its_report_when_done(
     chromium_browser, live_server, split, data_scientist
 ):
+    """The banner of the run just started (the page the start form leads to) follows its
+    state, and the time left waits for the server's estimate."""
     from mltasks.models import TrainingRun
 
     run = TrainingRun.objects.create(split=split, config={}, created_by=data_scientist)
     page, problems = new_page(chromium_browser)
     log_in(page, live_server.url, data_scientist.username)
-    page.goto(f"{live_server.url}/studies/{split.dataset.study.name}/training/")
+    page.goto(f"{live_server.url}/studies/{split.dataset.study.name}/training/?run={run.pk}")
     row = f"tr[data-run='{run.pk}']"
+    banner = "#run-banner"
+    assert page.inner_text(banner).startswith(f"Training run {run.pk} is queued")
 
     progress = {"fraction": 0.25, "fold": "0", "fold_number": 1, "folds": 2, "epoch": 1}
     TrainingRun.objects.filter(pk=run.pk).update(
-        status="running", progress={**progress, "step": 3, "steps": 8}
+        status="running", progress={**progress, "step": 3, "steps": 8, "eta_seconds": None}
     )
     page.wait_for_function(
-        f"document.querySelector(\"{row} .detail\").textContent === 'fold 1/2, epoch 1, step 3/8'",
+        f'document.querySelector("{row} .detail").textContent'
+        " === 'fold 1/2, epoch 1, step 3/8, estimating time left…'",
+        timeout=15000,
+    )
+    assert page.inner_text(banner) == f"Training run {run.pk} is running."
+    TrainingRun.objects.filter(pk=run.pk).update(
+        progress={**progress, "step": 5, "steps": 8, "eta_seconds": 41.5}
+    )
+    page.wait_for_function(
+        f"document.querySelector(\"{row} .detail\").textContent.endsWith('about 42 s left')",
         timeout=15000,
     )
     TrainingRun.objects.filter(pk=run.pk).update(status="done")
     page.wait_for_selector(f"{row} a:has-text('report')", timeout=15000)
+    assert page.inner_text(banner).startswith(f"Training run {run.pk} finished")
     assert problems == []
 
 
