@@ -370,3 +370,43 @@ def test_no_time_left_before_the_first_measured_step():
     times.add(0.5)
     times.add(1.5)
     assert times.remaining(10) == pytest.approx(10.0)
+
+
+def test_the_roc_gives_human_raters_their_own_colours_and_markers():
+    from matplotlib.colors import to_hex
+
+    from mltasks import report
+
+    roc = {"mean_curve": {"fpr": [0, 0.2, 1], "tpr": [0, 0.8, 1]}, "auc": {"mean": 0.9}}
+    points = [
+        {"round": "gold-examiner", "kind": "gold", "sensitivity": 0.9, "specificity": 0.95},
+        {"round": "rita-blind-r1", "kind": "blinded", "sensitivity": 0.8, "specificity": 0.9},
+        {"round": "rita-repeat-1", "kind": "repeat", "sensitivity": 0.7, "specificity": 0.85},
+    ]
+    figure = report.roc_figure("blast", roc, points)
+    axes = figure.axes[0]
+    network = to_hex(axes.lines[-1].get_color())
+    raters = [to_hex(collection.get_facecolor()[0]) for collection in axes.collections]
+    assert len(raters) == 3 and network not in raters and len(set(raters)) == 3
+    markers = {path.get_paths()[0].vertices.shape for path in axes.collections}
+    assert len(markers) == 3  # star, circle and square: one per kind of round
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend[0].startswith("network, AUC 0.900")
+    assert legend[1:] == [
+        "rater: gold-examiner (gold)",
+        "rater: rita-blind-r1 (blinded)",
+        "rater: rita-repeat-1 (repeat)",
+    ]
+
+
+def test_saliency_titles_are_legible_at_the_size_the_report_shows():
+    from core import plots
+    from mltasks import report
+
+    patch = np.zeros((32, 32, 3), dtype=np.uint8)
+    figure = report.saliency_figure(patch, np.zeros((32, 32)), "cell 12: MYB")
+    width_px = figure.get_figwidth() * plots.PNG_DPI
+    shown = min(report.SALIENCY_SHOWN_PX, width_px) / width_px
+    for axes in figure.axes:
+        size_px = axes.title.get_fontsize() * plots.PNG_DPI / 72 * shown
+        assert size_px >= 10, (axes.title.get_text(), size_px)
