@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.contrib.auth import get_user_model
-from django.db.models import Model, QuerySet
+from django.db.models import Count, Model, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from core.errors import ForbiddenError, NotFoundError
 
@@ -85,6 +86,21 @@ def visible_scans(user) -> QuerySet[Scan]:
         .exclude(studies__in=blinded_studies(user))
         .distinct()
     )
+
+
+def with_visible_scan_count(studies: QuerySet[Study], user) -> QuerySet[Study]:
+    """The studies, each annotated `scan_count`: how many of its scans the user can list (what
+    `visible_scans` holds for the study, so none in a study they rate blinded)."""
+    listed = (
+        Study.scans.through.objects.filter(
+            study_id=OuterRef("pk"), scan__in=visible_scans(user).values("pk")
+        )
+        .order_by()
+        .values("study_id")
+        .annotate(n=Count("scan_id"))
+        .values("n")
+    )
+    return studies.annotate(scan_count=Coalesce(Subquery(listed), 0))
 
 
 def scan_for_tiles(user, scan_id: int) -> Scan | None:

@@ -28,11 +28,31 @@ LEAF_LEVEL = "leaf"
 MAX_BOOTSTRAP = 100_000  # replicates of the patient bootstrap
 
 
+NOTHING_COMPARED = "nothing compared yet"
+
+
 @dataclass(frozen=True)
 class Comparison:
     a: Round  # the reference side (rows of the confusion matrix)
     b: Round  # the rater side (columns)
     agreement: Agreement
+
+    @property
+    def compared(self) -> bool:
+        """Whether any cell was classified by both rounds (n > 0)."""
+        return self.agreement.n > 0
+
+    @property
+    def note(self) -> str:
+        """What a reader needs where there are no figures: empty when something was compared."""
+        if self.compared:
+            return ""
+        excluded = self.agreement.excluded_cannot_classify
+        why = f"; {excluded} shared cell(s) said cannot classify" if excluded else ""
+        return (
+            f"{NOTHING_COMPARED.capitalize()}: no cell is classified in both "
+            f"{self.a.name} and {self.b.name}{why}."
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -42,6 +62,8 @@ class Comparison:
             "b_kind": self.b.kind,
             "a_rater": self.a.rater.get_username(),
             "b_rater": self.b.rater.get_username(),
+            "compared": self.compared,
+            "note": self.note,
             **self.agreement.to_dict(),
         }
 
@@ -268,6 +290,7 @@ CSV_COLUMNS = [
     "kappa_ci_high",
     "kappa_se",
     "observed_agreement",
+    "note",
 ]
 
 
@@ -293,6 +316,7 @@ def report_csv(report: Report) -> str:
             "kappa_ci_high": _number(result.kappa_ci[1] if result.kappa_ci else None),
             "kappa_se": _number(result.kappa_se),
             "observed_agreement": _number(result.observed_agreement),
+            "note": comparison.note,
         }
         for name in groups:
             stats = result.groups.get(name)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.db import transaction
 from django.db.models import (
     Case,
@@ -96,10 +97,45 @@ def default_reference(study: Study) -> Round:
     return gold
 
 
+def can_log_in(user) -> bool:
+    """Whether the user can sign in to answer a queue: active, with a usable password (an
+    `examiner` of imported or demo labels has neither)."""
+    return user.is_active and user.has_usable_password()
+
+
+def rater_candidates(study: Study) -> QuerySet:
+    """The users a coordinator may give a blinded round of the study: annotators of it who can
+    log in and hold no role that sees every label (the rules `_check_rater` enforces)."""
+    seeing = Membership.objects.filter(study=study, role__in=OVERSEEING_ROLES)
+    return (
+        get_user_model()
+        .objects.filter(memberships__study=study, memberships__role=Role.ANNOTATOR, is_active=True)
+        .exclude(password__startswith=UNUSABLE_PASSWORD_PREFIX)
+        .exclude(is_superuser=True)
+        .exclude(pk__in=seeing.values("user_id"))
+        .distinct()
+        .order_by("username")
+    )
+
+
 def _check_rater(study: Study, rater) -> None:
     roles = roles_in(rater, study)
     if not roles:
         raise DomainError(f"{rater.get_username()} is not a member of study {study.name}.", "rater")
+    if not can_log_in(rater):
+        why = " and ".join(
+            reason
+            for reason, holds in (
+                ("an inactive account", not rater.is_active),
+                ("no usable password", not rater.has_usable_password()),
+            )
+            if holds
+        )
+        raise DomainError(
+            f"{rater.get_username()} cannot log in ({why}), so could never answer a blinded "
+            "round; choose a rater who can log in.",
+            field="rater",
+        )
     seeing = sorted(roles & OVERSEEING_ROLES)
     if seeing or rater.is_superuser:
         held = ", ".join(seeing) or "superuser"

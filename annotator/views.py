@@ -153,11 +153,7 @@ class BlindedRoundForm(forms.Form):
 
     def __init__(self, study, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["rater"].queryset = (
-            get_user_model()
-            .objects.filter(memberships__study=study, memberships__role=Membership.Role.ANNOTATOR)
-            .distinct()
-        )
+        self.fields["rater"].queryset = rounds.rater_candidates(study)
 
 
 class RepeatForm(forms.Form):

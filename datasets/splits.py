@@ -108,6 +108,23 @@ def _checked_fractions(fractions: Mapping | None) -> dict[str, float] | None:
     return values
 
 
+def describe(strategy: str, params: Mapping, seed: int | None = None) -> str:
+    """A split's strategy in words, as pages and the API show it: "patient-wise, 3 folds",
+    "stratified, 5 folds, seed 7", "holdout 70 / 10 / 20 % (train / validation / test),
+    patient-wise"."""
+    if strategy == Strategy.HOLDOUT:
+        fractions = params.get("fractions") or DEFAULT_FRACTIONS
+        shares = " / ".join(f"{round(100 * fractions.get(p, 0)):g}" for p in DEFAULT_FRACTIONS)
+        words = f"holdout {shares} % ({' / '.join(DEFAULT_FRACTIONS)})"
+        if params.get("grouped"):
+            words += ", patient-wise"
+    else:
+        k = params.get("k")
+        kind = "patient-wise" if strategy == Strategy.PATIENT_KFOLD else "stratified"
+        words = f"{kind}, {k} fold{'s' if k != 1 else ''}"
+    return words if seed is None else f"{words}, seed {seed}"
+
+
 def split_sha256(dataset_sha: str, strategy: str, params: dict, seed: int, folds: list) -> str:
     canonical = json.dumps(
         {

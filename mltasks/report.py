@@ -57,8 +57,23 @@ def rater_points(run, test_cells: dict[int, str], groups: dict[str, set[str]]) -
     return points
 
 
-def _roc_png(group: str, roc: dict, points: list[dict]) -> bytes:
-    figure = Figure(figsize=(4.6, 4.6))
+# The network's curve is blue; the human raters' points never are, and their marker says the
+# kind of their round.
+NETWORK_COLOUR = "#1f77b4"
+RATER_COLOURS = ["#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+RATER_MARKERS = {"gold": "*", "blinded": "o", "repeat": "s"}
+# How wide the training report (mltasks/report.html) shows its plots at most (its card), and
+# its saliency images (`.plot.small`).
+REPORT_SHOWN_PX = 1100
+SALIENCY_SHOWN_PX = 320
+
+
+def roc_figure(group: str, roc: dict, points: list[dict]) -> Figure:
+    """The network's mean ROC curve of a yes/no question with each human rater's point: the
+    raters in their own colours (never the network's), marked by their round's kind."""
+    width = 4.6
+    text = plots.text_points(width, REPORT_SHOWN_PX, plots.PNG_DPI)
+    figure = Figure(figsize=(width, width))
     axes = figure.subplots()
     axes.plot([0, 1], [0, 1], color="#bbb", linestyle="--", linewidth=0.8)
     curve = roc.get("mean_curve") or {}
@@ -68,18 +83,27 @@ def _roc_png(group: str, roc: dict, points: list[dict]) -> bytes:
         label = (
             "network" if auc is None else f"network, AUC {auc:.3f}" + (f" ± {sd:.3f}" if sd else "")
         )
-        axes.plot(curve["fpr"], curve["tpr"], label=label)
-    for point in points:
+        axes.plot(curve["fpr"], curve["tpr"], color=NETWORK_COLOUR, label=label)
+    for index, point in enumerate(points):
         axes.scatter(
-            [1 - point["specificity"]], [point["sensitivity"]], zorder=3, label=point["round"]
+            [1 - point["specificity"]],
+            [point["sensitivity"]],
+            color=RATER_COLOURS[index % len(RATER_COLOURS)],
+            marker=RATER_MARKERS.get(point["kind"], "D"),
+            s=70,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+            label=f"rater: {point['round']} ({point['kind']})",
         )
     axes.set_xlim(-0.02, 1.02)
     axes.set_ylim(-0.02, 1.02)
-    axes.set_xlabel("1 - specificity")
-    axes.set_ylabel("sensitivity")
-    axes.set_title(f"{group}: network and human raters", fontsize=9)
-    axes.legend(fontsize=7, loc="lower right")
-    return plots.png(figure)
+    axes.set_xlabel("1 - specificity", fontsize=text)
+    axes.set_ylabel("sensitivity", fontsize=text)
+    axes.tick_params(labelsize=text)
+    axes.set_title(f"{group}: network and human raters", fontsize=text)
+    axes.legend(fontsize=text, loc="lower right")
+    return figure
 
 
 def saliency_maps(model, data, index: np.ndarray, device, count: int) -> list[tuple[int, bytes]]:
@@ -94,19 +118,25 @@ def saliency_maps(model, data, index: np.ndarray, device, count: int) -> list[tu
         heat = gradient.abs().amax(dim=1)[0].cpu().numpy()
         heat = heat / heat.max() if heat.max() > 0 else heat
         patch = data.images[position].numpy()
-        figure = Figure(figsize=(6, 3))
-        left, right = figure.subplots(1, 2)
-        left.imshow(patch)
-        left.set_title(
-            f"cell {data.cell_ids[position]}: {data.classes[data.labels[position]]}", fontsize=8
-        )
-        right.imshow(patch)
-        right.imshow(heat, cmap="inferno", alpha=0.6)
-        right.set_title("saliency", fontsize=8)
-        for axes in (left, right):
-            axes.axis("off")
-        made.append((data.cell_ids[position], plots.png(figure)))
+        title = f"cell {data.cell_ids[position]}: {data.classes[data.labels[position]]}"
+        made.append((data.cell_ids[position], plots.png(saliency_figure(patch, heat, title))))
     return made
+
+
+def saliency_figure(patch: np.ndarray, heat: np.ndarray, title: str) -> Figure:
+    """The patch and its saliency side by side, titles legible at the size the page shows."""
+    width = 6
+    text = plots.text_points(width, SALIENCY_SHOWN_PX, plots.PNG_DPI)
+    figure = Figure(figsize=(width, width / 2))
+    left, right = figure.subplots(1, 2)
+    left.imshow(patch)
+    left.set_title(title, fontsize=text)
+    right.imshow(patch)
+    right.imshow(heat, cmap="inferno", alpha=0.6)
+    right.set_title("saliency", fontsize=text)
+    for axes in (left, right):
+        axes.axis("off")
+    return figure
 
 
 def build_report(run, data, results, device, saliency_weights: str) -> dict:
@@ -126,7 +156,12 @@ def build_report(run, data, results, device, saliency_weights: str) -> dict:
     base = f"training/run-{run.pk}"
     files = {"confusion": f"{base}/confusion.png"}
     confusion = confusion_figure(
-        summary["confusion"]["matrix"], classes, rows="true (gold)", columns="predicted"
+        summary["confusion"]["matrix"],
+        classes,
+        rows="true (gold)",
+        columns="predicted",
+        shown_px=REPORT_SHOWN_PX,
+        px_per_inch=plots.PNG_DPI,
     )
     store_bytes(files["confusion"], plots.png(confusion))
     rocs = {}
@@ -135,7 +170,8 @@ def build_report(run, data, results, device, saliency_weights: str) -> dict:
         roc = group_roc(folds, classes, members) if 0 < len(members) < len(classes) else {}
         rocs[group] = {"members": sorted(members), **roc}
         name = f"{base}/roc-{group}.png"
-        store_bytes(name, _roc_png(group, roc, [p for p in points if p["group"] == group]))
+        figure = roc_figure(group, roc, [p for p in points if p["group"] == group])
+        store_bytes(name, plots.png(figure))
         files[f"roc-{group}"] = name
     first = results[0]
     with default_storage.open(saliency_weights, "rb") as handle:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_SECONDS = 0.5
+# Steps left out of the time-left estimate: the first ones also load data, build the model and
+# warm the device up, and are several times slower than the rest.
+WARMUP_STEPS = 3
 
 
 def code_version() -> str:
@@ -98,16 +102,42 @@ def remove_partials(run: TrainingRun) -> None:
         leases.remove_tree(f"training/run-{run.pk}")
 
 
+@dataclass
+class StepTimes:
+    """The measured durations of a run's training steps, for the time it has left: the mean
+    time per step after the first `warmup` steps, times the steps left. The time between two
+    steps includes the validation and the next fold's start that fall between them, so the
+    mean covers them too. Kept as a count and a sum: a run may take a million steps."""
+
+    warmup: int = WARMUP_STEPS
+    steps: int = 0
+    measured_seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.steps += 1
+        if self.steps > self.warmup:
+            self.measured_seconds += seconds
+
+    def remaining(self, steps_left: int) -> float | None:
+        """Seconds left for `steps_left` more steps; None before any step past the warm-up."""
+        measured = self.steps - self.warmup
+        if measured <= 0:
+            return None
+        return self.measured_seconds / measured * max(0, steps_left)
+
+
 class _Progress:
     """Writes progress to the run at most every half second, with the time left."""
 
     def __init__(self, run: TrainingRun, folds: int, config: dict, lease: leases.Lease):
         self.run, self.folds, self.config, self.lease = run, folds, config, lease
         self.started = time.monotonic()
+        self.last_step = self.started
         self.last_write = 0.0
         self.last_check = 0.0
-        self.state: dict = {"folds": folds}
+        self.state: dict = {"folds": folds, "eta_seconds": None}
         self.fold_index = 0
+        self.step_times = StepTimes()
 
     def next_fold(self, index: int) -> None:
         self.fold_index = index
@@ -115,24 +145,36 @@ class _Progress:
         self.state.pop("epoch", None)
 
     def __call__(self, update: dict) -> None:
+        now = time.monotonic()
         self.state.update(update)
         self.state["fold_number"] = self.fold_index + 1
-        done = self._fraction()
-        self.state["fraction"] = done
-        elapsed = time.monotonic() - self.started
-        self.state["elapsed_seconds"] = round(elapsed, 1)
-        self.state["eta_seconds"] = round(elapsed / done - elapsed, 1) if done > 0 else None
-        now = time.monotonic()
+        self.state["fraction"] = self._fraction()
+        self.state["elapsed_seconds"] = round(now - self.started, 1)
+        if "step" in update:
+            self.step_times.add(now - self.last_step)
+            self.last_step = now
+            left = self.step_times.remaining(self._steps_left())
+            self.state["eta_seconds"] = None if left is None else round(left, 1)
         if now - self.last_write >= PROGRESS_EVERY_SECONDS or "validation" in update:
             self.lease.mine().update(progress=dict(self.state))
             self.last_write = now
 
-    def _fraction(self) -> float:
+    def _steps_done_and_total(self) -> tuple[int, int]:
+        """Steps of the run done and in all, at the current fold's steps per epoch and the
+        config's epochs (early stopping may end a fold sooner: the total is a bound)."""
         epochs = self.config["max_epochs"]
         steps = self.state.get("steps") or 1
         epoch = self.state.get("epoch", 1)
-        within = (epoch - 1 + self.state.get("step", 0) / steps) / epochs
-        return min(1.0, (self.fold_index + within) / self.folds)
+        done = (self.fold_index * epochs + epoch - 1) * steps + self.state.get("step", 0)
+        return done, self.folds * epochs * steps
+
+    def _steps_left(self) -> int:
+        done, total = self._steps_done_and_total()
+        return total - done
+
+    def _fraction(self) -> float:
+        done, total = self._steps_done_and_total()
+        return min(1.0, done / total)
 
     def should_stop(self) -> bool:
         if leases.shutdown_reason():

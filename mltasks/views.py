@@ -56,8 +56,8 @@ def training_page(request, study_name: str):
                 split = data.pop("split")
                 run = runs.start_run(split, request.user, data)
                 queue_run(run)
-                messages.success(request, f"Training run {run.pk} queued.")
-                return redirect(request.path)
+                # The page's banner for this run follows its state as the page polls.
+                return redirect(f"{request.path}?run={run.pk}")
         except DomainError as exc:
             messages.error(request, str(exc))
     study_runs = (
@@ -67,10 +67,18 @@ def training_page(request, study_name: str):
     )
     # The page's script polls each unfinished run there.
     config = {"urls": {"run": url_template("training-run-detail", "{id}")}}
+    started = request.GET.get("run", "")
+    banner_run = next((run for run in study_runs if str(run.pk) == started), None)
     return render(
         request,
         "mltasks/training.html",
-        {"study": study, "form": form, "runs": study_runs, "config": config},
+        {
+            "study": study,
+            "form": form,
+            "runs": study_runs,
+            "config": config,
+            "banner_run": banner_run,
+        },
     )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from datasets.models import ClassMap
+
 from .conftest import log_in, new_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,22 +42,68 @@ def test_the_datasets_page_follows_an_export_to_its_download(
 def test_the_training_page_follows_a_run_and_shows_its_report_when_done(
     chromium_browser, live_server, split, data_scientist
 ):
+    """The banner of the run just started (the page the start form leads to) follows its
+    state, and the time left waits for the server's estimate."""
     from mltasks.models import TrainingRun
 
     run = TrainingRun.objects.create(split=split, config={}, created_by=data_scientist)
     page, problems = new_page(chromium_browser)
     log_in(page, live_server.url, data_scientist.username)
-    page.goto(f"{live_server.url}/studies/{split.dataset.study.name}/training/")
+    page.goto(f"{live_server.url}/studies/{split.dataset.study.name}/training/?run={run.pk}")
     row = f"tr[data-run='{run.pk}']"
+    banner = "#run-banner"
+    assert page.inner_text(banner).startswith(f"Training run {run.pk} is queued")
 
     progress = {"fraction": 0.25, "fold": "0", "fold_number": 1, "folds": 2, "epoch": 1}
     TrainingRun.objects.filter(pk=run.pk).update(
-        status="running", progress={**progress, "step": 3, "steps": 8}
+        status="running", progress={**progress, "step": 3, "steps": 8, "eta_seconds": None}
     )
     page.wait_for_function(
-        f"document.querySelector(\"{row} .detail\").textContent === 'fold 1/2, epoch 1, step 3/8'",
+        f'document.querySelector("{row} .detail").textContent'
+        " === 'fold 1/2, epoch 1, step 3/8, estimating time left…'",
+        timeout=15000,
+    )
+    assert page.inner_text(banner) == f"Training run {run.pk} is running."
+    TrainingRun.objects.filter(pk=run.pk).update(
+        progress={**progress, "step": 5, "steps": 8, "eta_seconds": 41.5}
+    )
+    page.wait_for_function(
+        f"document.querySelector(\"{row} .detail\").textContent.endsWith('about 42 s left')",
         timeout=15000,
     )
     TrainingRun.objects.filter(pk=run.pk).update(status="done")
     page.wait_for_selector(f"{row} a:has-text('report')", timeout=15000)
+    assert page.inner_text(banner).startswith(f"Training run {run.pk} finished")
+    assert problems == []
+
+
+PATTERNS_COMPILE = """() => [...document.querySelectorAll('[pattern]')].map((field) => {
+  try { new RegExp(field.pattern, 'v'); return [field.name, true]; }
+  catch (error) { return [field.name, false]; }
+})"""
+
+
+def test_the_class_map_name_is_checked_by_the_browser(
+    chromium_browser, live_server, study, curated, data_scientist
+):
+    """Chromium compiles `pattern` with the v flag and skips the check of one that fails."""
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, data_scientist.username)
+    for path in ("datasets", "training"):
+        page.goto(f"{live_server.url}/studies/{study.name}/{path}/")
+        compiled = page.evaluate(PATTERNS_COMPILE)
+        assert all(ok for _, ok in compiled), (path, compiled)
+    page.goto(f"{live_server.url}/studies/{study.name}/datasets/")
+    field = page.locator("input[name=name][pattern]")
+    mismatch = "(field) => field.validity.patternMismatch"
+    for typed, refused in [("aml merged", True), ("blasts+", True), ("aml-merged_2", False)]:
+        field.fill(typed)
+        assert field.evaluate(mismatch) is refused, typed
+    field.fill("aml merged")
+    page.click("text=Save this class map")
+    assert page.url.endswith("/datasets/") and not ClassMap.objects.exists()
+    field.fill("aml-merged_2")
+    page.click("text=Save this class map")
+    page.wait_for_selector("text=aml-merged_2", timeout=15000)
+    assert ClassMap.objects.filter(name="aml-merged_2").exists()
     assert problems == []

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, transaction
+from django.test import Client
 
 from annotator.annotation import set_label
 from annotator.models import Cell, Label
@@ -24,6 +25,7 @@ from datasets.torch import ExportDataset
 
 from .conftest import CURATED_CLASS_SIZES as CLASS_SIZES
 from .conftest import CURATED_PATIENTS as PATIENTS
+from .conftest import client_for
 
 
 def test_the_proposal_merges_the_parents_of_thin_leaves(study, curated):
@@ -283,3 +285,40 @@ def test_a_scan_study_export_names_the_scan_file_and_holds_each_patch(
     assert train.external_ids == [""] * len(train)
     image, _ = test[0]
     assert image.shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    ("strategy", "params", "seed", "words"),
+    [
+        ("patient-kfold", {"k": 3}, None, "patient-wise, 3 folds"),
+        ("stratified-kfold", {"k": 5}, 7, "stratified, 5 folds, seed 7"),
+        (
+            "holdout",
+            {"fractions": {"train": 0.7, "validation": 0.1, "test": 0.2}, "grouped": True},
+            0,
+            "holdout 70 / 10 / 20 % (train / validation / test), patient-wise, seed 0",
+        ),
+        (
+            "holdout",
+            {"fractions": {"train": 0.5, "validation": 0, "test": 0.5}, "grouped": False},
+            None,
+            "holdout 50 / 0 / 50 % (train / validation / test)",
+        ),
+    ],
+)
+def test_a_split_strategy_in_words(strategy, params, seed, words):
+    assert splits.describe(strategy, params, seed) == words
+
+
+def test_the_splits_table_and_the_api_say_the_strategy_in_words(study, curated, data_scientist):
+    version, _ = _dataset(study, data_scientist)
+    split, _ = splits.make_split(version, "patient-kfold", data_scientist, k=3, seed=7)
+    page = Client()
+    page.force_login(data_scientist)
+    html = page.get("/studies/munich/datasets/").content.decode()
+    row = html.split(f'<tr data-split="{split.pk}">')[1].split("</tr>")[0]
+    assert "<td>patient-wise, 3 folds, seed 7</td>" in row
+    assert "{" not in row.split("<code>")[0]
+    body = client_for(data_scientist).get(f"/api/v1/splits/{split.pk}/").json()
+    assert body["strategy_display"] == "patient-wise, 3 folds, seed 7"
+    assert body["strategy"] == "patient-kfold" and body["params"] == {"k": 3}

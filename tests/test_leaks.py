@@ -18,7 +18,7 @@ from rest_framework import serializers
 from rest_framework.test import APIClient
 
 from annotator import annotation, rounds
-from annotator.models import Cell, Round
+from annotator.models import Cell, Membership, Round, Study
 from core.api.scoping import ScopedRelationsMixin
 
 from .conftest import client_for
@@ -69,13 +69,43 @@ def test_the_study_listing_hides_scans_and_members_from_a_blinded_rater(
     coordinator,
 ):
     listed = {s["name"]: s for s in client_for(rater).get("/api/v1/studies/").json()["results"]}
-    assert listed["munich"]["scan_count"] is None and listed["munich"]["members"] is None
+    assert listed["munich"]["scan_count"] == 0 and listed["munich"]["members"] is None
     assert listed["munich"]["my_roles"] == ["annotator"]
     seen = {s["name"]: s for s in client_for(coordinator).get("/api/v1/studies/").json()["results"]}
     assert seen["munich"]["scan_count"] == 1
     assert {"anna", "rita"} <= {m["username"] for m in seen["munich"]["members"]}
     page = client_for(rater).get("/api/v1/studies/", HTTP_ACCEPT="text/html")
     assert not re.search(rb"\b(anna|cora)\b", page.content)
+
+
+def test_each_scan_count_is_the_scans_that_user_can_list(
+    blinded,  # noqa: F811
+    scan,
+    rater,
+    annotator,
+    coordinator,
+    outsider,
+):
+    """The scan itself is also in a second study, where the blinded rater is an ordinary
+    annotator: she still may not list it there, so neither study counts it for her."""
+    elsewhere = Study.objects.get(name="elsewhere")
+    elsewhere.scans.add(scan)
+    Membership.objects.create(study=elsewhere, user=rater, role=Membership.Role.ANNOTATOR)
+    expected = {
+        rater: {"munich": 0, "elsewhere": 0},
+        annotator: {"munich": 1},
+        coordinator: {"munich": 1},
+        outsider: {"elsewhere": 1},
+    }
+    for user, counts in expected.items():
+        api = client_for(user)
+        studies = api.get("/api/v1/studies/").json()["results"]
+        assert {s["name"]: s["scan_count"] for s in studies} == counts, user.username
+        for study in studies:
+            listed = api.get("/api/v1/scans/", {"study": study["name"]}).json()["count"]
+            assert listed == study["scan_count"], (user.username, study["name"])
+            one = api.get(f"/api/v1/studies/{study['id']}/").json()
+            assert one["scan_count"] == study["scan_count"]
 
 
 def _pixels(content: bytes) -> np.ndarray:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from annotator import annotation, rounds
@@ -236,3 +238,40 @@ def test_progress_of_any_rounds_is_the_annotated_rounds_progress(study, annotato
     assert [state.round for state in states] == given
     assert [(state.done, state.total) for state in states] == [expected[r.pk] for r in given]
     assert states[1].fraction == pytest.approx(1 / 3) and states[0].fraction == 0.0
+
+
+@pytest.mark.parametrize(
+    ("why", "make_unable"),
+    [
+        ("no usable password", lambda user: user.set_unusable_password()),
+        ("an inactive account", lambda user: setattr(user, "is_active", False)),
+    ],
+)
+def test_a_user_who_cannot_log_in_is_neither_offered_nor_taken_as_a_rater(
+    api_as, study, gold_cells, rater, coordinator, why, make_unable
+):
+    """The examiner of imported or demo gold labels cannot log in: a blinded round given to
+    them could never be answered."""
+    examiner = rounds.examiner(study, "examiner", "Gold examiner")
+    late = UserFactory(username="lea")
+    Membership.objects.create(study=study, user=late, role=Membership.Role.ANNOTATOR)
+    make_unable(late)
+    late.save()
+    assert [u.username for u in rounds.rater_candidates(study)] == ["anna", "rita"]
+
+    page = Client()
+    page.force_login(coordinator)
+    form = page.get("/studies/munich/rounds/").content.decode()
+    offered = re.findall(
+        r'<option value="([^"]+)"', form.split('name="rater"')[1].split("</select>")[0]
+    )
+    assert offered == ["anna", "rita"]
+
+    for user in (examiner, late):
+        response = api_as(coordinator).post(
+            "/api/v1/rounds/", {"study": "munich", "rater": user.username}, format="json"
+        )
+        assert response.status_code == 400
+        expected = why if user is late else "an inactive account and no usable password"
+        assert f"{user.username} cannot log in ({expected})" in response.json()["rater"][0]
+    assert not Round.objects.filter(kind=Round.Kind.BLINDED).exists()

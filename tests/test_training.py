@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import time
 from pathlib import Path
 
@@ -189,8 +190,10 @@ def test_the_pages_show_runs_and_the_report(split, data_scientist, annotator):
         },
         follow=True,
     )
-    assert "queued" in started.content.decode()
     queued = TrainingRun.objects.exclude(pk=run.pk).get()
+    assert started.redirect_chain[-1][0] == f"/studies/munich/training/?run={queued.pk}"
+    banner = f'<li id="run-banner" data-run="{queued.pk}" data-status="queued">'
+    assert banner in started.content.decode()
     assert queued.config["image_size"] == 32 and queued.config["patience"] == 3
     cancelled = browser.post(
         "/studies/munich/training/", {"action": "cancel", "run": queued.pk}, follow=True
@@ -335,3 +338,75 @@ def test_folds_that_would_train_on_the_same_cells_are_named():
             assert len(notes) == len(same)
             named += len(notes)
     assert named
+
+
+def test_the_time_left_is_the_mean_measured_step_times_the_steps_left():
+    """A run of 3 slow warm-up steps (loading, first passes) and 160 steps of about 1 s:
+    after the warm-up the estimate is the measured mean per step times the steps left, so it
+    falls as the run goes instead of rising (issue 13: 116 s, then 389 s, for a 174 s run)."""
+    rng = np.random.default_rng(0)
+    durations = [6.0, 3.0, 2.0, *(1.0 + rng.uniform(-0.1, 0.1, 160))]
+    times = runs.StepTimes(warmup=3)
+    estimates = []
+    for done, seconds in enumerate(durations, start=1):
+        times.add(seconds)
+        estimates.append(times.remaining(len(durations) - done))
+    assert estimates[:3] == [None, None, None]
+    assert estimates[3] == pytest.approx(durations[3] * (len(durations) - 4))
+    actual_left = [sum(durations[done:]) for done in range(1, len(durations) + 1)]
+    for estimate, actual in list(zip(estimates, actual_left, strict=True))[10:]:
+        assert estimate == pytest.approx(actual, rel=0.1, abs=1.0)
+    later = estimates[10:]
+    assert all(b <= 1.05 * a for a, b in itertools.pairwise(later))
+    assert estimates[-1] == 0
+
+
+def test_no_time_left_before_the_first_measured_step():
+    times = runs.StepTimes(warmup=2)
+    assert times.remaining(100) is None
+    times.add(30.0)
+    times.add(20.0)
+    assert times.remaining(100) is None
+    times.add(0.5)
+    times.add(1.5)
+    assert times.remaining(10) == pytest.approx(10.0)
+
+
+def test_the_roc_gives_human_raters_their_own_colours_and_markers():
+    from matplotlib.colors import to_hex
+
+    from mltasks import report
+
+    roc = {"mean_curve": {"fpr": [0, 0.2, 1], "tpr": [0, 0.8, 1]}, "auc": {"mean": 0.9}}
+    points = [
+        {"round": "gold-examiner", "kind": "gold", "sensitivity": 0.9, "specificity": 0.95},
+        {"round": "rita-blind-r1", "kind": "blinded", "sensitivity": 0.8, "specificity": 0.9},
+        {"round": "rita-repeat-1", "kind": "repeat", "sensitivity": 0.7, "specificity": 0.85},
+    ]
+    figure = report.roc_figure("blast", roc, points)
+    axes = figure.axes[0]
+    network = to_hex(axes.lines[-1].get_color())
+    raters = [to_hex(collection.get_facecolor()[0]) for collection in axes.collections]
+    assert len(raters) == 3 and network not in raters and len(set(raters)) == 3
+    markers = {path.get_paths()[0].vertices.shape for path in axes.collections}
+    assert len(markers) == 3  # star, circle and square: one per kind of round
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend[0].startswith("network, AUC 0.900")
+    assert legend[1:] == [
+        "rater: gold-examiner (gold)",
+        "rater: rita-blind-r1 (blinded)",
+        "rater: rita-repeat-1 (repeat)",
+    ]
+
+
+def test_saliency_titles_are_legible_at_the_size_the_report_shows():
+    from core import plots
+    from mltasks import report
+
+    patch = np.zeros((32, 32, 3), dtype=np.uint8)
+    figure = report.saliency_figure(patch, np.zeros((32, 32)), "cell 12: MYB")
+    width_px = figure.get_figwidth() * plots.PNG_DPI
+    shown = min(report.SALIENCY_SHOWN_PX, width_px) / width_px
+    for axes in figure.axes:
+        size_px = axes.title.get_fontsize() * plots.PNG_DPI / 72 * shown
+        assert size_px >= 10, (axes.title.get_text(), size_px)

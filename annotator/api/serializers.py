@@ -132,7 +132,8 @@ class StudySerializer(ScopedModelSerializer):
         help_text="Null for a study you rate blinded: who else works on it is hidden.",
     )
     scan_count = serializers.IntegerField(
-        read_only=True, allow_null=True, help_text="Null for a study you rate blinded."
+        read_only=True,
+        help_text="Scans of the study you can list: none in a study you rate blinded.",
     )
     my_roles = serializers.SerializerMethodField()
 
@@ -158,11 +159,10 @@ class StudySerializer(ScopedModelSerializer):
         return sorted(m.role for m in study.memberships.all() if m.user_id == user.pk)
 
     def to_representation(self, instance):
-        """A blinded rater learns neither how many scans the study has nor who else is in it
-        (the gold examiner among them)."""
+        """A blinded rater does not learn who else is in the study (the gold examiner among
+        them); her scan count is already none, as her scan list is empty."""
         data = super().to_representation(instance)
         if instance.pk in self.context.get("blinded_study_ids", ()):
-            data["scan_count"] = None
             data["members"] = None
         return data
 

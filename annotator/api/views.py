@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.db import transaction
-from django.db.models import Count, Prefetch
+from django.db.models import Prefetch
 from django.utils.text import get_valid_filename
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -69,15 +69,16 @@ class StudyViewSet(
     serializer_class = s.StudySerializer
 
     def get_queryset(self):
-        return (
-            access.visible_studies(self.request.user)
+        user = self.request.user
+        studies = (
+            access.visible_studies(user)
             .select_related("taxonomy")
             .prefetch_related(
                 Prefetch("memberships", queryset=Membership.objects.select_related("user"))
             )
-            .annotate(scan_count=Count("scans", distinct=True))
             .order_by("name")
         )
+        return access.with_visible_scan_count(studies, user)
 
     def get_serializer_context(self):
         context = super().get_serializer_context()

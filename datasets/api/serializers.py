@@ -13,7 +13,7 @@ from core.params import SEED_MAX
 
 from ..classmaps import DEFAULT_THRESHOLD, MAX_THRESHOLD
 from ..models import ClassMap, DatasetVersion, Export, Split
-from ..splits import K_RANGE
+from ..splits import K_RANGE, describe
 
 
 class CodesField(serializers.ListField):
@@ -136,6 +136,12 @@ class SplitCreateSerializer(ScopedSerializer):
 class SplitSerializer(ScopedModelSerializer):
     dataset_name = serializers.CharField(source="dataset.name", read_only=True)
     dataset_version = serializers.IntegerField(source="dataset.version", read_only=True)
+    strategy_display = serializers.SerializerMethodField(
+        help_text='The strategy, its parameters and seed in words: "patient-wise, 3 folds, seed 7".'
+    )
+
+    def get_strategy_display(self, split: Split) -> str:
+        return describe(split.strategy, split.params, split.seed)
 
     class Meta:
         model = Split
@@ -145,6 +151,7 @@ class SplitSerializer(ScopedModelSerializer):
             "dataset_name",
             "dataset_version",
             "strategy",
+            "strategy_display",
             "params",
             "seed",
             "fold_counts",

@@ -1,16 +1,23 @@
-// Live progress of unfinished training runs: poll each one, update its bar and its line.
+// Live progress of unfinished training runs: poll each one, update its bar, its line and the
+// banner of the run just started.
 import { urlFor } from "./lib/http.js";
 import { pageConfig, pollRows } from "./lib/page.js";
+import { runBanner, runDetail } from "./lib/training-run.js";
 
 const config = pageConfig("training-config");
 const unfinished = (status) => ["queued", "running"].includes(status);
+const banner = document.getElementById("run-banner");
 
-const describe = (p) => {
-  if (!p || p.fold === undefined) return "";
-  const eta = p.eta_seconds == null ? "" : `, about ${Math.ceil(p.eta_seconds)} s left`;
-  const loss = p.loss == null ? "" : `, loss ${p.loss.toFixed(3)}`;
-  return `fold ${p.fold_number}/${p.folds}, epoch ${p.epoch}, step ${p.step || 0}/${p.steps || "?"}${loss}${eta}`;
+const showBanner = (id, status) => {
+  if (banner && banner.dataset.run === String(id)) {
+    banner.textContent = runBanner(id, status);
+    banner.dataset.status = status;
+  }
 };
+
+for (const row of document.querySelectorAll("tr[data-run]")) {
+  showBanner(row.dataset.run, row.dataset.status);
+}
 
 pollRows({
   selector: "tr[data-run]",
@@ -19,7 +26,8 @@ pollRows({
   update: (row, run) => {
     row.querySelector("progress").value = (run.progress && run.progress.fraction) || 0;
     row.querySelector(".status").textContent = run.status;
-    row.querySelector(".detail").textContent = run.status === "running" ? describe(run.progress) : "";
+    row.querySelector(".detail").textContent = run.status === "running" ? runDetail(run.progress) : "";
+    showBanner(run.id, run.status);
     if (run.status !== row.dataset.status && !unfinished(run.status)) {
       // Finished: the page shows the report link or the error in its place.
       window.location.reload();
