@@ -110,11 +110,19 @@ class Instance:
         """The worker's pid, which the script records in var/run.lock (pid, address, worker)."""
         return int((self.var / "run.lock").read_text().split()[2])
 
+    def processes(self) -> list:
+        """How to signal the script's group and its worker; a worker not yet known (pid 0) is
+        left out, since signalling pid 0 would reach this test's own process group."""
+        targets = [(os.killpg, self.process.pid)]
+        if self.worker > 0:
+            targets.append((os.kill, self.worker))
+        return targets
+
     def alive(self) -> bool:
         """Whether any process of the script's group, or its worker (in a group of its own),
         lives; the script itself reaped first."""
         self.process.poll()
-        for kill, pid in ((os.killpg, self.process.pid), (os.kill, self.worker)):
+        for kill, pid in self.processes():
             try:
                 kill(pid, 0)
                 return True
@@ -150,7 +158,7 @@ def instance(tmp_path_factory):
         running.worker = running.worker_pid()
         yield running
     finally:
-        for kill, pid in ((os.killpg, running.process.pid), (os.kill, running.worker)):
+        for kill, pid in running.processes():
             with contextlib.suppress(ProcessLookupError):
                 kill(pid, signal.SIGKILL)
         running.process.wait()
