@@ -40,4 +40,6 @@ urlpatterns = [
 ]
 
 handler400 = "core.api.errors.json_bad_request"
+handler403 = "core.api.errors.json_permission_denied"
 handler404 = "core.api.errors.json_not_found"
+handler500 = "core.api.errors.json_server_error"
