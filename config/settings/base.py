@@ -272,7 +272,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Redoc's and Swagger UI's files come from drf-spectacular-sidecar, its page template
+    # (frontend/templates/drf_spectacular/redoc.html) links no web fonts, and Swagger UI asks no
+    # online validator: the docs load nothing from outside the server.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "COMPONENT_SPLIT_REQUEST": True,
+    # Operations grouped (tagged) by the resource after this prefix: studies, scans, cells...
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
     # Exports and training runs share one set of job states (docs/operations.md).
     "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "mltasks.models.TrainingRun.Status"},
 }
