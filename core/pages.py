@@ -145,3 +145,14 @@ def page_not_found(request, exception=None):
 def server_error(request):
     """handler500 for pages."""
     return server_error_page(request)
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: a form sent without a valid security token (most often a page left
+    open past a logout or a new login) as the 403 page saying what to do."""
+    return error_page(
+        request,
+        403,
+        "The form was sent without a valid security token, perhaps from a page opened before "
+        "you last logged in or out. Reload the page and send it again.",
+    )

@@ -87,6 +87,13 @@ def test_a_nul_in_a_page_address_is_the_styled_400(debug, db):
     assert_error_page(response, 400, "q: Contains a NUL character")
 
 
+def test_a_form_without_its_csrf_token_is_the_styled_403_saying_what_to_do(debug, annotator):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(annotator)
+    response = browser.post("/logout/")
+    assert_error_page(response, 403, "Reload the page and send it again.")
+
+
 def test_hidden_and_missing_scans_answer_alike(debug, blinded_rater, scan):
     browser = browser_for(blinded_rater)
     browser.get("/studies/munich/scans/1/")  # the first answer sets the CSRF cookie

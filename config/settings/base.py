@@ -21,6 +21,7 @@ DEBUG = env.bool("DEBUG", default=True)
 DEBUG_TECHNICAL_500 = env.bool("DEBUG_TECHNICAL_500", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "core.pages.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
