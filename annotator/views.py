@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Prefetch
 from django.http import Http404
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET
@@ -78,8 +78,11 @@ def home(request):
 @login_required
 def annotate(request, study_name: str, scan_id: int):
     """The gold-round annotation screen of one scan: viewer, markers, picker, counts."""
-    study = get_object_or_404(access.visible_studies(request.user), name=study_name)
-    scan = get_object_or_404(access.visible_scans(request.user).filter(studies=study), pk=scan_id)
+    study = access.visible_studies(request.user).filter(name=study_name).first()
+    scan = study and access.visible_scans(request.user).filter(studies=study, pk=scan_id).first()
+    if not scan:
+        # One sentence for a scan that does not exist and one the user may not open.
+        raise Http404("No such scan among those you may open in this study.")
     round_ = annotation.gold_round_for_member(study, request.user)
     config = {
         "study": study.name,

@@ -3,9 +3,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from annotator import views as annotator_views
+from core.api import docs
 from core.health import health
 from datasets import views as datasets_views
 from mltasks import views as mltasks_views
@@ -35,9 +36,11 @@ urlpatterns = [
     path("api/v1/", include("mltasks.api.urls")),
     path("api/v1/", include("annotator.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("api/docs/", docs.swagger_view(), name="api-docs"),
+    path("api/redoc/", docs.redoc_view(), name="api-redoc"),
 ]
 
 handler400 = "core.api.errors.json_bad_request"
+handler403 = "core.api.errors.json_permission_denied"
 handler404 = "core.api.errors.json_not_found"
+handler500 = "core.api.errors.json_server_error"

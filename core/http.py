@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.http import HttpResponseBadRequest, JsonResponse, QueryDict
+from django.http import JsonResponse, QueryDict
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError, ValidationError
 
@@ -162,7 +162,8 @@ def _nul_field(request) -> tuple[str, str] | None:
 
 class RefuseNulMiddleware:
     """Answer 400 to a NUL character in the URL path, a query parameter or a page's form, before
-    any view can pass it to the database: JSON naming the parameter under /api/, text on pages.
+    any view can pass it to the database: JSON naming the parameter under /api/, the site's 400
+    page naming it elsewhere.
     (API bodies are checked by the API's parsers, which read them.)"""
 
     def __init__(self, get_response):
@@ -176,5 +177,7 @@ class RefuseNulMiddleware:
         if request.path.startswith(API_PREFIX):
             body = {name: message} if name == "detail" else {name: [message]}
             return JsonResponse(body, status=400)
+        from core.pages import error_page
+
         shown = "" if name == "detail" else f"{name}: "
-        return HttpResponseBadRequest(f"{shown}{message}", content_type="text/plain")
+        return error_page(request, 400, f"{shown}{message}")

@@ -107,3 +107,29 @@ def test_the_class_map_name_is_checked_by_the_browser(
     page.wait_for_selector("text=aml-merged_2", timeout=15000)
     assert ClassMap.objects.filter(name="aml-merged_2").exists()
     assert problems == []
+
+
+def test_a_rater_typing_addresses_she_may_not_open_gets_the_sites_pages(
+    chromium_browser, live_server, settings, study, gold_cells, scan, rater, coordinator
+):
+    """As on `make run` (DEBUG on): a scan of her blinded study and a coordinators' page show
+    the site's layout with the reason and a link home, never Django's URLconf listing."""
+    from annotator import rounds
+
+    settings.DEBUG = True
+    rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, rater.username)
+    for path, status, reason in (
+        (f"/studies/munich/scans/{scan.pk}/", 404, "No such scan among those you may open"),
+        ("/studies/munich/rounds/", 403, "Only coordinators, data scientists and admins"),
+        ("/studies/munich/no-such-page/", 404, "There is no page at this address"),
+    ):
+        response = page.goto(live_server.url + path)
+        assert response.status == status, path
+        assert reason in page.inner_text(".error-page .reason"), path
+        assert "URLconf" not in page.content() and "Traceback" not in page.content()
+        assert page.is_visible(".topbar .who")
+        page.click("text=Back to your studies")
+        page.wait_for_url(live_server.url + "/")
+    assert problems == []

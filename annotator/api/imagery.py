@@ -1,9 +1,9 @@
 """Image endpoints: Deep Zoom descriptor and tiles of a scan, and a cell's patch.
 
-Plain Django views rather than DRF viewsets: a screen of the viewer asks for dozens of tiles,
-and content negotiation and serializers add nothing to a JPEG. They accept the same
-credentials as the API (session or token), check permission before any cache lookup, and
-answer errors as JSON.
+Function views rather than viewsets: a screen of the viewer asks for dozens of tiles, and
+content negotiation and serializers add nothing to a JPEG. DRF's `api_view` (`bytes_view`)
+gives them the API's credentials (session or token) and a place in the schema; they check
+permission before any cache lookup and answer errors as JSON.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse
 from django.utils.cache import patch_cache_control
-from django.views.decorators.http import require_GET
-from rest_framework.authentication import TokenAuthentication
-from rest_framework.exceptions import AuthenticationFailed
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 
+from core.api.binary import JPEGRenderer, PNGRenderer, XMLRenderer, binary_responses, bytes_view
 from core.errors import DomainError, ForbiddenError, NotFoundError
 
 from .. import access, blinding, patches, tiles
@@ -30,19 +30,17 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"detail": message}, status=status)
 
 
-def _user(request):
-    """The session's user, else a token's (`Authorization: Token ...`), else anonymous."""
-    if request.user.is_authenticated:
-        return request.user
-    try:
-        found = TokenAuthentication().authenticate(request)
-    except AuthenticationFailed:
-        return request.user
-    return found[0] if found else request.user
+NOT_LOGGED_IN = "Not logged in and no valid API token sent."
+IF_NONE_MATCH = OpenApiParameter(
+    "If-None-Match",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="The ETag of a copy the client holds: 304 when it is still the answer.",
+)
 
 
 def _visible_scan(request, scan_id: int) -> Scan | JsonResponse:
-    user = _user(request)
+    user = request.user
     if not user.is_authenticated:
         return _error(401, "Log in, or send an API token, to see scans.")
     scan = access.scan_for_tiles(user, scan_id)
@@ -51,7 +49,17 @@ def _visible_scan(request, scan_id: int) -> Scan | JsonResponse:
     return scan
 
 
-@require_GET
+@extend_schema(
+    operation_id="scans_tiles_dzi_retrieve",
+    summary="Deep Zoom descriptor of a scan",
+    description="The DZI XML OpenSeadragon opens: the scan's size, tile size and format.",
+    responses=binary_responses(
+        "application/xml",
+        "The Deep Zoom descriptor.",
+        {401: NOT_LOGGED_IN, 404: "No such scan among the scans you may see."},
+    ),
+)
+@bytes_view(XMLRenderer)
 def dzi(request, scan_id: int):
     """The scan's Deep Zoom descriptor."""
     scan = _visible_scan(request, scan_id)
@@ -62,7 +70,26 @@ def dzi(request, scan_id: int):
     return response
 
 
-@require_GET
+@extend_schema(
+    operation_id="scans_tiles_retrieve",
+    summary="One Deep Zoom tile of a scan",
+    description=(
+        "A JPEG tile of the scan's Deep Zoom pyramid at `level` (0 is one pixel), column `col` "
+        "and row `row`. Tiles never change under their URL: the browser may keep them; send "
+        "the ETag back in If-None-Match to revalidate."
+    ),
+    parameters=[IF_NONE_MATCH],
+    responses=binary_responses(
+        "image/jpeg",
+        "The tile.",
+        {
+            304: "The copy named by If-None-Match is current.",
+            401: NOT_LOGGED_IN,
+            404: "No such scan among the scans you may see, or no such tile in its pyramid.",
+        },
+    ),
+)
+@bytes_view(JPEGRenderer)
 def tile(request, scan_id: int, level: int, col: int, row: int):
     """One Deep Zoom tile as JPEG; 304 when the browser holds it, 404 outside the pyramid."""
     scan = _visible_scan(request, scan_id)
@@ -82,10 +109,29 @@ def tile(request, scan_id: int, level: int, col: int, row: int):
     return response
 
 
-@require_GET
+@extend_schema(
+    operation_id="cells_patch_retrieve",
+    summary="A cell's patch",
+    description=(
+        "The PNG patch around a cell, cut now if it has not been yet. X-Patch-Size, "
+        "X-Patch-Padded, X-Patch-Padding and X-Patch-Background say how much of it lies "
+        "beyond the scan's edge and with which colour it was filled."
+    ),
+    parameters=[IF_NONE_MATCH],
+    responses=binary_responses(
+        "image/png",
+        "The patch.",
+        {
+            304: "The copy named by If-None-Match is current.",
+            401: NOT_LOGGED_IN,
+            404: "No such cell among the cells you may see, or no patch can be cut of it.",
+        },
+    ),
+)
+@bytes_view(PNGRenderer)
 def cell_patch(request, cell_id: int):
     """A cell's patch as PNG, cut now if missing; headers say what of it is padding."""
-    user = _user(request)
+    user = request.user
     if not user.is_authenticated:
         return _error(401, "Log in, or send an API token, to see patches.")
     cell = access.visible_cells(user).select_related("scan", "study").filter(pk=cell_id).first()
@@ -111,14 +157,31 @@ def cell_patch(request, cell_id: int):
     return response
 
 
-@require_GET
+@extend_schema(
+    operation_id="queue_items_patch_retrieve",
+    summary="The patch of an item of your blinded round",
+    description=(
+        "The PNG patch of a queue item, by its opaque token: made afresh, without any header "
+        "that could tell where the cell lies."
+    ),
+    responses=binary_responses(
+        "image/png",
+        "The patch.",
+        {
+            401: NOT_LOGGED_IN,
+            403: "The round is not open (yet, or any more).",
+            404: "No such item among your rounds' items.",
+        },
+    ),
+)
+@bytes_view(PNGRenderer)
 def queue_patch(request, token: str):
     """A blinded item's patch: PNG bytes made afresh, with headers that say nothing of the cell.
 
     No ETag or padding headers (an ETag derived from the stored name would carry the scan's
     checksum and the position); the browser may keep the image for the session only.
     """
-    user = _user(request)
+    user = request.user
     if not user.is_authenticated:
         return _error(401, "Log in, or send an API token, to see patches.")
     try:

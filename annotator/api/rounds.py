@@ -4,7 +4,12 @@ blinded raters work through their queue by opaque item tokens."""
 from __future__ import annotations
 
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -17,6 +22,12 @@ from ..models import Membership, Round
 from . import serializers as s
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List rounds"),
+    create=extend_schema(summary="Create a blinded round"),
+    retrieve=extend_schema(summary="Get a round"),
+    repeat=extend_schema(summary="Schedule a repeat of a blinded round"),
+)
 class RoundViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -139,6 +150,9 @@ def item_body(item: blinding.QueueItem) -> dict:
     }
 
 
+@extend_schema_view(
+    get=extend_schema(summary="List your blinded rounds"),
+)
 class QueueListView(APIView):
     """Your blinded rounds and repeats, with progress and whether each can be opened now."""
 
@@ -147,6 +161,9 @@ class QueueListView(APIView):
         return Response(blinding.queue_summary(request.user))
 
 
+@extend_schema_view(
+    get=extend_schema(summary="Your progress in a blinded round"),
+)
 class QueueRoundView(APIView):
     """One of your blinded rounds: progress and the first unanswered position."""
 
@@ -177,6 +194,9 @@ class QueueRoundView(APIView):
         )
 
 
+@extend_schema_view(
+    get=extend_schema(summary="An item of your blinded round, by position"),
+)
 class QueueItemView(APIView):
     """The item at a position (1-based) of your blinded round: its token, patch URL and your
     answer in this round so far."""
@@ -187,6 +207,9 @@ class QueueItemView(APIView):
         return Response(item_body(blinding.queue_item(round_, position)))
 
 
+@extend_schema_view(
+    put=extend_schema(summary="Answer an item of your blinded round"),
+)
 class QueueAnswerView(APIView):
     """Answer an item (a node code, or cannot_classify); answering again changes the answer."""
 

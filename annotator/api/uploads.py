@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -41,6 +41,7 @@ def _progress_headers(response: Response, upload) -> Response:
     return response
 
 
+@extend_schema_view(post=extend_schema(summary="Start a resumable scan upload (tus)"))
 class UploadCollectionView(TusView):
     """`OPTIONS` tells what this tus server supports; `POST` creates an upload."""
 
@@ -64,6 +65,10 @@ class UploadCollectionView(TusView):
         return _progress_headers(response, upload)
 
 
+@extend_schema_view(
+    patch=extend_schema(summary="Send the next chunk of a scan upload (tus)"),
+    delete=extend_schema(summary="Abandon a scan upload (tus)"),
+)
 class UploadDetailView(TusView):
     """`HEAD` says how much arrived, `PATCH` appends a chunk, `DELETE` abandons the upload."""
 

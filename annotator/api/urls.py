@@ -1,7 +1,6 @@
 """Routes of API v1."""
 
 from django.urls import include, path
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from . import imagery, rounds, uploads, views
@@ -15,7 +14,7 @@ router.register("labels", views.LabelViewSet, basename="label")
 router.register("rounds", rounds.RoundViewSet, basename="round")
 
 urlpatterns = [
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", views.AuthTokenView.as_view(), name="api-token"),
     path("scans/<int:scan_id>/tiles/scan.dzi", imagery.dzi, name="scan-dzi"),
     path(
         "scans/<int:scan_id>/tiles/scan_files/<int:level>/<int:col>_<int:row>.jpeg",

@@ -8,8 +8,9 @@ from pathlib import Path
 from django.db import transaction
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -56,6 +57,18 @@ class CSVTextRenderer(BaseRenderer):
         return JSONRenderer().render(data)
 
 
+@extend_schema_view(post=extend_schema(summary="Get your API token"))
+class AuthTokenView(ObtainAuthToken):
+    """Trade your username and password for your API token; send it on every request as
+    `Authorization: Token <token>`."""
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your studies"),
+    create=extend_schema(summary="Create a study (staff; you become its admin)"),
+    retrieve=extend_schema(summary="Get a study"),
+    agreement=extend_schema(summary="Agreement report of a study"),
+)
 class StudyViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -128,6 +141,10 @@ class StudyViewSet(
         study.scan_count = 0
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List taxonomies"),
+    retrieve=extend_schema(summary="Get a taxonomy with its tree and groups"),
+)
 class TaxonomyViewSet(viewsets.ReadOnlyModelViewSet):
     """Every loaded taxonomy version, each with its tree and groups."""
 
@@ -135,6 +152,11 @@ class TaxonomyViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Taxonomy.objects.prefetch_related("nodes", "groups__nodes__taxonomy__nodes")
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List the scans of your studies"),
+    create=extend_schema(summary="Register a scan (an upload or a file on the server)"),
+    retrieve=extend_schema(summary="Get a scan"),
+)
 class ScanViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -212,6 +234,13 @@ class ScanViewSet(
             return ingest_scan(target, display_name=name, check_roots=False, **options)
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List cells"),
+    create=extend_schema(summary="Place a cell"),
+    retrieve=extend_schema(summary="Get a cell"),
+    partial_update=extend_schema(summary="Move a cell"),
+    destroy=extend_schema(summary="Delete a cell"),
+)
 class CellViewSet(viewsets.ModelViewSet):
     """Cells of the user's studies: place (POST), move (PATCH with version), delete."""
 
@@ -276,6 +305,14 @@ def _queue_patches(label) -> None:
         transaction.on_commit(lambda: schedule_patches(scan_id))
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List labels"),
+    create=extend_schema(summary="Label a cell"),
+    retrieve=extend_schema(summary="Get a label"),
+    partial_update=extend_schema(summary="Change a label"),
+    destroy=extend_schema(summary="Delete a label"),
+    history=extend_schema(summary="History of a label"),
+)
 class LabelViewSet(viewsets.ModelViewSet):
     """Labels of the rounds the user may see. POST labels a cell (in your gold round unless a
     round is named); PATCH changes a label and must carry the version you last saw."""

@@ -16,8 +16,12 @@ VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
 
 SECRET_KEY = env.str("SECRET_KEY", default="django-insecure-embedded-demo-key-do-not-deploy")
 DEBUG = env.bool("DEBUG", default=True)
+# Pages answer failures with the site's error pages even under DEBUG; this brings back Django's
+# technical 500 page (the traceback in the browser) where DEBUG is on too, for development.
+DEBUG_TECHNICAL_500 = env.bool("DEBUG_TECHNICAL_500", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "core.pages.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -45,6 +49,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.pages.ErrorPagesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -268,7 +273,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Redoc's and Swagger UI's files come from drf-spectacular-sidecar, its page template
+    # (frontend/templates/drf_spectacular/redoc.html) links no web fonts, and Swagger UI asks no
+    # online validator: the docs load nothing from outside the server.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "COMPONENT_SPLIT_REQUEST": True,
+    # Operations grouped (tagged) by the resource after this prefix: studies, scans, cells...
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
     # Exports and training runs share one set of job states (docs/operations.md).
     "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "mltasks.models.TrainingRun.Status"},
 }
@@ -297,6 +308,9 @@ LOGGING = {
             else {}
         ),
     },
+    # Django's loggers write through the root's handlers only: Django's own console handler
+    # (on under DEBUG) printed every record of theirs a second time.
+    "loggers": {"django": {"handlers": [], "propagate": True}},
     "root": {
         "handlers": ["console", "file"] if LOG_FILE else ["console"],
         "level": env.str("LOG_LEVEL", default="INFO"),
@@ -306,6 +320,4 @@ if LOG_FILE:
     # Refused requests (4xx, logged as warnings) are the client's business: file only; server
     # errors (5xx) reach the console too.
     LOGGING["handlers"]["errors"] = {"class": "logging.StreamHandler", "level": "ERROR"}
-    LOGGING["loggers"] = {
-        "django.request": {"handlers": ["file", "errors"], "propagate": False},
-    }
+    LOGGING["loggers"]["django.request"] = {"handlers": ["file", "errors"], "propagate": False}

@@ -6,6 +6,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from core import pages
 from core.errors import DomainError
 from core.http import API_PREFIX, request_limit_error
 
@@ -27,19 +28,29 @@ def exception_handler(exc, context):
 
 def json_bad_request(request, exception=None):
     """400 for requests Django refuses before a view answers (a body or query over its limits,
-    a suspicious header): JSON naming the limit under /api/, Django's page elsewhere."""
+    a suspicious header): JSON naming the limit under /api/, the site's 400 page elsewhere."""
     if request.path.startswith(API_PREFIX):
         code, message = request_limit_error(exception) or (400, "Bad request.")
         return JsonResponse({"detail": message}, status=code)
-    from django.views.defaults import bad_request
+    return pages.bad_request(request, exception)
 
-    return bad_request(request, exception)
+
+def json_permission_denied(request, exception=None):
+    """403 outside a DRF view: JSON under /api/, the site's 403 page naming the reason elsewhere."""
+    if request.path.startswith(API_PREFIX):
+        return JsonResponse({"detail": str(exception or "") or "Not allowed."}, status=403)
+    return pages.permission_denied(request, exception)
 
 
 def json_not_found(request, exception=None):
     """404 for URLs that match no route: JSON under /api/, so API clients always get JSON."""
     if request.path.startswith(API_PREFIX):
         return JsonResponse({"detail": f"No API endpoint at {request.path}."}, status=404)
-    from django.views.defaults import page_not_found
+    return pages.page_not_found(request, exception)
 
-    return page_not_found(request, exception)
+
+def json_server_error(request):
+    """500: JSON under /api/, the site's 500 page elsewhere; neither gives any detail."""
+    if request.path.startswith(API_PREFIX):
+        return JsonResponse({"detail": pages.DEFAULT_REASONS[500]}, status=500)
+    return pages.server_error(request)

@@ -11,7 +11,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -44,6 +44,12 @@ class StudyFilterMixin:
         return queryset.filter(**{self.study_lookup: study}) if study else queryset
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List class maps"),
+    create=extend_schema(summary="Save a class map version"),
+    retrieve=extend_schema(summary="Get a class map"),
+    propose=extend_schema(summary="Propose a class map from the label counts"),
+)
 class ClassMapViewSet(
     StudyFilterMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
@@ -95,6 +101,12 @@ class ClassMapViewSet(
         )
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List data set versions"),
+    create=extend_schema(summary="Make a data set version"),
+    retrieve=extend_schema(summary="Get a data set version"),
+    diff=extend_schema(summary="Compare two data set versions"),
+)
 class DatasetViewSet(
     StudyFilterMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
@@ -152,6 +164,11 @@ class DatasetViewSet(
         return Response(versions.diff_versions(self.get_object(), other).to_dict())
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List splits"),
+    create=extend_schema(summary="Make a split of a data set version"),
+    retrieve=extend_schema(summary="Get a split"),
+)
 class SplitViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Splits of data set versions, each hashed; POST makes one (or finds the same one)."""
 
@@ -185,6 +202,13 @@ class SplitViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         )
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List exports"),
+    create=extend_schema(summary="Queue an export of a split"),
+    retrieve=extend_schema(summary="Get an export and its progress"),
+    cancel=extend_schema(summary="Cancel an export"),
+    download=extend_schema(summary="Download a finished export"),
+)
 class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Exports of splits: POST queues one (202); poll it for `status`, `done` / `total`; its
     `download` URL serves the zip once it is done; `cancel/` ends an unfinished one."""

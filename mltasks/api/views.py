@@ -6,7 +6,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -48,6 +48,15 @@ class TrainingRunCreateSerializer(ScopedSerializer):
     config = serializers.DictField(required=False, default=dict, help_text="docs/training.md")
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List training runs"),
+    create=extend_schema(summary="Start a training run"),
+    retrieve=extend_schema(summary="Get a training run and its progress"),
+    cancel=extend_schema(summary="Cancel a training run"),
+    preannotate=extend_schema(summary="Pre-annotate cells with a run's models"),
+    report=extend_schema(summary="Report of a finished training run"),
+    plot=extend_schema(summary="A plot of a training run's report"),
+)
 class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Training runs of the splits of your studies (coordinators, data scientists, admins).
     POST starts one on the `training` queue (202); poll `progress`; `cancel/` stops it."""
