@@ -90,8 +90,10 @@ test("a refusal of the registration gives the server's reason", () => {
     kind: "refused",
     text: "refused: unreadable.svs: the pixels cannot be read.",
   });
-  const fields = new HttpError(400, { uploads: ["Upload 1 is not finished."] });
-  assert.equal(failure(fields).text, "refused: uploads: Upload 1 is not finished.");
+  const file = new HttpError(400, { file: ["small.svs: corrupt slide."] });
+  assert.equal(failure(file).text, "refused: small.svs: corrupt slide.");
+  const fields = new HttpError(400, { uploads: ["Not finished."], patient: ["Too long."] });
+  assert.equal(failure(fields).text, "refused: Not finished.; patient: Too long.");
 });
 
 test("a transfer refused by the server gives its reason; one without an answer can resume", () => {

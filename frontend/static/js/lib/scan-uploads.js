@@ -73,22 +73,36 @@ export function failure(error) {
   let reason = "";
   if (error instanceof HttpError) {
     status = error.status;
-    reason = error.message;
+    reason = reasonOf(error.body) || error.message;
   } else if (error && error.originalResponse) {
     status = error.originalResponse.getStatus();
-    reason = reasonOf(error.originalResponse.getBody()) || "HTTP " + status;
+    reason = reasonOf(error.originalResponse.getBody() || "") || "HTTP " + status;
   }
   if (status >= 400 && status < 500) return { kind: "refused", text: "refused: " + reason };
   const why = status ? "the server answered " + status : "no connection";
   return { kind: "failed", text: "stopped (" + why + "); try again to resume" };
 }
 
-function reasonOf(text) {
-  try {
-    return describeError(JSON.parse(text));
-  } catch {
-    return String(text || "").slice(0, 200);
+// Fields whose problems name the file themselves ("small.svs: corrupt ..."): shown without
+// the field's name, which means nothing to the person adding scans.
+const FILE_FIELDS = ["file", "path", "uploads", "non_field_errors"];
+
+/** The server's reason in an answer body (parsed or text): DRF's `detail` or its fields. */
+function reasonOf(body) {
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      return body.slice(0, 200);
+    }
   }
+  if (!body || typeof body !== "object" || body.detail) return describeError(body);
+  return Object.entries(body)
+    .map(([field, problems]) => {
+      const text = [].concat(problems).join(" ");
+      return FILE_FIELDS.includes(field) ? text : field + ": " + text;
+    })
+    .join("; ");
 }
 
 /** A size for people: bytes, KB, MB or GB (powers of 1024, one decimal from MB). */
