@@ -4,6 +4,8 @@ Behaviour that spans several rows (loading a taxonomy, registering a scan, chang
 recording its history) lives in the service modules beside this one.
 """
 
+import uuid
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -141,8 +143,19 @@ class Scan(models.Model):
     level_count = models.PositiveSmallIntegerField(default=1)
     mpp_x = models.FloatField(null=True, blank=True, help_text="Microns per pixel, level 0.")
     mpp_y = models.FloatField(null=True, blank=True)
-    size_bytes = models.BigIntegerField()
-    sha256 = models.CharField(max_length=64, unique=True)
+    size_bytes = models.BigIntegerField(help_text="All of the scan's files together.")
+    sha256 = models.CharField(
+        max_length=64,
+        unique=True,
+        help_text="sha256 of the file; of a multi-file scan, of its files' names and sha256s "
+        "(annotator.scans.files_digest).",
+    )
+    companions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The other files of a multi-file scan (a DICOM series, a MIRAX slide's "
+        "folder), as paths relative to the main file's folder, stored beside it.",
+    )
     patient = models.ForeignKey(
         Patient, null=True, blank=True, on_delete=models.PROTECT, related_name="scans"
     )
@@ -167,6 +180,36 @@ class Scan(models.Model):
 
     def __str__(self) -> str:
         return f"{self.original_name} ({self.width}x{self.height})"
+
+
+class ScanUpload(models.Model):
+    """A file on its way in by the tus protocol: how much of it has arrived, for whom, and until
+    when it is kept unfinished. The bytes grow in a local file named by the id
+    (`annotator.uploads.data_path`); registering the scan consumes the upload."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    study = models.ForeignKey("Study", on_delete=models.CASCADE, related_name="+")
+    filename = models.CharField(max_length=255)
+    relative_path = models.CharField(max_length=1000, blank=True)
+    length = models.BigIntegerField()
+    offset = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(offset__gte=0) & Q(offset__lte=F("length")), name="upload_offset"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.relative_path or self.filename} ({self.offset}/{self.length})"
+
+    @property
+    def finished(self) -> bool:
+        return self.offset == self.length
 
 
 class StudyQuerySet(models.QuerySet):

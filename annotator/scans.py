@@ -9,20 +9,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 import shutil
+import stat
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import openslide
 import tifffile
 from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.utils.text import get_valid_filename
 from PIL import Image
 
 from core.errors import DomainError
+from core.files import fit_file_name
 
 from . import access
 from .models import Patient, Scan, Study
@@ -44,6 +51,12 @@ PROBE_GRID = 3
 # smaller than the one above, so a tile never reads more than MAX_LEVEL_STEP^2 tiles' worth.
 MAX_SMALLEST_LEVEL_SIDE = 4096
 MAX_LEVEL_STEP = 16
+# Suffixes of slide and image formats, by which the slide is found among the files of a .zip or
+# an uploaded folder.
+SLIDE_SUFFIXES = {
+    ".bif", ".bmp", ".czi", ".dcm", ".jpeg", ".jpg", ".mrxs", ".ndpi", ".png", ".scn", ".svs",
+    ".svslide", ".tif", ".tiff", ".vms", ".vmu",
+}  # fmt: skip
 TIFF_SIGNATURES = {b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"}
 
 
@@ -140,9 +153,11 @@ def inspect_slide(path: Path, display_name: str) -> SlideFacts:
         slide = _open_photo(path, display_name)
         kind = Scan.Kind.PHOTO
     except openslide.OpenSlideError as exc:
-        raise ScanError(
-            f"{display_name}: corrupt slide, OpenSlide could not read it ({exc})"
-        ) from None
+        if "unsupported" in str(exc).lower():
+            reason = "its format or compression is not supported by OpenSlide"
+        else:
+            reason = "corrupt slide, OpenSlide could not read it"
+        raise ScanError(f"{display_name}: {reason} ({exc})") from None
     try:
         return _read_facts(slide, kind, display_name)
     finally:
@@ -289,6 +304,160 @@ def _positive_float(value: str | None) -> float | None:
     return number if number and number > 0 else None
 
 
+@dataclass(frozen=True)
+class SlideFiles:
+    """The files of one scan: the main file OpenSlide opens and every file of the scan (the
+    main one included) as sorted paths relative to the main file's folder."""
+
+    main: Path
+    members: tuple[str, ...]
+
+    @property
+    def folder(self) -> Path:
+        return self.main.parent
+
+    @property
+    def companions(self) -> list[str]:
+        return [member for member in self.members if member != self.main.name]
+
+
+def slide_files(main: Path) -> SlideFiles:
+    """The files that go with `main`: a MIRAX slide's folder of the same stem (every file under
+    it), a DICOM file's sibling .dcm files (one series per folder), else the file alone."""
+    folder = main.parent
+    suffix = main.suffix.lower()
+    if suffix == ".mrxs":
+        data = folder / main.stem
+        if not data.is_dir():
+            raise ScanError(
+                f"{main.name}: a MIRAX slide needs its folder {main.stem}/ (with Slidedat.ini "
+                "and the Data files) beside it"
+            )
+        members = [main.name] + [
+            path.relative_to(folder).as_posix() for path in data.rglob("*") if path.is_file()
+        ]
+    elif suffix == ".dcm":
+        members = [path.name for path in folder.iterdir() if _is_dicom(path)]
+    else:
+        members = [main.name]
+    inside = folder.resolve()
+    for member in members:
+        if not (folder / member).resolve().is_relative_to(inside):
+            raise ScanError(f"{member}: a symbolic link out of the slide's folder")
+    return SlideFiles(main, tuple(sorted(members)))
+
+
+def _is_dicom(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".dcm"
+
+
+def files_digest(files: SlideFiles) -> str:
+    """The identity of a scan: the sha256 of its file, or for a multi-file scan the sha256 of
+    the lines `SHA256  NAME` (as sha256sum prints them) of its files in the order of their
+    names, the names relative to the main file's folder. Renaming a file of a series makes
+    another scan; the same files under the same names are recognised however they came."""
+    if len(files.members) == 1:
+        return sha256_of(files.main)
+    lines = "".join(f"{sha256_of(files.folder / member)}  {member}\n" for member in files.members)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def safe_file_name(name: str) -> str:
+    """A name fit to store: no folder part, no characters a file system or URL trips on."""
+    try:
+        return fit_file_name(get_valid_filename(PurePosixPath(name.replace("\\", "/")).name))
+    except SuspiciousFileOperation:
+        return "upload"
+
+
+def safe_parts(path: str) -> list[str] | None:
+    """The parts of a relative path (`boxes/boxes_0.dcm`), each made safe; None for a path
+    that is absolute or climbs out with `..`."""
+    pure = PurePosixPath(path.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or ":" in (pure.parts or ("",))[0]:
+        return None
+    parts = [safe_file_name(part) for part in pure.parts if part != "."]
+    return parts or None
+
+
+def extract_zip(archive: Path, target: Path, shown: str) -> None:
+    """Unpack a .zip into `target`, refusing (naming the entry) a path out of the archive, a
+    link, an encrypted entry, more than SCAN_ZIP_MAX_ENTRIES entries or more than
+    SCAN_ZIP_MAX_BYTES unpacked; the sizes the archive claims are not trusted."""
+    limit, max_entries = settings.SCAN_ZIP_MAX_BYTES, settings.SCAN_ZIP_MAX_ENTRIES
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            entries = bundle.infolist()
+            if len(entries) > max_entries:
+                raise ScanError(
+                    f"{shown}: {len(entries):,} entries, more than {max_entries:,} "
+                    "(setting SCAN_ZIP_MAX_ENTRIES)"
+                )
+            written = 0
+            for entry in entries:
+                written = _extract_entry(bundle, entry, target, shown, written, limit)
+    except ScanError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error):
+        raise ScanError(f"{shown}: not a readable zip archive (damaged or unsupported)") from None
+
+
+def _extract_entry(bundle, entry: zipfile.ZipInfo, target: Path, shown: str, written, limit):
+    parts = safe_parts(entry.filename)
+    if parts is None:
+        raise ScanError(f"{shown}: the entry {entry.filename[:120]!r} points outside the archive")
+    if stat.S_ISLNK(entry.external_attr >> 16):
+        raise ScanError(f"{shown}: the entry {entry.filename[:120]!r} is a symbolic link")
+    if entry.flag_bits & 0x1:
+        raise ScanError(f"{shown}: the entry {entry.filename[:120]!r} is encrypted")
+    if entry.is_dir():
+        return written
+    destination = target.joinpath(*parts)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with bundle.open(entry) as source, destination.open("wb") as out:
+        while piece := source.read(HASH_CHUNK):
+            written += len(piece)
+            if written > limit:
+                raise ScanError(
+                    f"{shown}: unpacks to more than {limit:,} bytes (setting SCAN_ZIP_MAX_BYTES)"
+                )
+            out.write(piece)
+    return written
+
+
+def find_slide(folder: Path, shown: str) -> Path:
+    """The main file of the one slide in an unpacked zip or an uploaded folder: a .mrxs (its
+    folder of the same stem belongs to it), one .dcm per folder of DICOM files, or a file of a
+    slide or image format; a lone file of another name counts as the slide. None, or several,
+    is refused naming what was found."""
+    found = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith((".", "__MACOSX")) for part in path.parts)
+    )
+    mirax = [path for path in found if path.suffix.lower() == ".mrxs"]
+    mirax_folders = [path.parent / path.stem for path in mirax]
+    rest = [
+        path
+        for path in found
+        if path not in mirax and not any(path.is_relative_to(data) for data in mirax_folders)
+    ]
+    dicom = {path.parent: path for path in reversed(rest) if path.suffix.lower() == ".dcm"}
+    others = [path for path in rest if path.suffix.lower() in SLIDE_SUFFIXES - {".dcm"}]
+    slides = mirax + sorted(dicom.values()) + others
+    if not slides and len(rest) == 1:
+        slides = rest
+    names = [path.relative_to(folder).as_posix() for path in found]
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    shown_names = ", ".join(names[:10]) + more
+    if not slides:
+        raise ScanError(f"{shown}: no slide file in it (found {shown_names or 'nothing'})")
+    if len(slides) > 1:
+        listed = ", ".join(path.relative_to(folder).as_posix() for path in slides[:10])
+        raise ScanError(f"{shown}: {len(slides)} slides in one scan ({listed}); send one at a time")
+    return slides[0]
+
+
 def ingest_scan(
     path: str | Path,
     *,
@@ -300,36 +469,69 @@ def ingest_scan(
     check_roots: bool = True,
     roots: list[Path] | None = None,
 ) -> IngestResult:
-    """Register one scan file in a study, or recognise it (by checksum) as already registered.
+    """Register one scan in a study, or recognise it (by checksum) as already registered.
 
-    `user` is who registers it; None is the operator on the command line. A file already known
-    is attached only if `user` sees that scan already (see `_attach_known`). `check_roots` is
-    off only for files the server received itself (uploads), which live in a temporary folder
-    rather than an import root; `roots` narrows the import roots (see `import_roots_for`).
+    `path` is the scan's main file (its companions are taken from beside it, `slide_files`) or
+    a .zip holding one slide. `user` is who registers it; None is the operator on the command
+    line. A file already known is attached only if `user` sees that scan already (see
+    `_attach_known`). `check_roots` is off only for files the server received itself
+    (uploads), which live in a temporary folder rather than an import root; `roots` narrows
+    the import roots (see `import_roots_for`).
     """
     field = "path" if check_roots else "file"
     path = check_import_path(path, roots) if check_roots else Path(path)
     name = display_name or path.name
-    digest = sha256_of(path)
+    options = {"study": study, "patient_code": patient_code, "cohort": cohort, "user": user}
+    if path.suffix.lower() != ".zip":
+        files = slide_files(path)
+        return _ingest_files(files, name if len(files.members) == 1 else None, field, options)
+    with tempfile.TemporaryDirectory(prefix="cytomark-zip-") as folder:
+        extract_zip(path, Path(folder), name)
+        main = find_slide(Path(folder), name)
+        return _ingest_files(slide_files(main), None, field, options)
+
+
+def ingest_folder(received: list[tuple[str, Path]], **options) -> IngestResult:
+    """Register the scan in uploaded files, each named by its path in the uploaded folder: one
+    file (a slide, or a .zip of one), or the files of a folder holding one slide. The files are
+    moved, not copied; the caller removes what is left."""
+    if len(received) == 1 and "/" not in received[0][0]:
+        name, path = received[0]
+        with tempfile.TemporaryDirectory(prefix="cytomark-upload-", dir=path.parent) as folder:
+            target = Path(folder) / name
+            os.replace(path, target)
+            return ingest_scan(target, display_name=name, check_roots=False, **options)
+    with tempfile.TemporaryDirectory(prefix="cytomark-upload-", dir=received[0][1].parent) as tree:
+        for name, path in received:
+            target = Path(tree).joinpath(*(safe_parts(name) or [safe_file_name(name)]))
+            if target.exists():
+                raise ScanError(f"{name}: sent twice in one folder", field="uploads")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        main = find_slide(Path(tree), "the uploaded folder")
+        return ingest_scan(main, check_roots=False, **options)
+
+
+def _ingest_files(files: SlideFiles, name: str | None, field: str, options) -> IngestResult:
+    study, user = options["study"], options["user"]
+    name = name or files.main.name
+    digest = files_digest(files)
     existing = Scan.objects.filter(sha256=digest).first()
     if existing:
-        return _attach_known(existing, study, user, patient_code, name, field)
+        return _attach_known(existing, study, user, options["patient_code"], name, field)
 
-    facts = inspect_slide(path, name)
-    # Slides are multi-file in some formats; Cytomark stores single-file ones as they are.
-    with path.open("rb") as handle:
-        storage_name = default_storage.save(
-            f"scans/{digest[:2]}/{digest}/{name}", File(handle, name=name)
-        )
+    facts = inspect_slide(files.main, name)
+    stored = _store(files, name, digest)
     try:
         with transaction.atomic():
             patient = None
-            if patient_code:
+            if options["patient_code"]:
                 patient, _ = Patient.objects.get_or_create(
-                    code=patient_code, defaults={"cohort": cohort}
+                    code=options["patient_code"], defaults={"cohort": options["cohort"]}
                 )
             scan = Scan.objects.create(
-                file=storage_name,
+                file=stored[0],
+                companions=files.companions,
                 original_name=name,
                 kind=facts.kind,
                 vendor=facts.vendor,
@@ -338,25 +540,60 @@ def ingest_scan(
                 level_count=facts.level_count,
                 mpp_x=facts.mpp_x,
                 mpp_y=facts.mpp_y,
-                size_bytes=path.stat().st_size,
+                size_bytes=sum((files.folder / member).stat().st_size for member in files.members),
                 sha256=digest,
                 patient=patient,
                 added_by=user,
             )
             study.scans.add(scan)
     except IntegrityError:
-        default_storage.delete(storage_name)
-        # Another request registered the same file a moment ago: the same rules as for any
-        # known file apply to it.
+        # Another request registered the same files a moment ago: the same rules as for any
+        # known file apply to it. Its stored files have the same names as ours.
         existing = Scan.objects.filter(sha256=digest).first()
         if existing is None:
+            _delete_stored(stored)
             raise
-        return _attach_known(existing, study, user, patient_code, name, field)
+        _delete_stored(set(stored) - set(stored_names(existing)))
+        return _attach_known(existing, study, user, options["patient_code"], name, field)
     except BaseException:
-        default_storage.delete(storage_name)
+        _delete_stored(stored)
         raise
     log.info("registered scan %s (%s) in study %s", scan.pk, name, study.name)
     return IngestResult(scan, created=True)
+
+
+def _store(files: SlideFiles, name: str, digest: str) -> list[str]:
+    """Store the files under `scans/<aa>/<digest>/`, the main one first (as `name`), each
+    companion at its path relative to the main file, so OpenSlide finds them together. Files
+    left there by an attempt that died are replaced: the folder is named by the checksum."""
+    prefix = f"scans/{digest[:2]}/{digest}"
+    wanted = [(files.main, f"{prefix}/{name}")] + [
+        (files.folder / member, f"{prefix}/{member}") for member in files.companions
+    ]
+    if not Scan.objects.filter(sha256=digest).exists():
+        _delete_stored([target for _, target in wanted])
+    stored = []
+    try:
+        for source, target in wanted:
+            with source.open("rb") as handle:
+                stored.append(default_storage.save(target, File(handle, name=source.name)))
+        if stored[1:] != [target for _, target in wanted[1:]]:
+            raise ScanError(f"{name}: being registered by another request; try again shortly")
+    except BaseException:
+        _delete_stored(stored)
+        raise
+    return stored
+
+
+def stored_names(scan: Scan) -> list[str]:
+    """The storage names of all of a scan's files, the main one first."""
+    folder = posixpath.dirname(scan.file.name)
+    return [scan.file.name] + [posixpath.join(folder, member) for member in scan.companions]
+
+
+def _delete_stored(names) -> None:
+    for stored_name in names:
+        default_storage.delete(stored_name)
 
 
 def _attach_known(
@@ -391,23 +628,42 @@ def _attach_known(
 
 
 def local_path(scan: Scan) -> Path:
-    """A local file path for OpenSlide: the stored file itself, or a cached copy of it."""
+    """A local file path for OpenSlide: the stored file itself, or a cached copy of it with its
+    companions beside it (a DICOM series, a MIRAX folder), checked against the scan's sha256."""
     try:
-        return Path(scan.file.path)
+        stored = Path(scan.file.path)
+        # A storage may name a local path and keep the bytes elsewhere (in memory, say).
+        if stored.is_file():
+            return stored
     except NotImplementedError:
         pass
-    cached = Path(settings.SCAN_CACHE_DIR) / scan.sha256 / scan.original_name
+    cached_folder = Path(settings.SCAN_CACHE_DIR) / scan.sha256
+    cached = cached_folder / scan.original_name
     if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        # A private temporary name per process: two processes missing the cache at once each
-        # write their own copy, and the rename puts a whole file in place either way.
-        handle, partial = tempfile.mkstemp(dir=cached.parent, suffix=".part")
+        cached_folder.parent.mkdir(parents=True, exist_ok=True)
+        # A private temporary folder per process: two processes missing the cache at once each
+        # write their own copy, and the rename puts a whole set of files in place either way.
+        partial = Path(tempfile.mkdtemp(dir=cached_folder.parent, suffix=".part"))
         try:
-            with scan.file.open("rb") as source, os.fdopen(handle, "wb") as target:
-                shutil.copyfileobj(source, target, HASH_CHUNK)
-            if sha256_of(Path(partial)) != scan.sha256:
+            members = [(scan.file.name, scan.original_name)] + [
+                (stored, member)
+                for stored, member in zip(stored_names(scan)[1:], scan.companions, strict=True)
+            ]
+            for stored, member in members:
+                target = partial / member
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with default_storage.open(stored, "rb") as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out, HASH_CHUNK)
+            files = SlideFiles(
+                partial / scan.original_name, tuple(sorted(member for _, member in members))
+            )
+            if files_digest(files) != scan.sha256:
                 raise ScanError(f"{scan.original_name}: the stored copy does not match its sha256")
-            os.replace(partial, cached)
+            try:
+                os.rename(partial, cached_folder)
+            except OSError:  # another process put its copy in place first
+                if not cached.exists():
+                    raise
         finally:
-            Path(partial).unlink(missing_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
     return cached

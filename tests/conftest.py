@@ -3,6 +3,7 @@ scans inside the test import root, and API clients logged in as each role."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import random
@@ -119,6 +120,13 @@ def scan(study, coordinator, synthetic_scan_files):
 def planted(synthetic_scan_files) -> list[dict]:
     """The planted leukocytes of the first synthetic scan."""
     return synthetic_scan_files[0][1]["cells"]
+
+
+def tus_metadata(**pairs: str) -> str:
+    """A tus `Upload-Metadata` header: `key base64(value)` pairs."""
+    return ",".join(
+        f"{key} {base64.b64encode(value.encode()).decode()}" for key, value in pairs.items()
+    )
 
 
 def client_for(user) -> APIClient:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -20,8 +21,10 @@ from drf_spectacular.generators import SchemaGenerator
 from PIL import Image
 from rest_framework.test import APIClient
 
-from annotator import annotation, rounds
-from annotator.models import Cell, Label, LabelChange, Round, RoundItem
+from annotator import annotation, rounds, uploads
+from annotator.models import Cell, Label, LabelChange, Round, RoundItem, ScanUpload
+
+from .conftest import tus_metadata
 
 
 def _logged_in(user) -> APIClient:
@@ -126,6 +129,7 @@ def _state():
         LabelChange.objects.count(),
         Round.objects.count(),
         RoundItem.objects.count(),
+        list(ScanUpload.objects.values_list("pk", "offset")),
     )
 
 
@@ -140,6 +144,7 @@ def curation(study, blinded, coordinator):
     split, _ = splits.make_split(dataset, "holdout", coordinator, seed=0)
     exports.request_export(split, "csv", coordinator)
     TrainingRun.objects.create(split=split, config={}, created_by=coordinator)
+    uploads.create_upload(coordinator, "10", tus_metadata(filename="secret.svs", study="munich"))
     return dataset
 
 
@@ -208,6 +213,7 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
         "token": tokens,
         "format": ["json"],
         "name": ["plot.png"],
+        "upload_id": [*ScanUpload.objects.values_list("pk", flat=True), uuid.uuid4()],
     }
     query_values = {
         "scan": scan.pk,

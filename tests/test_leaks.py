@@ -1,6 +1,7 @@
 """Smaller doors a blinded rater, or another annotator, could use: serializers whose related
 fields are not scoped, the study listing, patches that match across rounds by hash, cells moved
-under somebody's finished answer, and the browsable API in production."""
+under somebody's finished answer, somebody else's scan upload, and the browsable API in
+production."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from PIL import Image
 from rest_framework import serializers
 from rest_framework.test import APIClient
 
-from annotator import annotation, rounds
-from annotator.models import Cell, Round
+from annotator import annotation, rounds, uploads
+from annotator.models import Cell, Membership, Round, ScanUpload
 from core.api.scoping import ScopedRelationsMixin
 
-from .conftest import client_for
+from .conftest import client_for, tus_metadata
+from .factories import UserFactory
 from .test_blinding import blinded  # noqa: F401  (the fixture)
 from .test_settings import PRODUCTION, run_manage
 
@@ -188,3 +190,47 @@ def test_production_serves_the_api_as_json_only():
     assert result.returncode == 0, result.stderr
     status, content_type = result.stdout.split()[-2:]
     assert status in {"401", "403", "406"} and content_type == "application/json", result.stdout
+
+
+def test_nobody_but_its_uploader_learns_anything_of_an_upload(
+    blinded,  # noqa: F811  (the fixture)
+    study,
+    coordinator,
+    rater,
+    outsider,
+    annotator,
+):
+    """A blinded rater, an annotator, an outsider and a fellow coordinator try the coordinator's
+    upload of a secret scan by every tus method and by registering it: each gets 404 (or 412
+    without the tus header) and no header or body names it, its size or its progress."""
+    secret = uploads.create_upload(
+        coordinator, "4242", tus_metadata(filename="secret-P-001.svs", study="munich")
+    )
+    fellow = UserFactory(username="cleo")
+    Membership.objects.create(study=study, user=fellow, role=Membership.Role.COORDINATOR)
+    url = f"/api/v1/uploads/{secret.pk}/"
+    tus = {"HTTP_TUS_RESUMABLE": "1.0.0"}
+    for user in (rater, annotator, outsider, fellow):
+        client = APIClient()
+        client.force_login(user)
+        answers = [
+            client.head(url, **tus),
+            client.generic(
+                "PATCH",
+                url,
+                b"x" * 10,
+                content_type="application/offset+octet-stream",
+                HTTP_UPLOAD_OFFSET="0",
+                **tus,
+            ),
+            client.delete(url, **tus),
+            client.post(
+                "/api/v1/scans/", {"study": "munich", "uploads": [str(secret.pk)]}, format="json"
+            ),
+        ]
+        for response in answers:
+            assert response.status_code in (400, 403, 404), (user, response.status_code)
+            shown = response.content.decode() + str(dict(response.headers))
+            for needle in ("secret-P-001", "4242", "Upload-Offset", "Upload-Length"):
+                assert needle not in shown, (user, needle, shown)
+    assert ScanUpload.objects.get().offset == 0

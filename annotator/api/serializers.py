@@ -198,21 +198,37 @@ class ScanSerializer(ScopedModelSerializer):
 
 
 class ScanCreateSerializer(ScopedSerializer):
-    """Register a scan: upload the file, or name a file under a server import root."""
+    """Register a scan: send the file, name finished tus uploads, or name a file under a server
+    import root (docs/scans.md)."""
 
     visible_querysets = {"study": visible_studies}
 
     study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
     file = serializers.FileField(required=False, allow_empty_file=True)
     path = serializers.CharField(required=False, max_length=1000)
+    uploads = serializers.ListField(
+        child=serializers.UUIDField(),
+        required=False,
+        allow_empty=False,
+        max_length=10_000,
+        help_text="Ids of finished uploads (/api/v1/uploads/): one file, one .zip, or the "
+        "files of one folder, each with its relative_path.",
+    )
     patient = serializers.CharField(required=False, max_length=64, allow_blank=True)
     cohort = serializers.CharField(required=False, max_length=64, allow_blank=True, default="")
 
     def validate(self, attrs):
-        if bool(attrs.get("file")) == bool(attrs.get("path")):
+        if sum(bool(attrs.get(key)) for key in ("file", "path", "uploads")) != 1:
             raise serializers.ValidationError(
-                {"file": ["Send either a file upload ('file') or a server path ('path')."]}
+                {
+                    "file": [
+                        "Send exactly one of a file ('file'), finished uploads ('uploads') or "
+                        "a server path ('path')."
+                    ]
+                }
             )
+        if attrs.get("uploads") and len(set(attrs["uploads"])) != len(attrs["uploads"]):
+            raise serializers.ValidationError({"uploads": ["An upload is named twice."]})
         return attrs
 
 

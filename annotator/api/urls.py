@@ -4,7 +4,7 @@ from django.urls import include, path
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from . import imagery, rounds, views
+from . import imagery, rounds, uploads, views
 
 router = DefaultRouter()
 router.register("studies", views.StudyViewSet, basename="study")
@@ -23,6 +23,8 @@ urlpatterns = [
         name="scan-tile",
     ),
     path("cells/<int:cell_id>/patch.png", imagery.cell_patch, name="cell-patch"),
+    path("uploads/", uploads.UploadCollectionView.as_view(), name="upload-list"),
+    path("uploads/<uuid:upload_id>/", uploads.UploadDetailView.as_view(), name="upload-detail"),
     path("queue/", rounds.QueueListView.as_view(), name="queue-list"),
     path("queue/<int:round_id>/", rounds.QueueRoundView.as_view(), name="queue-round"),
     path(

@@ -5,10 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from django.core.exceptions import SuspiciousFileOperation
 from django.db import transaction
 from django.db.models import Count, Prefetch
-from django.utils.text import get_valid_filename
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
@@ -19,14 +17,14 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
 from core.api.fields import int_param
-from core.files import fit_file_name
 from core.http import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
 from core.params import SEED_MAX
 
 from .. import access, annotation, reports
 from ..models import LabelChange, Membership, Taxonomy
-from ..scans import import_roots_for, ingest_scan
+from ..scans import import_roots_for, ingest_folder, ingest_scan, safe_file_name
 from ..tasks import schedule_patches
+from ..uploads import consume as consume_uploads
 from . import serializers as s
 
 
@@ -192,6 +190,9 @@ class ScanViewSet(
         if data.get("path"):
             roots = import_roots_for(request.user, study)
             result = ingest_scan(data["path"], roots=roots, **options)
+        elif data.get("uploads"):
+            with consume_uploads(request.user, study, data["uploads"]) as received:
+                result = ingest_folder([(item.name, item.path) for item in received], **options)
         else:
             result = self._ingest_upload(data["file"], options)
         body = s.ScanSerializer(result.scan, context=self.get_serializer_context()).data
@@ -201,10 +202,7 @@ class ScanViewSet(
 
     @staticmethod
     def _ingest_upload(upload, options):
-        try:
-            name = fit_file_name(get_valid_filename(Path(upload.name).name))
-        except SuspiciousFileOperation:
-            name = "upload"
+        name = safe_file_name(upload.name)
         with tempfile.TemporaryDirectory(prefix="cytomark-upload-") as folder:
             target = Path(folder) / name
             with target.open("wb") as handle:

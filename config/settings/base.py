@@ -168,6 +168,18 @@ SCAN_IMPORT_ROOTS = [
 ]
 # Local copies of scans kept in remote storage, for OpenSlide (which needs a file path).
 SCAN_CACHE_DIR = Path(env.str("SCAN_CACHE_DIR", default=str(VAR_DIR / "scan-cache")))
+# Resumable uploads (the tus protocol, annotator/uploads.py): the largest file one upload may
+# announce, the largest body one PATCH may carry, how long an unfinished upload is kept, and the
+# local folder the partial files grow in (by default MEDIA_ROOT/uploads; always local disk, even
+# when scans are stored in S3, because each PATCH appends to the file).
+SCAN_UPLOAD_MAX_BYTES = env.int("SCAN_UPLOAD_MAX_BYTES", default=20 * 1024**3)
+SCAN_UPLOAD_CHUNK_MAX_BYTES = env.int("SCAN_UPLOAD_CHUNK_MAX_BYTES", default=64 * 1024**2)
+SCAN_UPLOAD_EXPIRY_HOURS = env.float("SCAN_UPLOAD_EXPIRY_HOURS", default=24.0)
+SCAN_UPLOAD_DIR = env.str("SCAN_UPLOAD_DIR", default="")
+# A .zip of a multi-file scan (a DICOM series, a MIRAX slide and its folder) is unpacked only
+# within these bounds.
+SCAN_ZIP_MAX_BYTES = env.int("SCAN_ZIP_MAX_BYTES", default=40 * 1024**3)
+SCAN_ZIP_MAX_ENTRIES = env.int("SCAN_ZIP_MAX_ENTRIES", default=10_000)
 # Cell patches: cut around each clicked cell at level 0, padded with this colour at the scan's
 # edge (a study may set its own size in px or um).
 PATCH_BACKGROUND = env.str("PATCH_BACKGROUND", default="#ffffff")
