@@ -40,7 +40,7 @@ export function uploadMetadata(study, { file, relativePath }) {
   return metadata;
 }
 
-/** The upload's id in the `Location` the server gave it (`/api/v1/uploads/<uuid>/`). */
+/** The upload's id: the last part of the `Location` the server gave it (a uuid). */
 export function uploadId(location) {
   const parts = new URL(location, "http://host").pathname.split("/").filter(Boolean);
   return parts[parts.length - 1];
