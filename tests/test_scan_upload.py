@@ -248,19 +248,24 @@ def test_a_relative_path_out_of_the_folder_is_refused(cora):
 # Every fixture, every way in
 
 
-@pytest.mark.parametrize("name", GOOD)
-@pytest.mark.parametrize("way", ["tus", "file", "path"])
-def test_every_good_fixture_is_registered_and_viewable(name, way, cora, annotator, import_root):
+WAYS = ["tus", "file", "path"]
+
+
+def send_fixture(way: str, cora, import_root, name: str):
+    """Register a fixture by tus upload, by a plain upload or by a server path."""
     if way == "tus":
-        response = register(cora, [upload(cora, (FIXTURES / name).read_bytes(), name)])
-    elif way == "file":
+        return register(cora, [upload(cora, (FIXTURES / name).read_bytes(), name)])
+    if way == "file":
         file = SimpleUploadedFile(name, (FIXTURES / name).read_bytes())
-        response = cora.post(
-            "/api/v1/scans/", {"study": "munich", "file": file}, format="multipart"
-        )
-    else:
-        path = study_folder(import_root, "good", [name]) / name
-        response = cora.post("/api/v1/scans/", {"study": "munich", "path": str(path)})
+        return cora.post("/api/v1/scans/", {"study": "munich", "file": file}, format="multipart")
+    path = study_folder(import_root, "fixture", [name]) / name
+    return cora.post("/api/v1/scans/", {"study": "munich", "path": str(path)})
+
+
+@pytest.mark.parametrize("name", GOOD)
+@pytest.mark.parametrize("way", WAYS)
+def test_every_good_fixture_is_registered_and_viewable(name, way, cora, annotator, import_root):
+    response = send_fixture(way, cora, import_root, name)
     assert response.status_code == 201, response.content
     scan = Scan.objects.get()
     assert scan.original_name == name and scan.companions == []
@@ -270,18 +275,9 @@ def test_every_good_fixture_is_registered_and_viewable(name, way, cora, annotato
 
 
 @pytest.mark.parametrize(("name", "reason"), BAD.items())
-@pytest.mark.parametrize("way", ["tus", "file", "path"])
+@pytest.mark.parametrize("way", WAYS)
 def test_every_bad_fixture_is_refused_leaving_nothing(name, reason, way, cora, import_root):
-    if way == "tus":
-        response = register(cora, [upload(cora, (FIXTURES / name).read_bytes(), name)])
-    elif way == "file":
-        file = SimpleUploadedFile(name, (FIXTURES / name).read_bytes())
-        response = cora.post(
-            "/api/v1/scans/", {"study": "munich", "file": file}, format="multipart"
-        )
-    else:
-        path = study_folder(import_root, "bad", [name]) / name
-        response = cora.post("/api/v1/scans/", {"study": "munich", "path": str(path)})
+    response = send_fixture(way, cora, import_root, name)
     assert name in str(response.json())
     assert_nothing_left(reason, response)
 
@@ -427,3 +423,22 @@ def test_a_mirax_slide_without_its_folder_is_refused(tmp_path, cora):
         slide_files(tmp_path / "lone.mrxs")
     response = register(cora, [upload(cora, b"mrxs", "lone.mrxs")])
     assert_nothing_left("needs its folder lone/", response)
+
+
+def test_a_browser_session_must_send_its_csrf_token(coordinator):
+    browser = APIClient(enforce_csrf_checks=True)
+    browser.force_login(coordinator)
+    assert browser.get("/").status_code == 200  # sets the csrftoken cookie, as the page does
+    token = browser.cookies[settings.CSRF_COOKIE_NAME].value
+    assert create(browser, 10, "a.svs").status_code == 403
+    response = browser.post(
+        "/api/v1/uploads/",
+        HTTP_UPLOAD_LENGTH="10",
+        HTTP_UPLOAD_METADATA=tus_metadata(filename="a.svs", study="munich"),
+        HTTP_X_CSRFTOKEN=token,
+        **TUS,
+    )
+    assert response.status_code == 201
+    location = response["Location"]
+    assert send(browser, location, b"x" * 10, 0).status_code == 403
+    assert send(browser, location, b"x" * 10, 0, HTTP_X_CSRFTOKEN=token).status_code == 204
