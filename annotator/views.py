@@ -108,6 +108,11 @@ def annotate(request, study_name: str, scan_id: int):
     )
 
 
+# The Add scans page's retries of a transfer after a lost connection or a 5xx (ms) before its row
+# says it stopped and offers to try again; each retry resumes from the server's offset.
+UPLOAD_RETRY_DELAYS_MS = [0, 1000, 3000, 5000]
+
+
 @login_required
 @require_GET
 def add_scans_page(request, study_name: str):
@@ -118,6 +123,7 @@ def add_scans_page(request, study_name: str):
         "study": study.name,
         "chunkSize": settings.SCAN_UPLOAD_CHUNK_MAX_BYTES,
         "maxBytes": settings.SCAN_UPLOAD_MAX_BYTES,
+        "retryDelays": UPLOAD_RETRY_DELAYS_MS,
         # The viewer is the gold-round screen, for those who label: a coordinator who does not
         # gets the outcome without a link.
         "canOpenViewer": bool(access.roles_in(request.user, study) & access.ANNOTATING_ROLES),

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.urls import reverse
 from PIL import Image
 
+from annotator import views
 from annotator.models import Membership, Scan
 
 from .conftest import SHARED_DATA, log_in, new_page
@@ -222,6 +223,48 @@ def test_a_dicom_series_as_a_zip_is_one_scan(
     # A coordinator who does not label gets the outcome without a link to the labelling screen.
     assert row["state"] == "added" and row["link"] is None, row
     assert row["outcome"] == f"added as scan {Scan.objects.get().pk}"
+    assert problems == []
+
+
+def test_a_transfer_that_cannot_reach_the_server_says_so_and_resumes_when_tried_again(
+    chromium_browser, live_server, study, coordinator, small_chunks, noisy_photo, monkeypatch
+):
+    monkeypatch.setattr(views, "UPLOAD_RETRY_DELAYS_MS", [0, 200])
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, coordinator.username)
+    page.goto(live_server.url + reverse("add-scans", args=[study.name]))
+    sent = {"patches": 0}
+
+    def cut_from_the_third_patch(route):
+        if route.request.method == "PATCH":
+            sent["patches"] += 1
+            if sent["patches"] >= 3:
+                route.abort("internetdisconnected")
+                return
+        route.continue_()
+
+    page.route("**/api/v1/uploads/**", cut_from_the_third_patch)
+    page.set_input_files("#pick-files", [noisy_photo])
+    page.click("#start")
+    _wait_until_done(page, 1)
+    row = _rows(page)["field_of_view.png"]
+    assert row["state"] == "failed"
+    assert row["outcome"] == "stopped (no connection); try again to resume"
+    assert int(row["value"]) >= 2 * CHUNK
+
+    page.unroute("**/api/v1/uploads/**")
+    offsets = []
+    page.on(
+        "request",
+        lambda r: r.method == "PATCH" and offsets.append(int(r.headers["upload-offset"])),
+    )
+    page.click("#uploads .retry")
+    _wait_until_done(page, 1)
+    row = _rows(page)["field_of_view.png"]
+    assert row["state"] == "added", row
+    assert offsets[0] == 2 * CHUNK, offsets  # resumed where the server's copy ends
+    with Scan.objects.get().file.open("rb") as stored:
+        assert stored.read() == noisy_photo.read_bytes()
     assert problems == []
 
 

@@ -22,8 +22,6 @@ import {
 const config = pageConfig("add-scans-config");
 const http = pageClient();
 const csrfToken = document.querySelector("[name=csrfmiddlewaretoken]").value;
-// tus-js-client's own retries after a lost connection or a 5xx, in ms, before the row gives up.
-const RETRY_DELAYS = [0, 1000, 3000, 5000];
 // Scans transferred at once; the others wait their turn.
 const PARALLEL = 2;
 
@@ -112,7 +110,7 @@ function transfer(item, index) {
       upload = new globalThis.tus.Upload(part.file, {
         endpoint: config.urls.uploads,
         chunkSize: config.chunkSize,
-        retryDelays: RETRY_DELAYS,
+        retryDelays: config.retryDelays,
         metadata: uploadMetadata(config.study, part),
         headers: { "X-CSRFToken": csrfToken },
         storeFingerprintForResuming: false,
