@@ -400,6 +400,8 @@ def extract_zip(archive: Path, target: Path, shown: str) -> None:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error):
         raise ScanError(f"{shown}: not a readable zip archive (damaged or unsupported)") from None
+    except OSError as exc:  # an entry that clashes with another (a file and a folder of a name)
+        raise ScanError(f"{shown}: cannot be unpacked ({exc.strerror or exc})") from None
 
 
 def _extract_entry(bundle, entry: zipfile.ZipInfo, target: Path, shown: str, written, limit):
@@ -433,7 +435,8 @@ def find_slide(folder: Path, shown: str) -> Path:
     found = sorted(
         path
         for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith((".", "__MACOSX")) for part in path.parts)
+        if path.is_file()
+        and not any(part.startswith((".", "__MACOSX")) for part in path.relative_to(folder).parts)
     )
     mirax = [path for path in found if path.suffix.lower() == ".mrxs"]
     mirax_folders = [path.parent / path.stem for path in mirax]

@@ -25,6 +25,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,13 +186,32 @@ def _remove(upload: ScanUpload) -> None:
 
 
 def remove_expired(now=None) -> int:
-    """Remove every upload past its expiry, file and row; the number removed."""
-    expired = list(ScanUpload.objects.filter(expires_at__lte=now or timezone.now()))
+    """Remove every upload past its expiry, file and row, and what no upload owns in the upload
+    folder any more once it is as old as an upload may live (the file of an upload whose study
+    was deleted, the folder of a registration whose process died); the number of uploads
+    removed."""
+    now = now or timezone.now()
+    expired = list(ScanUpload.objects.filter(expires_at__lte=now))
     for upload in expired:
         _remove(upload)
     if expired:
         log.info("removed %d expired upload(s)", len(expired))
+    folder = upload_dir()
+    if folder.is_dir():
+        cutoff = (now - timedelta(hours=settings.SCAN_UPLOAD_EXPIRY_HOURS)).timestamp()
+        owned = {str(pk) for pk in ScanUpload.objects.values_list("pk", flat=True)}
+        for entry in folder.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.name not in owned and entry.lstat().st_mtime < cutoff:
+                    _delete_entry(entry)
     return len(expired)
+
+
+def _delete_entry(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink()
 
 
 def terminate(user, upload_id: uuid.UUID) -> None:

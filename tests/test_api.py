@@ -107,7 +107,7 @@ def test_scan_registration_from_a_server_path_checks_the_import_roots(study, coo
     )
     assert response.status_code == 400 and "outside the import roots" in response.json()["path"][0]
     neither = client_for(coordinator).post("/api/v1/scans/", {"study": "munich"}, format="json")
-    assert neither.status_code == 400 and "either a file upload" in neither.json()["file"][0]
+    assert neither.status_code == 400 and "exactly one of a file" in neither.json()["file"][0]
 
 
 def test_place_move_and_delete_a_cell(annotator, scan):

@@ -9,7 +9,9 @@ stored file, no upload. A DICOM series arrives as a zip, as a folder upload and 
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import threading
 import uuid
 import zipfile
 from datetime import timedelta
@@ -20,6 +22,7 @@ import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.db import connection, transaction
 from django.utils import timezone
 from PIL import Image
 from rest_framework.test import APIClient
@@ -235,8 +238,15 @@ def test_expired_uploads_are_removed(cora):
     old = ScanUpload.objects.get()
     ScanUpload.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert cora.head(location, **TUS).status_code == 404
+    stray = upload_dir() / "cytomark-upload-left-by-a-dead-process"
+    stray.mkdir()
+    (stray / "slide.svs").write_bytes(b"x")
+    long_ago = (timezone.now() - timedelta(hours=25)).timestamp()
+    os.utime(stray, (long_ago, long_ago))
+    fresh = upload_dir() / "cytomark-upload-in-use"
+    fresh.mkdir()
     create(cora, 10, "b.svs")
-    assert not data_path(old).exists()
+    assert not data_path(old).exists() and not stray.exists() and fresh.exists()
     assert list(ScanUpload.objects.values_list("filename", flat=True)) == ["b.svs"]
 
 
@@ -371,6 +381,7 @@ def zip_of(entries: dict[str, bytes]) -> bytes:
         ),
         ({"../../evil.svs": b"x"}, "points outside the archive"),
         ({"/abs/evil.svs": b"x"}, "points outside the archive"),
+        ({"a.svs": b"x", "a.svs/b.svs": b"y"}, "cannot be unpacked"),
     ],
 )
 def test_a_zip_without_exactly_one_slide_is_refused(entries, reason, cora):
@@ -442,3 +453,44 @@ def test_a_browser_session_must_send_its_csrf_token(coordinator):
     location = response["Location"]
     assert send(browser, location, b"x" * 10, 0).status_code == 403
     assert send(browser, location, b"x" * 10, 0, HTTP_X_CSRFTOKEN=token).status_code == 204
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_patch_while_another_writes_the_upload_is_told_to_retry(cora):
+    """Another request holds the upload (its row locked, as a PATCH in flight does): a second
+    PATCH is answered 409 at once rather than writing between its bytes."""
+    location = create(cora, 20, "a.svs")["Location"]
+    upload_id = location.rstrip("/").rsplit("/", 1)[1]
+    locked, release = threading.Event(), threading.Event()
+
+    def writer():
+        try:
+            with transaction.atomic():
+                ScanUpload.objects.select_for_update().get(pk=upload_id)
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert locked.wait(30)
+        busy = send(cora, location, b"x" * 10, 0)
+        assert busy.status_code == 409 and "another request" in busy.json()["detail"]
+    finally:
+        release.set()
+        thread.join(30)
+    assert send(cora, location, b"x" * 10, 0).status_code == 204
+    assert cora.head(location, **TUS)["Upload-Offset"] == "10"
+
+
+def test_a_zip_by_server_path_and_by_the_command(cora, import_root, capsys):
+    folder = import_root / "munich" / f"zips-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    (folder / "series.zip").write_bytes(dicom_zip())
+    response = cora.post("/api/v1/scans/", {"study": "munich", "path": str(folder / "series.zip")})
+    assert response.status_code == 201, response.content
+    assert Scan.objects.get().companions == ["boxes_1.dcm"]
+    call_command("add_scans", str(folder / "series.zip"), "--study", "munich")
+    assert "already registered" in capsys.readouterr().out

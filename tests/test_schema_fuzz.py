@@ -25,11 +25,13 @@ from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from annotator import annotation, rounds
+from annotator import annotation, rounds, uploads
 from annotator.models import Membership
 from datasets import classmaps, exports, splits, versions
 from mltasks import runs
 from mltasks.models import TrainingRun
+
+from .conftest import tus_metadata
 
 EXAMPLES_PER_OPERATION = 8
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
@@ -70,6 +72,9 @@ def world(study, scan, gold_cells, curated, annotator, rater, coordinator, data_
     run = runs.start_run(split, coordinator, {})
     TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED, error="test")
     label = gold_cells[0].labels.first()
+    upload = uploads.create_upload(
+        coordinator, "10", tus_metadata(filename="a.svs", study=study.name)
+    )
     return {
         # `{id}` of each resource, by the path segment that names it.
         "studies": [study.pk],
@@ -92,6 +97,7 @@ def world(study, scan, gold_cells, curated, annotator, rater, coordinator, data_
         "level": [8],
         "col": [0],
         "row": [0],
+        "upload_id": [upload.pk],
     }
 
 
