@@ -235,3 +235,10 @@ dropZone.addEventListener("drop", async (event) => {
 });
 
 startButton.addEventListener("click", () => run(items.filter((item) => item.state === "queued")));
+
+// Leaving the page stops its transfers: the browser asks first while any is under way.
+window.addEventListener("beforeunload", (event) => {
+  if (items.some((item) => ["waiting", "uploading", "checking"].includes(item.state))) {
+    event.preventDefault();
+  }
+});
