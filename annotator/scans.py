@@ -12,6 +12,7 @@ import os
 import posixpath
 import shutil
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -233,19 +234,38 @@ def _check_tiff_layout(path: Path, size: int, display_name: str) -> None:
 
     Read from the TIFF directories alone (tifffile), before any pixel is decoded. A directory
     tifffile cannot parse is left to OpenSlide, which then names the file corrupt or reads it.
+    A file cut off before one of its directories is refused as truncated: tifffile stops at the
+    last whole directory, and OpenSlide would open the levels before the cut as if they were all.
     """
     try:
         with tifffile.TiffFile(path) as tiff:
+            page = None
             for index, page in enumerate(tiff.pages):
                 if index == MAX_TIFF_PAGES:
                     raise ScanError(
                         f"{display_name}: more than {MAX_TIFF_PAGES} images in one TIFF file"
                     )
                 _check_tiff_page(page, index, size, display_name)
+            following = _next_directory(tiff, page) if page is not None else 0
+            if following >= size:
+                raise ScanError(
+                    f"{display_name}: truncated file: its next image directory starts at byte "
+                    f"{following:,}, but the file has only {size:,} bytes"
+                )
     except ScanError:
         raise
     except Exception as exc:  # tifffile raises many kinds on a broken directory
         log.debug("tifffile could not parse %s: %s", display_name, exc)
+
+
+def _next_directory(tiff: tifffile.TiffFile, page) -> int:
+    """Where the TIFF directory after `page` starts (0 for none), read from the file."""
+    layout, handle = tiff.tiff, tiff.filehandle
+    handle.seek(page.offset)
+    (tags,) = struct.unpack(layout.tagnoformat, handle.read(layout.tagnosize))
+    handle.seek(page.offset + layout.tagnosize + tags * layout.tagsize)
+    (following,) = struct.unpack(layout.offsetformat, handle.read(layout.offsetsize))
+    return following
 
 
 def _check_tiff_page(page, index: int, size: int, display_name: str) -> None:

@@ -26,7 +26,7 @@ from annotator.models import Scan
 from annotator.scans import ScanError, inspect_slide
 from annotator.synthetic import make_synthetic_scan
 
-from .conftest import client_for
+from .conftest import SHARED_DATA, client_for
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK_MEMORY_MB = 64
@@ -163,3 +163,12 @@ def test_a_scan_cut_to_its_first_100_kb_is_refused_as_truncated(tmp_path):
     cut.write_bytes((tmp_path / "whole.tiff").read_bytes()[:100_000])
     with pytest.raises(ScanError, match=r"cut.tiff: truncated file: .* only 100,000 bytes"):
         inspect_slide(cut, "cut.tiff")
+
+
+def test_a_tiff_cut_before_its_smaller_levels_is_refused_as_truncated(tmp_path):
+    """Cut in half, boxes.tiff still holds its first level whole; its other levels are gone."""
+    whole = (SHARED_DATA / "openslide-fixtures" / "boxes.tiff").read_bytes()
+    cut = tmp_path / "boxes.tiff"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ScanError, match=r"boxes.tiff: truncated file: its next image directory"):
+        inspect_slide(cut, "boxes.tiff")
