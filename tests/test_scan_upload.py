@@ -147,6 +147,9 @@ def test_options_tell_the_tus_version_extensions_and_limit(cora):
     assert response["Tus-Resumable"] == response["Tus-Version"] == "1.0.0"
     assert response["Tus-Extension"] == "creation,termination,expiration"
     assert response["Tus-Max-Size"] == str(settings.SCAN_UPLOAD_MAX_BYTES)
+    anonymous = APIClient().options("/api/v1/uploads/")
+    assert anonymous.status_code == 204 and anonymous["Tus-Version"] == "1.0.0"
+    assert APIClient().post("/api/v1/uploads/", **TUS).status_code in (401, 403)
 
 
 def test_an_interrupted_upload_resumes_where_head_says(cora, annotator):

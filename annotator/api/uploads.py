@@ -14,7 +14,11 @@ NO_BODY = OpenApiResponse(description="No body; the answer is in the tus headers
 
 
 class TusView(APIView):
-    """Every answer carries `Tus-Resumable`; every request but OPTIONS must carry it too."""
+    """Every answer carries `Tus-Resumable`; every request but OPTIONS must carry it too.
+    OPTIONS tells only what the server supports, so it needs no login."""
+
+    def get_permissions(self):
+        return [] if self.request.method == "OPTIONS" else super().get_permissions()
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
