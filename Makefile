@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(VENV)/.installed frontend/node_modules/.installed
 
-# OpenSeadragon from the npm registry, served as static files.
+# OpenSeadragon and tus-js-client from the npm registry, served as static files.
 frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@

@@ -40,6 +40,17 @@ def overseen_studies(user) -> QuerySet[Study]:
     ).distinct()
 
 
+def managed_studies(user) -> QuerySet[Study]:
+    """Studies to which the user adds scans and members: coordinator or admin."""
+    if not user.is_authenticated:
+        return Study.objects.none()
+    if user.is_superuser:
+        return Study.objects.all()
+    return Study.objects.filter(
+        memberships__user=user, memberships__role__in=MANAGING_ROLES
+    ).distinct()
+
+
 def roles_in(user, study: Study) -> set[str]:
     if not user.is_authenticated:
         return set()
@@ -64,6 +75,20 @@ def overseen_study(user, study_name: str, what: str = "see this page") -> Study:
         raise NotFoundError(f"No study named {study_name[:80]!r} among yours.")
     if not roles_in(user, study) & OVERSEEING_ROLES:
         raise ForbiddenError(f"Only coordinators, data scientists and admins {what}.")
+    return study
+
+
+def managed_study(user, study_name: str, action: str) -> Study:
+    """The named study, for work only its coordinators and admins do (adding scans). Anybody
+    else is refused alike, with ForbiddenError naming `action`: a member in another role learns
+    the roles it needs, an outsider the same words whether or not such a study exists."""
+    study = visible_studies(user).filter(name=study_name).first()
+    if study is None:
+        raise ForbiddenError(
+            f"To {action} you need to be a coordinator or admin of the study; "
+            f"no study named {study_name[:80]!r} is among yours."
+        )
+    require_role(user, study, MANAGING_ROLES, action)
     return study
 
 

@@ -1,8 +1,11 @@
 """Admin pages. Taxonomies and labels are read-only here: taxonomies come from their YAML files
 (`load_taxonomy`), labels from the annotation screens, so their history stays complete."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
 
+from . import access
 from .models import (
     Cell,
     Label,
@@ -77,7 +80,19 @@ class ScanAdmin(admin.ModelAdmin):
     ]
 
     def has_add_permission(self, request):
-        return False  # scans are registered through add_scans or the API, which check the file
+        return access.managed_studies(request.user).exists()
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """The admin's Add leads to the study's Add scans page: a scan is registered from its
+        file, which the page (like the API and `add_scans`) checks, where an admin form could
+        not."""
+        studies = list(access.managed_studies(request.user).order_by("name")[:2])
+        if not studies:
+            raise PermissionDenied("Only a study's coordinators and admins add scans to it.")
+        if len(studies) == 1:
+            return redirect("add-scans", studies[0].name)
+        messages.info(request, "Scans are added per study: follow a study's Add scans link.")
+        return redirect("home")
 
 
 class MembershipInline(admin.TabularInline):

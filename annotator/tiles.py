@@ -18,6 +18,7 @@ import openslide
 from django.conf import settings
 from django.core.cache import caches
 from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
 
 from .models import Scan
 from .scans import local_path
@@ -83,7 +84,14 @@ class SlideHandles:
 
 
 def _open_scan(scan: Scan) -> OpenScan:
-    slide = openslide.open_slide(str(local_path(scan)))
+    path = str(local_path(scan))
+    slide = openslide.open_slide(path)
+    if isinstance(slide, openslide.ImageSlide):
+        # A photo: ImageSlide decodes the file on its first read, and two tile requests at once
+        # would decode it together (Pillow's lazy load is not thread-safe). Decode it here.
+        slide.close()
+        with Image.open(path) as image:
+            slide = openslide.ImageSlide(image.copy())
     return OpenScan(slide, DeepZoomGenerator(slide, TILE_SIZE, TILE_OVERLAP, limit_bounds=False))
 
 

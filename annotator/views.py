@@ -3,6 +3,7 @@
 from datetime import UTC
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
@@ -61,6 +62,7 @@ def home(request):
         study.queue = [row for row in queue if queue_study[row["id"]] == study.pk]
         study.oversees = bool(roles & access.OVERSEEING_ROLES)
         study.can_annotate = bool(roles & access.ANNOTATING_ROLES) and not study.blinded
+        study.can_add_scans = bool(roles & access.MANAGING_ROLES)
         if study.blinded:
             study.scan_rows = []
             continue
@@ -83,7 +85,7 @@ def annotate(request, study_name: str, scan_id: int):
     if not scan:
         # One sentence for a scan that does not exist and one the user may not open.
         raise Http404("No such scan among those you may open in this study.")
-    round_ = annotation.gold_round_for_member(study, request.user)
+    round_ = guarded(annotation.gold_round_for_member, study, request.user)
     config = {
         "study": study.name,
         "round": round_.pk,
@@ -107,6 +109,34 @@ def annotate(request, study_name: str, scan_id: int):
     return render(
         request, "annotator/annotate.html", {"study": study, "scan": scan, "config": config}
     )
+
+
+# The Add scans page's retries of a transfer after a lost connection or a 5xx (ms) before its row
+# says it stopped and offers to try again; each retry resumes from the server's offset.
+UPLOAD_RETRY_DELAYS_MS = [0, 1000, 3000, 5000]
+
+
+@login_required
+@require_GET
+def add_scans_page(request, study_name: str):
+    """Coordinators and admins: send scan files (several, a folder, .zip files) to the study by
+    resumable tus uploads, then register each as a scan; the page shows each one's outcome."""
+    study = guarded(access.managed_study, request.user, study_name, "add scans")
+    config = {
+        "study": study.name,
+        "chunkSize": settings.SCAN_UPLOAD_CHUNK_MAX_BYTES,
+        "maxBytes": settings.SCAN_UPLOAD_MAX_BYTES,
+        "retryDelays": UPLOAD_RETRY_DELAYS_MS,
+        # The viewer is the gold-round screen, for those who label: a coordinator who does not
+        # gets the outcome without a link.
+        "canOpenViewer": bool(access.roles_in(request.user, study) & access.ANNOTATING_ROLES),
+        "urls": {
+            "uploads": reverse("upload-list"),
+            "scans": reverse("scan-list"),
+            "annotate": url_template("annotate", study.name, "{id}"),
+        },
+    }
+    return render(request, "annotator/add_scans.html", {"study": study, "config": config})
 
 
 def taxonomy_for_screen(taxonomy) -> dict:

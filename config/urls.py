@@ -18,6 +18,7 @@ urlpatterns = [
         annotator_views.annotate,
         name="annotate",
     ),
+    path("studies/<slug:study_name>/scans/add/", annotator_views.add_scans_page, name="add-scans"),
     path("studies/<slug:study_name>/rounds/", annotator_views.rounds_page, name="rounds"),
     path(
         "studies/<slug:study_name>/agreement/",

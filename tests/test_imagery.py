@@ -5,9 +5,11 @@ LRU, and cell patches (size, padding at the scan's edge, no metadata, stored who
 from __future__ import annotations
 
 import io
+import random
 import shutil
 import struct
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openslide
@@ -390,3 +392,25 @@ def test_patches_are_only_for_members(study, scan, annotator, outsider):
     assert by_token.status_code == 200 and by_token["X-Patch-Size"] == "400x400"
     assert body(by_token).startswith(b"\x89PNG")
     assert Client().get("/api/v1/cells/999999999/patch.png").status_code == 401
+
+
+def test_a_photos_tiles_asked_for_at_once_all_come(study, coordinator, tmp_path):
+    """The viewer asks for a screenful of tiles at once; a photo is decoded when it is opened,
+    not by the first requests together (Pillow's lazy decode is not thread-safe)."""
+    path = tmp_path / "field_of_view.png"
+    Image.frombytes("RGB", (1600, 1200), random.Random(3).randbytes(1600 * 1200 * 3)).save(path)
+    photo = ingest_scan(path, study=study, user=coordinator, check_roots=False).scan
+    assert photo.kind == photo.Kind.PHOTO
+    tiles.slide_handles.clear()
+    wanted = [(col, row) for col in range(6) for row in range(4)]
+    top = 11  # 1600 px wide: levels 0 to 11, the top one at full size in 7 x 5 tiles
+    for col, row in wanted:
+        forget_tile(photo, top, col, row)
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda place: tiles.tile_jpeg(photo, top, *place), wanted))
+    deep_zoom = tiles.slide_handles.get(photo).deep_zoom
+    assert deep_zoom.level_count == top + 1
+    for data, place in zip(made, wanted, strict=True):
+        with Image.open(io.BytesIO(data)) as tile:
+            assert tile.format == "JPEG"
+            assert tile.size == deep_zoom.get_tile_dimensions(top, place)

@@ -127,11 +127,15 @@ MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "static")))
-# OpenSeadragon comes from the npm registry (frontend/package.json, installed by `make install`).
+# OpenSeadragon and tus-js-client come from the npm registry (frontend/package.json, installed by
+# `make install`), served under static/vendor/.
 OPENSEADRAGON_BUILD = BASE_DIR / "frontend" / "node_modules" / "openseadragon" / "build"
-STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"] + (
-    [("vendor", OPENSEADRAGON_BUILD)] if OPENSEADRAGON_BUILD.is_dir() else []
-)
+TUS_CLIENT_DIST = BASE_DIR / "frontend" / "node_modules" / "tus-js-client" / "dist"
+STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"] + [
+    (prefix, folder)
+    for prefix, folder in [("vendor", OPENSEADRAGON_BUILD), ("vendor/tus", TUS_CLIENT_DIST)]
+    if folder.is_dir()
+]
 WHITENOISE_USE_FINDERS = DEBUG
 
 STORAGE_BACKEND = env.str("STORAGE_BACKEND", default="local")

@@ -75,3 +75,8 @@ test("urlFor fills the placeholders of a view's template, encoded, and adds a qu
   assert.equal(urlFor("/cells/", {}, { scan: 1, study: "a b" }), "/cells/?scan=1&study=a+b");
   assert.throws(() => urlFor("/cells/{id}/", {}), /No value for \{id\}/);
 });
+
+test("an exchange resolves to the answer's status beside its body", async () => {
+  const http = createClient({ fetch: server(201, '{"id": 4}').fetch });
+  assert.deepEqual(await http.exchange("POST", "/somewhere/", {}), { status: 201, data: { id: 4 } });
+});

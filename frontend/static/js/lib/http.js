@@ -29,10 +29,11 @@ export function describeError(body) {
 
 /**
  * A client whose `request(method, url, body)` sends `body` as JSON and resolves to the parsed
- * answer (null when empty), or rejects with an HttpError (or the network's own error).
+ * answer (null when empty), or rejects with an HttpError (or the network's own error);
+ * `exchange` resolves to `{ status, data }` where the success status itself matters (201 or 200).
  */
 export function createClient({ csrfToken = "", fetch: send = (...args) => globalThis.fetch(...args) } = {}) {
-  async function request(method, url, body) {
+  async function exchange(method, url, body) {
     const response = await send(url, {
       method: method,
       credentials: "same-origin",
@@ -51,7 +52,11 @@ export function createClient({ csrfToken = "", fetch: send = (...args) => global
       data = { detail: text.slice(0, 200) };
     }
     if (!response.ok) throw new HttpError(response.status, data);
-    return data;
+    return { status: response.status, data };
+  }
+
+  async function request(method, url, body) {
+    return (await exchange(method, url, body)).data;
   }
 
   /** Every item of a paginated list, following `next` until the last page. */
@@ -66,6 +71,7 @@ export function createClient({ csrfToken = "", fetch: send = (...args) => global
   }
 
   return {
+    exchange,
     request,
     getAll,
     get: (url) => request("GET", url),
