@@ -53,21 +53,25 @@ export LOG_FILE="$LOGS/setup.log" CONSOLE_LOG_LEVEL=WARNING
 "$PY" manage.py seed_demo ${SEED_ARGS:-}
 unset LOG_FILE CONSOLE_LOG_LEVEL
 
-# The worker runs in a process group of its own, so that a Ctrl-C in the terminal reaches only
-# this script (and gunicorn), which passes exactly one signal on: a second SIGINT would be
-# Celery's cold shutdown, which the solo pool cannot do. Its banner and log go to its log file;
-# a job's failure is told on the job's page.
-"$PY" -c 'import os, sys; os.setpgid(0, 0); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])' \
-    -m celery -A config worker --pool=solo --concurrency=1 --loglevel=info \
+# The worker and the web server run in process groups of their own, so that a Ctrl-C in the
+# terminal reaches only this script, which passes exactly one signal on: a second SIGINT would be
+# Celery's cold shutdown, which the solo pool cannot do, and a web server that got the terminal's
+# signal itself would race this script and look as if it had stopped by itself. The worker's
+# banner and log go to its log file; a job's failure is told on the job's page.
+# Only ever run in the background (`own_group ... &`): exec makes $! the process itself.
+own_group() {
+    exec "$PY" -c 'import os, sys; os.setpgid(0, 0); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])' "$@"
+}
+own_group -m celery -A config worker --pool=solo --concurrency=1 --loglevel=info \
     --queues default,tiles,exports,training --without-gossip --without-mingle \
     --logfile="$LOGS/worker.log" >>"$LOGS/worker.log" &
 worker=$!
 LOG_FILE="$LOGS/web.log" CONSOLE_LOG_LEVEL=WARNING \
-    "$PY" -m gunicorn config.wsgi:application --bind "$HOST:$PORT" --workers 2 --threads 4 \
+    own_group -m gunicorn config.wsgi:application --bind "$HOST:$PORT" --workers 2 --threads 4 \
     --graceful-timeout 5 --access-logfile "$LOGS/access.log" --log-level warning &
 web=$!
 
-echo "$$ $URL $worker" >"$LOCK"
+echo "$$ $URL $worker $web" >"$LOCK"
 
 # $1: the exit status; SIGINT (a Ctrl-C) is passed to the worker as such, so that its jobs say so.
 stop() {

@@ -78,6 +78,7 @@ class Instance:
         self.env.update(VAR_DIR=str(var), PORT=str(port), PY=sys.executable, SEED_ARGS=SEED_ARGS)
         self.process: subprocess.Popen | None = None
         self.worker = 0
+        self.web = 0
 
     def start(self, output: Path) -> subprocess.Popen:
         """The script in a new process group, SIGINT not ignored (as from a terminal)."""
@@ -107,20 +108,24 @@ class Instance:
             return db.execute(query).fetchall()
 
     def worker_pid(self) -> int:
-        """The worker's pid, which the script records in var/run.lock (pid, address, worker)."""
+        """The worker's pid, which the script records in var/run.lock (pid, address, worker,
+        web server)."""
         return int((self.var / "run.lock").read_text().split()[2])
 
+    def web_pid(self) -> int:
+        """The web server's pid (in a process group of its own, like the worker)."""
+        return int((self.var / "run.lock").read_text().split()[3])
+
     def processes(self) -> list:
-        """How to signal the script's group and its worker; a worker not yet known (pid 0) is
-        left out, since signalling pid 0 would reach this test's own process group."""
+        """How to signal the script's group, its worker and its web server; one not yet known
+        (pid 0) is left out, since signalling pid 0 would reach this test's own process group."""
         targets = [(os.killpg, self.process.pid)]
-        if self.worker > 0:
-            targets.append((os.kill, self.worker))
+        targets += [(os.kill, pid) for pid in (self.worker, self.web) if pid > 0]
         return targets
 
     def alive(self) -> bool:
-        """Whether any process of the script's group, or its worker (in a group of its own),
-        lives; the script itself reaped first."""
+        """Whether any process of the script's group, its worker or its web server (each in a
+        group of its own) lives; the script itself reaped first."""
         self.process.poll()
         for kill, pid in self.processes():
             try:
@@ -156,6 +161,7 @@ def instance(tmp_path_factory):
         )
         assert running.process.poll() is None, running.terminal.read_text()
         running.worker = running.worker_pid()
+        running.web = running.web_pid()
         yield running
     finally:
         for kill, pid in running.processes():
@@ -277,3 +283,5 @@ def test_ctrl_c_during_a_training_run_stops_everything_and_cancels_the_run(insta
     terminal = instance.terminal.read_text()
     assert "Cytomark has stopped." in terminal and "Traceback" not in terminal
     assert "did not stop" not in terminal  # the run stopped at its step; nothing was killed
+    # The web server heard the Ctrl-C from the script, not from the terminal by itself.
+    assert "stopped by itself" not in terminal
