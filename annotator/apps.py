@@ -14,7 +14,7 @@ class AnnotatorConfig(AppConfig):
         from core import leases, schema  # noqa: F401
         from core.visibility import register_visibility
 
-        from . import patches, tasks
+        from . import patches, signals, tasks
         from .access import RULES, visible_users
         from .models import PatchBatch
 
@@ -27,3 +27,4 @@ class AnnotatorConfig(AppConfig):
             )
         )
         register_visibility({**RULES, get_user_model(): visible_users})
+        signals.connect()

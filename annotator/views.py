@@ -97,8 +97,10 @@ def annotate(request, study_name: str, scan_id: int):
             "mpp": scan.mpp_x,
         },
         "taxonomy": taxonomy_for_screen(study.taxonomy),
+        "tileLinkSeconds": settings.TILE_LINK_SECONDS,
         "urls": {
             "dzi": reverse("scan-dzi", args=[scan.pk]),
+            "tileLink": reverse("scan-tile-link", args=[scan.pk]),
             "cells": reverse("cell-list"),
             "cell": url_template("cell-detail", "{id}"),
             "labels": reverse("label-list"),

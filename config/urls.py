@@ -2,10 +2,12 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
+from annotator import tile_links
 from annotator import views as annotator_views
+from annotator.api import imagery
 from core.api import docs
 from core.health import health
 from datasets import views as datasets_views
@@ -32,6 +34,15 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("health/", health, name="health"),
+    # Signed tile links (annotator/tile_links.py); nginx answers most of them itself.
+    re_path(
+        rf"^{tile_links.URL_PREFIX.strip('/')}/(?P<user_id>[0-9]{{1,18}})/"
+        rf"(?P<epoch>{tile_links.EPOCH_PATTERN})/(?P<expires>[0-9]{{1,18}})/"
+        rf"(?P<signature>{tile_links.SIGNATURE_PATTERN})/(?P<scan_key>{tile_links.SCAN_KEY_PATTERN})/"
+        r"(?P<level>[0-9]{1,4})/(?P<col>[0-9]{1,9})_(?P<row>[0-9]{1,9})\.jpeg$",
+        imagery.signed_tile,
+        name="signed-tile",
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("datasets.api.urls")),
     path("api/v1/", include("mltasks.api.urls")),

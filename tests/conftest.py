@@ -43,8 +43,9 @@ SHARED_DATA = _find_shared_data()
 
 @pytest.fixture(autouse=True)
 def _isolated_media(tmp_path, settings):
-    """Each test stores files in its own media folder, so a test can count what it left."""
+    """Each test stores files (and tiles) in its own folders, so a test can count what it left."""
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.TILE_DIR = tmp_path / "tiles"
 
 
 @pytest.fixture(scope="session")

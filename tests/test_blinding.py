@@ -21,7 +21,7 @@ from drf_spectacular.generators import SchemaGenerator
 from PIL import Image
 from rest_framework.test import APIClient
 
-from annotator import annotation, rounds, uploads
+from annotator import annotation, rounds, tile_links, uploads
 from annotator.models import Cell, Label, LabelChange, Round, RoundItem, ScanUpload
 
 from .conftest import tus_metadata
@@ -214,6 +214,12 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
         "format": ["json"],
         "name": ["plot.png"],
         "upload_id": [*ScanUpload.objects.values_list("pk", flat=True), uuid.uuid4()],
+        # A tile link she might try to forge for the scan (a real one is never given to her).
+        "user_id": [blinded["rita"].rater_id],
+        "epoch": ["0" * 16],
+        "expires": [2**40],
+        "signature": ["A" * 22],
+        "scan_key": [tile_links.scan_key(scan)],
     }
     query_values = {
         "scan": scan.pk,

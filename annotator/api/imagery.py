@@ -13,12 +13,27 @@ from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse
 from django.utils.cache import patch_cache_control
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.permissions import AllowAny
 
-from core.api.binary import JPEGRenderer, PNGRenderer, XMLRenderer, binary_responses, bytes_view
+from core.api.binary import (
+    PROBLEM,
+    JPEGRenderer,
+    PNGRenderer,
+    XMLRenderer,
+    binary_responses,
+    bytes_view,
+)
 from core.errors import DomainError, ForbiddenError, NotFoundError
 
-from .. import access, blinding, patches, tiles
+from .. import access, blinding, patches, tile_links, tile_store, tiles
 from ..models import Scan
 
 # Tiles and patches never change under a URL (their bytes follow from the file's checksum), but
@@ -61,12 +76,101 @@ def _visible_scan(request, scan_id: int) -> Scan | JsonResponse:
 )
 @bytes_view(XMLRenderer)
 def dzi(request, scan_id: int):
-    """The scan's Deep Zoom descriptor."""
+    """The scan's Deep Zoom descriptor, its `Url` the signed link to the tiles."""
     scan = _visible_scan(request, scan_id)
     if isinstance(scan, JsonResponse):
         return scan
-    response = HttpResponse(tiles.dzi_descriptor(scan), content_type="application/xml")
-    patch_cache_control(response, private=True, max_age=3600)
+    link = tile_links.issue(request.user, scan)
+    descriptor = tile_links.descriptor_with_link(tiles.dzi_descriptor(scan), link)
+    response = HttpResponse(descriptor, content_type="application/xml")
+    # Asked again at every opening: this request is where access is checked.
+    patch_cache_control(response, private=True, no_store=True)
+    return response
+
+
+@extend_schema(
+    operation_id="scans_tiles_link_retrieve",
+    summary="A fresh signed link to a scan's tiles",
+    description=(
+        "The base URL of the scan's tiles (add `LEVEL/COL_ROW.jpeg`), signed for you and valid "
+        "until `expires` (Unix seconds) or until you lose sight of the scan, whichever comes "
+        "first. The viewer asks for one before its link runs out."
+    ),
+    responses={
+        200: inline_serializer(
+            "TileLink",
+            {
+                "tiles_url": serializers.CharField(),
+                "expires": serializers.IntegerField(),
+                "expires_in": serializers.IntegerField(),
+            },
+        ),
+        (401, "application/json"): OpenApiResponse(PROBLEM, description=NOT_LOGGED_IN),
+        (404, "application/json"): OpenApiResponse(
+            PROBLEM, description="No such scan among the scans you may see."
+        ),
+    },
+)
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def tile_link(request, scan_id: int):
+    """A new signed link to the scan's tiles, for a viewer whose link is about to expire."""
+    scan = _visible_scan(request, scan_id)
+    if isinstance(scan, JsonResponse):
+        return scan
+    link = tile_links.issue(request.user, scan)
+    response = JsonResponse(
+        {"tiles_url": link.tiles_url, "expires": link.expires, "expires_in": link.seconds_left()}
+    )
+    patch_cache_control(response, private=True, no_store=True)
+    return response
+
+
+@extend_schema(
+    operation_id="tiles_signed_retrieve",
+    summary="One Deep Zoom tile, by a signed link",
+    description=(
+        "A JPEG tile under a link from the scan's descriptor or `tiles/link`: the link is the "
+        "permission (no session or token is read). Refused with 403 once it has expired or "
+        "been withdrawn (you lost sight of the scan): open the scan again."
+    ),
+    auth=[],
+    responses=binary_responses(
+        "image/jpeg",
+        "The tile.",
+        {
+            403: "The link is not valid, has expired or was withdrawn.",
+            404: "No such tile in the scan's pyramid.",
+        },
+    ),
+)
+@bytes_view(JPEGRenderer, authenticated=False)
+def signed_tile(request, user_id, epoch, expires, signature, scan_key, level, col, row):
+    """A tile by its signed link: made once and kept as a file, then sent by nginx
+    (X-Accel-Redirect) where there is one, else by the app. The URL's pattern has already
+    bounded every number."""
+    level, col, row = int(level), int(col), int(row)
+    try:
+        tile_links.verify(int(user_id), epoch, int(expires), signature, scan_key)
+        scan = tile_links.scan_for_link(scan_key)
+    except tile_links.TileLinkRefused as exc:
+        return _error(403, str(exc))
+    path = tile_store.tile_path(scan_key, level, col, row)
+    data = None
+    if not path.is_file():
+        try:
+            data = tiles.tile_jpeg(scan, level, col, row)
+        except tiles.TileNotFound as exc:
+            return _error(404, str(exc))
+        tile_store.store(scan_key, level, col, row, data)
+    if settings.TILE_ACCEL_REDIRECT:
+        response = HttpResponse(content_type="image/jpeg")
+        response["X-Accel-Redirect"] = tile_store.accel_path(scan_key, level, col, row)
+        return response
+    if data is None:
+        data = path.read_bytes()
+    response = HttpResponse(data, content_type="image/jpeg")
+    patch_cache_control(response, **PRIVATE_IMMUTABLE)
     return response
 
 

@@ -21,6 +21,7 @@ urlpatterns = [
         imagery.tile,
         name="scan-tile",
     ),
+    path("scans/<int:scan_id>/tiles/link", imagery.tile_link, name="scan-tile-link"),
     path("cells/<int:cell_id>/patch.png", imagery.cell_patch, name="cell-patch"),
     path("uploads/", uploads.UploadCollectionView.as_view(), name="upload-list"),
     path("uploads/<uuid:upload_id>/", uploads.UploadDetailView.as_view(), name="upload-detail"),

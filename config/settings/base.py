@@ -5,6 +5,8 @@ disk, an in-process cache and a Celery broker on the local file system, so a fre
 no database or broker server. `test.py` and `production.py` tighten it.
 """
 
+import hashlib
+import hmac
 from pathlib import Path
 
 import environ
@@ -104,6 +106,19 @@ TILE_CACHE_ALIAS = "tiles"
 # Sessions are read on every tile request: from the cache first, the database behind it.
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 TILE_CACHE_SECONDS = env.int("TILE_CACHE_SECONDS", default=7 * 24 * 3600)
+# Tiles made once are files here (nginx reads the same folder in production), beside the users'
+# access epochs that their signed tile links name (annotator/tile_links.py, docs/tiles.md).
+TILE_DIR = Path(env.str("TILE_DIR", default=str(VAR_DIR / "tiles")))
+# The key of tile links; nginx must be given the same value (deploy/nginx-tiles.conf). By
+# default derived from SECRET_KEY, so that rotating one rotates the other.
+TILE_TOKEN_SECRET = env.str(
+    "TILE_TOKEN_SECRET",
+    default=hmac.new(SECRET_KEY.encode(), b"cytomark tile links", hashlib.sha256).hexdigest(),
+)
+# How long a tile link lives; the viewer fetches a new one before it expires.
+TILE_LINK_SECONDS = env.int("TILE_LINK_SECONDS", default=3600)
+# Where nginx sends tile files from (an `internal` location); empty: the app sends the bytes.
+TILE_ACCEL_REDIRECT = env.str("TILE_ACCEL_REDIRECT", default="")
 # Open slides kept per web process (each holds a file descriptor and OpenSlide's own cache).
 SLIDE_HANDLE_CACHE_SIZE = env.int("SLIDE_HANDLE_CACHE_SIZE", default=16)
 

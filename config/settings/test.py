@@ -24,5 +24,6 @@ TEST_RUN_DIR = BASE_DIR / "var" / "test"
 # A Celery worker started by a test is pointed at that test's media folder.
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(TEST_RUN_DIR / "media")))
 SCAN_CACHE_DIR = TEST_RUN_DIR / "scan-cache"
+TILE_DIR = TEST_RUN_DIR / "tiles"
 SCAN_IMPORT_ROOTS = [(TEST_RUN_DIR / "import").resolve()]
 WHITENOISE_USE_FINDERS = True

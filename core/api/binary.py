@@ -76,14 +76,16 @@ def binary_responses(media_type: str, what: str, errors: dict[int, str]) -> dict
     return responses
 
 
-def bytes_view(renderer: type[BytesRenderer]):
+def bytes_view(renderer: type[BytesRenderer], *, authenticated: bool = True):
     """DRF's `api_view` for GET over a function view that answers `renderer`'s type: the API's
-    authentication (token first, so that a wrong token is a 401, then the session), no
+    authentication (token first, so that a wrong token is a 401, then the session) unless the
+    URL carries its own proof (`authenticated=False`: no session or token is read at all), no
     permission class (the view answers 401 itself, with a sentence) and no content
     negotiation."""
+    authenticators = [TokenAuthentication, SessionAuthentication] if authenticated else []
 
     def wrap(view):
-        view = authentication_classes([TokenAuthentication, SessionAuthentication])(view)
+        view = authentication_classes(authenticators)(view)
         view = content_negotiation_class(OneType)(view)
         view = renderer_classes([renderer])(view)
         view = permission_classes([AllowAny])(view)

@@ -14,6 +14,7 @@ import { countCovered, fits, pickerBox, placePicker } from "./lib/picker-placeme
 import { SaveQueue } from "./lib/save-queue.js";
 import { CANNOT, ScanAnnotations, labelCode, nearestUnlabelled } from "./lib/scan-annotations.js";
 import { Taxonomy } from "./lib/taxonomy.js";
+import { TileLinkKeeper } from "./lib/tile-links.js";
 
 const config = pageConfig("annotate-config");
 const scan = config.scan;
@@ -160,6 +161,17 @@ const viewer = OpenSeadragon({
   keyboardNavEnabled: false,
   crossOriginPolicy: false,
 });
+
+// The descriptor's tile link expires: renew it while the scan is open (lib/tile-links.js).
+const tileLinks = new TileLinkKeeper({
+  fetchLink: () => pageClient().get(config.urls.tileLink),
+  apply: (url) => {
+    const item = viewer.world.getItemAt(0);
+    if (item) item.source.tilesUrl = url;
+  },
+  onLost: (error) => toast("This scan's tiles are no longer available to you: " + error.message),
+});
+viewer.addOnceHandler("open", () => tileLinks.start(config.tileLinkSeconds));
 
 const overlay = document.createElement("canvas");
 overlay.className = "marker-layer";
