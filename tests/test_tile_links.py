@@ -10,7 +10,6 @@ import io
 import time
 import xml.etree.ElementTree as ET
 
-import pytest
 from django.test import Client
 from PIL import Image
 
