@@ -148,15 +148,13 @@ def scan_for_link(key: str) -> Scan:
         raise TileLinkRefused(INVALID)
     scan_id = int(match.group(1))
     scan = _scans.get(scan_id)
-    if scan is None:
+    if scan is None or scan_key(scan) != key:
         scan = Scan.objects.only("id", "sha256", "file", "original_name").filter(pk=scan_id).first()
-        if scan is None:
+        if scan is None or scan_key(scan) != key:
             raise TileLinkRefused(STALE)
         if len(_scans) >= settings.SLIDE_HANDLE_CACHE_SIZE * 64:
             _scans.clear()
         _scans[scan_id] = scan
-    if scan_key(scan) != key:
-        raise TileLinkRefused(STALE)
     return scan
 
 

@@ -35,6 +35,8 @@ def store(key: str, level: int, col: int, row: int, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".part-")
     try:
+        # Readable by the front server, which runs as another user (mkstemp makes it 0600).
+        os.fchmod(handle, 0o644)
         with os.fdopen(handle, "wb") as output:
             output.write(data)
         os.replace(temporary, path)

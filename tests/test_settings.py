@@ -68,6 +68,10 @@ def test_production_passes_check_deploy_without_warnings():
             {"SECRET_KEY": secrets.token_urlsafe(64), "DATABASE_URL": "sqlite:////tmp/p.db"},
             "needs DATABASE_URL=postgres",
         ),
+        (
+            {"SECRET_KEY": secrets.token_urlsafe(64), "TILE_ACCEL_REDIRECT": "/_tile_files/"},
+            "TILE_TOKEN_SECRET must be set",
+        ),
     ],
 )
 def test_production_refuses_an_unsafe_start(env, message):

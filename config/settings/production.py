@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import DATABASES, REDIS_URL, REST_FRAMEWORK, SECRET_KEY, env
+from .base import DATABASES, REDIS_URL, REST_FRAMEWORK, SECRET_KEY, TILE_ACCEL_REDIRECT, env
 
 DEBUG = env.bool("DEBUG", default=False)
 if DEBUG:
@@ -17,6 +17,11 @@ if (
     raise ImproperlyConfigured(
         "SECRET_KEY must be set to a long random value (50+ characters), e.g. "
         "`python -c 'import secrets; print(secrets.token_urlsafe(64))'`."
+    )
+if TILE_ACCEL_REDIRECT and len(env.str("TILE_TOKEN_SECRET", default="")) < 32:
+    raise ImproperlyConfigured(
+        "TILE_TOKEN_SECRET must be set (32+ characters, e.g. `openssl rand -hex 32`) and given "
+        "to nginx too: nginx checks the tile links the app signs (TILE_ACCEL_REDIRECT is set)."
     )
 if "ALLOWED_HOSTS" not in env.ENVIRON:
     raise ImproperlyConfigured("ALLOWED_HOSTS must name the host(s) this site is served as.")
