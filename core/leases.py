@@ -33,6 +33,8 @@ from django.db import connections, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core import storage
+
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, FAILED = "queued", "running", "failed"
@@ -382,10 +384,4 @@ def remove_tree(folder: str) -> None:
 def remove_stale_partials(folder: Path, older_than: timedelta) -> None:
     """Delete `.part` files in a local folder untouched for longer than `older_than`: files
     written in one go by a process that died before renaming them into place."""
-    cutoff = (timezone.now() - older_than).timestamp()
-    for partial in folder.glob("*.part"):
-        try:
-            if partial.stat().st_mtime < cutoff:
-                partial.unlink()
-        except FileNotFoundError:
-            pass
+    storage.remove_untouched(folder, timezone.now() - older_than, "*.part")
