@@ -370,8 +370,8 @@ def latest_version(name: str) -> Taxonomy | None:
 
 class TaxonTree:
     """One taxonomy's nodes read once, as a tree that does not change: children in sibling
-    order (`order`, then id), a node's parent and lineage up to the root, the leaves under it.
-    Nodes are named by code, which is unique within a taxonomy.
+    order (`order`, then id), a node's parent and lineage up to the root, its subtree and the
+    leaves under it. Nodes are named by code, which is unique within a taxonomy.
 
     The one place the parent -> children map of stored nodes is built; the screens, reports,
     class maps and importers walk the tree through it.
@@ -394,12 +394,9 @@ class TaxonTree:
         self._children = MappingProxyType({key: tuple(kids) for key, kids in children.items()})
         roots = self._children.get(None, ())
         self.root: TaxonNode | None = roots[0] if roots else None
-        preorder, pending = [], list(reversed(roots))
-        while pending:
-            node = pending.pop()
-            preorder.append(node)
-            pending.extend(reversed(self._children.get(node.code, ())))
-        self.preorder: tuple[TaxonNode, ...] = tuple(preorder)
+        self.preorder: tuple[TaxonNode, ...] = tuple(
+            node for root in roots for node in self.subtree(root.code)
+        )
 
     def __contains__(self, code: object) -> bool:
         return code in self._by_code
@@ -429,18 +426,19 @@ class TaxonTree:
         """Whether the node is `top` or lies under it."""
         return top in self.lineage(code)
 
+    def subtree(self, code: str) -> tuple[TaxonNode, ...]:
+        """The node and every node below it, in tree order."""
+        found, pending = [], [self.node(code)]
+        while pending:
+            current = pending.pop()
+            found.append(current)
+            pending.extend(reversed(self._children.get(current.code, ())))
+        return tuple(found)
+
     def leaves_under(self, code: str) -> tuple[TaxonNode, ...]:
         """The leaves of the subtree rooted at the node (the node itself if it is a leaf), in
         tree order."""
-        leaves, pending = [], [self.node(code)]
-        while pending:
-            current = pending.pop()
-            kids = self._children.get(current.code, ())
-            if kids:
-                pending.extend(reversed(kids))
-            else:
-                leaves.append(current)
-        return tuple(leaves)
+        return tuple(node for node in self.subtree(code) if node.code not in self._children)
 
 
 def taxon_tree(taxonomy: Taxonomy | int) -> TaxonTree:

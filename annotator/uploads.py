@@ -25,7 +25,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from core.errors import ConflictError, DomainError, NotFoundError
+from core.storage import remove_untouched
 
 from . import access
 from .models import ScanUpload, Study
@@ -196,22 +196,10 @@ def remove_expired(now=None) -> int:
         _remove(upload)
     if expired:
         log.info("removed %d expired upload(s)", len(expired))
-    folder = upload_dir()
-    if folder.is_dir():
-        cutoff = (now - timedelta(hours=settings.SCAN_UPLOAD_EXPIRY_HOURS)).timestamp()
-        owned = {str(pk) for pk in ScanUpload.objects.values_list("pk", flat=True)}
-        for entry in folder.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if entry.name not in owned and entry.lstat().st_mtime < cutoff:
-                    _delete_entry(entry)
+    owned = {str(pk) for pk in ScanUpload.objects.values_list("pk", flat=True)}
+    before = now - timedelta(hours=settings.SCAN_UPLOAD_EXPIRY_HOURS)
+    remove_untouched(upload_dir(), before, keep=owned)
     return len(expired)
-
-
-def _delete_entry(entry: Path) -> None:
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry, ignore_errors=True)
-    else:
-        entry.unlink()
 
 
 def terminate(user, upload_id: uuid.UUID) -> None:

@@ -33,6 +33,8 @@ from django.db import connections, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core import storage
+
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, FAILED = "queued", "running", "failed"
@@ -227,6 +229,20 @@ class Lease:
             connections.close_all()
 
 
+def _release(kind: JobKind, job: LeasedJob, held: models.QuerySet, **fields) -> bool:
+    """Write a job's new state through `held` (its row while still in the state it is taken
+    from) and drop its lease; its partial files are removed once it is. Whether it was."""
+    if not held.update(lease_expires_at=None, **fields):
+        return False
+    kind.remove_partials(job)
+    return True
+
+
+def _still_orphaned(kind: JobKind, job: LeasedJob, now) -> models.QuerySet:
+    """The job's row while it is still the orphan of the worker last seen holding it."""
+    return orphaned(kind.model.objects.filter(pk=job.pk, lease_owner=job.lease_owner), now)
+
+
 def _fail_orphan(kind: JobKind, job: LeasedJob, now) -> bool:
     message = (
         f"The worker running this {kind.label} stopped (no heartbeat from {job.lease_owner or 'it'}"
@@ -234,13 +250,11 @@ def _fail_orphan(kind: JobKind, job: LeasedJob, now) -> bool:
         f"started {job.attempts} time(s) and is not retried again. Start it anew once the cause "
         "(often memory) is dealt with."
     )
-    ended = orphaned(kind.model.objects.filter(pk=job.pk, lease_owner=job.lease_owner), now).update(
-        status=FAILED, error=message, finished_at=now, lease_expires_at=None
-    )
-    if ended:
-        log.warning("%s %s failed: %s", kind.label, job.pk, message)
-        kind.remove_partials(job)
-    return bool(ended)
+    held = _still_orphaned(kind, job, now)
+    if not _release(kind, job, held, status=FAILED, error=message, finished_at=now):
+        return False
+    log.warning("%s %s failed: %s", kind.label, job.pk, message)
+    return True
 
 
 def recover(kind: JobKind, job: LeasedJob, now=None) -> str | None:
@@ -249,13 +263,9 @@ def recover(kind: JobKind, job: LeasedJob, now=None) -> str | None:
     now = now or timezone.now()
     if job.attempts >= max_attempts():
         return FAILED if _fail_orphan(kind, job, now) else None
-    requeued = orphaned(
-        kind.model.objects.filter(pk=job.pk, lease_owner=job.lease_owner), now
-    ).update(status=QUEUED, lease_expires_at=None)
-    if not requeued:
+    if not _release(kind, job, _still_orphaned(kind, job, now), status=QUEUED):
         return None
     log.warning("%s %s: its worker %s stopped; queued again", kind.label, job.pk, job.lease_owner)
-    kind.remove_partials(job)
     return _send_again(kind, job.pk)
 
 
@@ -290,12 +300,10 @@ def cancel(model: type[LeasedJob], pk: int, status: str, **fields) -> bool:
     """End a queued, running or orphaned job at once in `status`; its worker, if alive, sees
     that it lost the lease and stops. Whether the job was unfinished."""
     job = model.objects.filter(pk=pk).first()
-    ended = model.objects.filter(pk=pk, status__in=UNFINISHED).update(
-        status=status, finished_at=timezone.now(), lease_expires_at=None, **fields
-    )
-    if ended and job is not None:
-        kind_of(model).remove_partials(job)
-    return bool(ended)
+    if job is None:
+        return False
+    held = model.objects.filter(pk=pk, status__in=UNFINISHED)
+    return _release(kind_of(model), job, held, status=status, finished_at=timezone.now(), **fields)
 
 
 def end_stopped(kind: JobKind, pk: int, owner: str, reason: str) -> str | None:
@@ -303,23 +311,14 @@ def end_stopped(kind: JobKind, pk: int, owner: str, reason: str) -> str | None:
     kind's sentence, or queued again; its partial files removed. The new state, or None when
     the job was not (or no longer) that owner's."""
     job = kind.model.objects.filter(pk=pk).first()
-    held = kind.model.objects.filter(pk=pk, lease_owner=owner, status=RUNNING)
     if job is None:
         return None
-    if kind.stopped_message is not None:
-        if not held.update(
-            status="cancelled",
-            error=kind.stopped_message(job, reason)[:4000],
-            finished_at=timezone.now(),
-            lease_expires_at=None,
-        ):
-            return None
-        kind.remove_partials(job)
-        return "cancelled"
-    if not held.update(status=QUEUED, lease_expires_at=None):
-        return None
-    kind.remove_partials(job)
-    return _send_again(kind, pk)
+    held = kind.model.objects.filter(pk=pk, lease_owner=owner, status=RUNNING)
+    if kind.stopped_message is None:
+        return _send_again(kind, pk) if _release(kind, job, held, status=QUEUED) else None
+    error = kind.stopped_message(job, reason)[:4000]
+    ended = _release(kind, job, held, status="cancelled", error=error, finished_at=timezone.now())
+    return "cancelled" if ended else None
 
 
 def end_jobs_of_process(pid: int, reason: str) -> list[tuple[str, int, str]]:
@@ -382,10 +381,4 @@ def remove_tree(folder: str) -> None:
 def remove_stale_partials(folder: Path, older_than: timedelta) -> None:
     """Delete `.part` files in a local folder untouched for longer than `older_than`: files
     written in one go by a process that died before renaming them into place."""
-    cutoff = (timezone.now() - older_than).timestamp()
-    for partial in folder.glob("*.part"):
-        try:
-            if partial.stat().st_mtime < cutoff:
-                partial.unlink()
-        except FileNotFoundError:
-            pass
+    storage.remove_untouched(folder, timezone.now() - older_than, "*.part")

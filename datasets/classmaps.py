@@ -18,7 +18,7 @@ from django.db import transaction
 
 from annotator.models import Label, Round, Study, TaxonNode
 from annotator.rounds import largest_gold_round
-from annotator.taxonomy import taxon_tree
+from annotator.taxonomy import TaxonTree, taxon_tree
 from core import params
 from core.errors import DomainError, check_field
 
@@ -76,9 +76,8 @@ def gold_source(study: Study) -> Round:
     return gold
 
 
-def build_tree(study: Study, counts: Counter) -> dict[str, TreeNode]:
-    """The study's taxonomy as TreeNodes in depth-first order, with direct and subtree counts."""
-    taxa = taxon_tree(study.taxonomy_id)
+def build_tree(taxa: TaxonTree, counts: Counter) -> dict[str, TreeNode]:
+    """The taxonomy as TreeNodes in depth-first order, with direct and subtree counts."""
     tree: dict[str, TreeNode] = {}
 
     def visit(node: TaxonNode, depth: int) -> int:
@@ -96,15 +95,15 @@ def build_tree(study: Study, counts: Counter) -> dict[str, TreeNode]:
     return tree
 
 
-def _ancestors(tree: dict[str, TreeNode], code: str) -> list[str]:
-    chain, current = [], tree[code].parent
-    while current is not None:
-        chain.append(current)
-        current = tree[current].parent
-    return chain
+def _outermost(taxa: TaxonTree, codes: set[str]) -> set[str]:
+    """The codes with none of the others above them (a node inside a collapsed one is merged
+    anyway)."""
+    return {code for code in codes if not codes.intersection(taxa.lineage(code)[1:])}
 
 
-def _propose_collapsed(tree: dict[str, TreeNode], threshold: int) -> tuple[set[str], list[str]]:
+def _propose_collapsed(
+    tree: dict[str, TreeNode], taxa: TaxonTree, threshold: int
+) -> tuple[set[str], list[str]]:
     """Parents of thin leaves (1 to threshold - 1 cells), and nodes that cells were labelled
     with directly (their cells cannot be put in any one leaf), merged upwards while thin."""
     collapsed: set[str] = set()
@@ -128,22 +127,19 @@ def _propose_collapsed(tree: dict[str, TreeNode], threshold: int) -> tuple[set[s
             collapsed.add(parent)
             if tree[parent].total < threshold:
                 pending.append(parent)
-    # A node inside a collapsed one is merged anyway: keep only the outermost.
-    outermost = {c for c in collapsed if not set(_ancestors(tree, c)) & collapsed}
-    return outermost, notes
+    return _outermost(taxa, collapsed), notes
 
 
-def classes_for(tree: dict[str, TreeNode], collapsed: set[str]) -> list[dict]:
+def classes_for(tree: dict[str, TreeNode], taxa: TaxonTree, collapsed: set[str]) -> list[dict]:
     """The classes a set of collapsed nodes gives, in tree order: each collapsed node, each leaf
     outside them, and each internal node outside them that cells were labelled with directly;
     a class without any cell is not a class of the data and is left out."""
     classes = []
     for code, node in tree.items():
-        above = set(_ancestors(tree, code))
-        if above & collapsed:
+        if collapsed.intersection(taxa.lineage(code)[1:]):
             continue
         if code in collapsed:
-            members = [code, *_descendants(tree, code)]
+            members = [member.code for member in taxa.subtree(code)]
             classes.append(_class(node, members, node.total))
         elif node.direct:
             classes.append(_class(node, [code], node.direct))
@@ -152,15 +148,6 @@ def classes_for(tree: dict[str, TreeNode], collapsed: set[str]) -> list[dict]:
 
 def _class(node: TreeNode, members: list[str], cells: int) -> dict:
     return {"code": node.code, "name": node.name, "nodes": members, "cells": cells}
-
-
-def _descendants(tree: dict[str, TreeNode], code: str) -> list[str]:
-    found, pending = [], list(tree[code].children)
-    while pending:
-        current = pending.pop(0)
-        found.append(current)
-        pending.extend(tree[current].children)
-    return found
 
 
 def propose(
@@ -174,7 +161,8 @@ def propose(
     """The rule's proposal, adjusted by hand: `collapse` merges more nodes, `expand` undoes
     the merge of a proposed node."""
     threshold = params.whole_number(threshold, "threshold", 0, MAX_THRESHOLD)
-    tree = build_tree(study, label_counts(study, source))
+    taxa = taxon_tree(study.taxonomy_id)
+    tree = build_tree(taxa, label_counts(study, source))
     unknown = sorted((set(collapse) | set(expand)) - set(tree))
     if unknown:
         raise DomainError(f"Unknown node(s) {', '.join(unknown)} in {study.taxonomy}.", "collapse")
@@ -184,9 +172,8 @@ def propose(
     roots = sorted(code for code in collapse if tree[code].parent is None)
     if roots:
         raise DomainError(f"{roots[0]} is the root: collapsing it makes one class.", "collapse")
-    proposed, notes = _propose_collapsed(tree, threshold)
-    chosen = (proposed | set(collapse)) - set(expand)
-    chosen = {c for c in chosen if not set(_ancestors(tree, c)) & chosen}
+    proposed, notes = _propose_collapsed(tree, taxa, threshold)
+    chosen = _outermost(taxa, (proposed | set(collapse)) - set(expand))
     order = list(tree)
     collapsed = sorted(chosen, key=order.index)
     for node in expand:
@@ -196,7 +183,7 @@ def propose(
     if empty:
         notes.append(f"No cells of {', '.join(empty)}: they are no class of this data.")
     return Proposal(
-        list(tree.values()), collapsed, classes_for(tree, set(collapsed)), threshold, notes
+        list(tree.values()), collapsed, classes_for(tree, taxa, set(collapsed)), threshold, notes
     )
 
 

@@ -192,6 +192,8 @@ def test_the_tree_walks_children_in_sibling_order_lineages_and_leaves(tiny):
     assert not tree.is_within("BBB", "AAA")
     assert [leaf.code for leaf in tree.leaves_under("ROOT")] == ["AA1", "AA2", "BBB"]
     assert [leaf.code for leaf in tree.leaves_under("BBB")] == ["BBB"]
+    assert [node.code for node in tree.subtree("AAA")] == ["AAA", "AA1", "AA2"]
+    assert [node.code for node in tree.subtree("BBB")] == ["BBB"]
     assert "AA1" in tree and "ZZZ" not in tree
     with pytest.raises(KeyError):
         tree.children("ZZZ")
@@ -202,6 +204,7 @@ def test_the_tree_orders_siblings_by_their_order_not_by_id(tiny):
     tree = taxon_tree(tiny.pk)
     assert [node.code for node in tree.children("ROOT")] == ["BBB", "AAA"]
     assert [node.code for node in tree.preorder] == ["ROOT", "BBB", "AAA", "AA1", "AA2"]
+    assert tree.subtree("ROOT") == tree.preorder
 
 
 def test_a_class_is_in_a_group_when_one_of_its_nodes_or_their_ancestors_is(tiny):
