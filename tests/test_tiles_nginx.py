@@ -120,9 +120,7 @@ def test_nginx_sends_a_kept_tile_from_disk_without_the_app(nginx, scan, annotato
     assert (status, kind, data) == (200, "image/jpeg", b"kept tile bytes")
 
 
-def test_nginx_refuses_forged_expired_and_withdrawn_links_in_the_apps_words(
-    nginx, scan, annotator
-):
+def test_nginx_refuses_forged_expired_and_withdrawn_links_in_the_apps_words(nginx, scan, annotator):
     link = tile_links.issue(annotator, scan)
     tile_store.store(tile_links.scan_key(scan), 12, 0, 0, b"kept")
     fields = link.tiles_url.strip("/").split("/")
