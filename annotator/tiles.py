@@ -133,7 +133,9 @@ def _default_deep_zoom(slide: openslide.AbstractSlide) -> DeepZoomGenerator:
 def _open_tiled(path: str, slide: openslide.AbstractSlide) -> OpenScan:
     vendor = slide.properties.get(openslide.PROPERTY_NAME_VENDOR)
     try:
-        passthrough, _ = open_passthrough(path, vendor, slide.level_dimensions)
+        passthrough, refusals = open_passthrough(path, vendor, slide.level_dimensions)
+        for refusal in refusals:
+            logger.debug("Tiles of %s page %s are rendered: %s", path, refusal.page, refusal.reason)
     except Exception:
         # Passthrough only makes tiles faster; a TIFF that tifffile cannot follow is still
         # served, rendered by OpenSlide as before.

@@ -6,6 +6,7 @@ deflate TIFF from OpenSlide's fixtures."""
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import shutil
@@ -275,3 +276,52 @@ def test_a_cached_tile_and_its_scheme_need_no_file(scan):
         assert tiles.tile_jpeg(scan, 12, 4, 4) == first
     finally:
         shutil.move(stored + ".away", stored)
+
+
+DRAW_JPEG = """async (b64) => {
+    const image = new Image();
+    image.src = "data:image/jpeg;base64," + b64;
+    await image.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = image.width;
+    canvas.height = image.height;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    return Array.from(context.getImageData(0, 0, image.width, image.height).data);
+}"""
+
+
+def chromium_pixels(page, data: bytes) -> Image.Image:
+    """The JPEG as Chromium decodes it (drawn on a canvas), as an RGB image."""
+    size = decode(data).size
+    rgba = page.evaluate(DRAW_JPEG, base64.b64encode(data).decode())
+    return Image.frombytes("RGBA", size, bytes(rgba)).convert("RGB")
+
+
+def stored_tile(path, vendor: str, col: int, row: int) -> tuple[bytes, Image.Image]:
+    """A level-0 passthrough tile of the file and OpenSlide's pixels of its area (no scan row)."""
+    with openslide.open_slide(str(path)) as slide:
+        passthrough, _ = open_passthrough(str(path), vendor, slide.level_dimensions)
+        try:
+            side = passthrough.tile_size
+            width, height = slide.dimensions
+            size = (min(side, width - col * side), min(side, height - row * side))
+            reference = slide.read_region((col * side, row * side), 0, size)
+            return passthrough.tile_jpeg(0, col, row), reference
+        finally:
+            passthrough.close()
+
+
+def test_chromium_decodes_passthrough_tiles_to_openslides_pixels(
+    chromium_browser, synthetic_scan_files
+):
+    page = chromium_browser.new_page()
+    data, reference = stored_tile(FIXTURES / "small.svs", "aperio", 0, 0)
+    drawn = chromium_pixels(page, data).crop((0, 0, *reference.size))
+    assert within(difference(drawn, reference), STORED)
+    # The marker is what makes it right: without it Chromium takes Aperio's RGB for YCbCr.
+    wrong = chromium_pixels(page, data.replace(ADOBE_RGB, b"", 1)).crop((0, 0, *reference.size))
+    assert difference(wrong, reference)[0] > 20
+
+    data, reference = stored_tile(synthetic_scan_files[0][0], "generic-tiff", 2, 1)
+    assert within(difference(chromium_pixels(page, data), reference), STORED)
