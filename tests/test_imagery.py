@@ -46,9 +46,11 @@ def member(client, annotator):
 
 @pytest.fixture
 def reference(scan):
-    """OpenSlide's own view of the scan's stored file, opened apart from the app's handles."""
+    """OpenSlide's own view of the scan's stored file, opened apart from the app's handles, in
+    the synthetic scans' Deep Zoom geometry: the file's 256 px JPEG tiles, no overlap (their
+    tiles are passed through, see test_tile_passthrough)."""
     slide = openslide.open_slide(str(Path(scan.file.path)))
-    yield slide, DeepZoomGenerator(slide, 254, 1, limit_bounds=False)
+    yield slide, DeepZoomGenerator(slide, 256, 0, limit_bounds=False)
     slide.close()
 
 
@@ -85,7 +87,7 @@ def test_dzi_descriptor_gives_the_scans_size_and_tiling(member, scan):
     assert "private" in response["Cache-Control"]
     image = ET.fromstring(response.content)
     assert image.tag == f"{DZ_NAMESPACE}Image"
-    assert image.get("TileSize") == "254" and image.get("Overlap") == "1"
+    assert image.get("TileSize") == "256" and image.get("Overlap") == "0"
     assert image.get("Format") == "jpeg"
     size = image.find(f"{DZ_NAMESPACE}Size")
     assert (size.get("Width"), size.get("Height")) == ("3000", "2400")
@@ -123,9 +125,8 @@ def test_the_top_level_is_the_scan_at_full_resolution(member, scan, reference):
     forget_tile(scan, top, 11, 9)
     response = member.get(tile_url(scan, top, 11, 9))
     with Image.open(io.BytesIO(response.content)) as image:
-        # The last column and row: what is left of 3000 x 2400 after 11 and 9 full tiles,
-        # plus the overlap on the left and top.
-        assert image.size == (3000 - 11 * 254 + 1, 2400 - 9 * 254 + 1)
+        # The last column and row: what is left of 3000 x 2400 after 11 and 9 full tiles.
+        assert image.size == (3000 - 11 * 256, 2400 - 9 * 256)
 
 
 @pytest.mark.parametrize(
