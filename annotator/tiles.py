@@ -240,8 +240,3 @@ def tile_jpeg(scan: Scan, level: int, col: int, row: int) -> bytes:
     data = render_tile(scan, level, col, row)
     cache.set(key, data, timeout=settings.TILE_CACHE_SECONDS)
     return data
-
-
-def tile_scheme(scan: Scan) -> str:
-    """The tile geometry and encoding of the scan's pyramid, in cache keys and tile links."""
-    return TILE_SCHEME

@@ -159,7 +159,7 @@ def signed_tile(request, user_id, epoch, expires, signature, scan_key, level, co
     data = None
     if not path.is_file():
         try:
-            data = tiles.tile_jpeg(scan, level, col, row)
+            data = tiles.render_tile(scan, level, col, row)
         except tiles.TileNotFound as exc:
             return _error(404, str(exc))
         tile_store.store(scan_key, level, col, row, data)
