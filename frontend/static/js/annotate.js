@@ -14,6 +14,7 @@ import { countCovered, fits, pickerBox, placePicker } from "./lib/picker-placeme
 import { SaveQueue } from "./lib/save-queue.js";
 import { CANNOT, ScanAnnotations, labelCode, nearestUnlabelled } from "./lib/scan-annotations.js";
 import { Taxonomy } from "./lib/taxonomy.js";
+import { TILE_LOADING } from "./lib/viewer-options.js";
 
 const config = pageConfig("annotate-config");
 const scan = config.scan;
@@ -159,6 +160,7 @@ const viewer = OpenSeadragon({
   // pan, rotate and flip the scan under the annotator's hands.
   keyboardNavEnabled: false,
   crossOriginPolicy: false,
+  ...TILE_LOADING,
 });
 
 const overlay = document.createElement("canvas");
