@@ -353,12 +353,19 @@ def test_the_viewer_opens_the_scan_sharp_with_the_tuned_tile_loading_options(
     # Zoomed in to full resolution, the new screen gets sharp too, from tiles of the finest level.
     page.evaluate(
         """([x, y]) => {
-            const viewport = window.cytomark.viewer.viewport;
+            const viewer = window.cytomark.viewer;
+            const viewport = viewer.viewport;
+            // The flag stays true until the next frame finds tiles missing: wait for the event.
+            window.sharpAgain = false;
+            viewer.world.getItemAt(0).addHandler("fully-loaded-change", (event) => {
+                if (event.fullyLoaded) window.sharpAgain = true;
+            });
             viewport.zoomTo(viewport.imageToViewportZoom(1), null, true);
             viewport.panTo(viewport.imageToViewportCoordinates(x, y), true);
         }""",
         list(CENTRE),
     )
+    page.wait_for_function("window.sharpAgain", timeout=30000)
     page.wait_for_function(SHARP, timeout=30000)
     finest = page.evaluate("window.cytomark.viewer.world.getItemAt(0).source.maxLevel")
     zoomed = tiles[first_screen:]
