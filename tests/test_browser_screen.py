@@ -300,3 +300,75 @@ def test_tab_moves_the_focus_to_a_cell_in_the_list_and_enter_selects_it(
     assert Label.objects.count() == 0
     assert Cell.objects.count() == 3
     assert problems == []
+
+
+# True once the viewer has stopped moving and every tile its view needs at the sharp level is
+# drawn (OpenSeadragon's TiledImage.getFullyLoaded()).
+SHARP = """() => {
+    const viewer = window.cytomark.viewer;
+    const item = viewer.world.getItemAt(0);
+    const viewport = viewer.viewport;
+    return !!item && item.getFullyLoaded()
+        && viewport.getZoom(true) === viewport.getZoom(false)
+        && viewport.getCenter(true).equals(viewport.getCenter(false));
+}"""
+
+
+def test_the_viewer_opens_the_scan_sharp_with_the_tuned_tile_loading_options(
+    chromium, live_server, annotator, study, scan
+):
+    page, problems = chromium
+    tiles: list[tuple[str, int]] = []
+    page.on(
+        "response",
+        lambda response: (
+            tiles.append((response.url, response.status))
+            if response.request.resource_type == "image" and "/static/" not in response.url
+            else None
+        ),
+    )
+    log_in(page, live_server.url, "anna")
+    page.click(f"text={scan.original_name}")
+    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30000)
+    page.wait_for_function(SHARP, timeout=30000)
+    first_screen = len(tiles)
+
+    # The viewer runs with every option of lib/viewer-options.js, each one OpenSeadragon knows
+    # (a misspelt name would be ignored without a word).
+    options = page.evaluate(
+        """async () => {
+            const entry = document.querySelector("script[type=module][src*='annotate']").src;
+            const { TILE_LOADING } = await import(new URL("lib/viewer-options.js", entry));
+            const viewer = window.cytomark.viewer;
+            return Object.entries(TILE_LOADING).map(([name, value]) => ({
+                name, value, held: viewer[name], known: name in OpenSeadragon.DEFAULT_SETTINGS,
+            }));
+        }"""
+    )
+    assert {option["name"] for option in options} >= {"maxTilesPerFrame", "immediateRender"}
+    for option in options:
+        assert option["known"], f"OpenSeadragon has no option {option['name']}"
+        assert option["held"] == option["value"], option
+
+    # Zoomed in to full resolution, the new screen gets sharp too, from tiles of the finest level.
+    page.evaluate(
+        """([x, y]) => {
+            const viewer = window.cytomark.viewer;
+            const viewport = viewer.viewport;
+            // The flag stays true until the next frame finds tiles missing: wait for the event.
+            window.sharpAgain = false;
+            viewer.world.getItemAt(0).addHandler("fully-loaded-change", (event) => {
+                if (event.fullyLoaded) window.sharpAgain = true;
+            });
+            viewport.zoomTo(viewport.imageToViewportZoom(1), null, true);
+            viewport.panTo(viewport.imageToViewportCoordinates(x, y), true);
+        }""",
+        list(CENTRE),
+    )
+    page.wait_for_function("window.sharpAgain", timeout=30000)
+    page.wait_for_function(SHARP, timeout=30000)
+    finest = page.evaluate("window.cytomark.viewer.world.getItemAt(0).source.maxLevel")
+    zoomed = tiles[first_screen:]
+    assert zoomed and any(f"/{finest}/" in url for url, _ in zoomed), zoomed
+    assert first_screen > 0 and {status for _, status in tiles} == {200}, tiles
+    assert problems == []

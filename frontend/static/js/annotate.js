@@ -15,6 +15,7 @@ import { SaveQueue } from "./lib/save-queue.js";
 import { CANNOT, ScanAnnotations, labelCode, nearestUnlabelled } from "./lib/scan-annotations.js";
 import { Taxonomy } from "./lib/taxonomy.js";
 import { TileLinkKeeper } from "./lib/tile-links.js";
+import { TILE_LOADING } from "./lib/viewer-options.js";
 
 const config = pageConfig("annotate-config");
 const scan = config.scan;
@@ -160,6 +161,7 @@ const viewer = OpenSeadragon({
   // pan, rotate and flip the scan under the annotator's hands.
   keyboardNavEnabled: false,
   crossOriginPolicy: false,
+  ...TILE_LOADING,
 });
 
 // The descriptor's tile link expires: renew it while the scan is open (lib/tile-links.js).
