@@ -82,6 +82,7 @@ def project_env(
         "VAR_DIR": str(folder / "var"),
         "MEDIA_ROOT": str(folder / "media"),
         "SCAN_CACHE_DIR": str(folder / "scan-cache"),
+        "TILE_DIR": str(folder / "tiles"),
         "SCAN_IMPORT_ROOTS": str(folder / "import"),
         "LOG_LEVEL": "WARNING",
     }

@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -218,7 +219,8 @@ def measure(base: str, page_path: str, args, viewport, prefix: str) -> list[Load
                     load_once(browser, session, base + page_path, variant, viewport)
             for index in range(args.loads):
                 for variant in order if index % 2 == 0 else reversed(order):
-                    if args.cache == "cold":
+                    if args.cache == "cold":  # the tiles made (files) and the shared cache
+                        shutil.rmtree(folder / "tiles" / "cache", ignore_errors=True)
                         benchenv.delete_redis_keys(args.redis_db, prefix)
                     load = load_once(browser, session, base + page_path, variant, viewport)
                     loads.append(load)
