@@ -171,7 +171,7 @@ def run_benchmark(folder: Path, args, viewport: tuple[int, int], prefix: str) ->
     server, port = start_gunicorn(args.workers, folder / "gunicorn.log")
     base = f"http://{HOST}:{port}"
     try:
-        loads = measure(base, page_path, args, viewport, prefix)
+        loads = measure(base, page_path, args, viewport, prefix, folder / "tiles")
     finally:
         benchenv.stop_server(server)
 
@@ -203,7 +203,7 @@ def run_benchmark(folder: Path, args, viewport: tuple[int, int], prefix: str) ->
     print(f"tuned options as the viewer holds them: {json.dumps(tuned.options)}")
 
 
-def measure(base: str, page_path: str, args, viewport, prefix: str) -> list[Load]:
+def measure(base: str, page_path: str, args, viewport, prefix: str, tile_dir: Path) -> list[Load]:
     from playwright.sync_api import sync_playwright
 
     loads: list[Load] = []
@@ -220,7 +220,7 @@ def measure(base: str, page_path: str, args, viewport, prefix: str) -> list[Load
             for index in range(args.loads):
                 for variant in order if index % 2 == 0 else reversed(order):
                     if args.cache == "cold":  # the tiles made (files) and the shared cache
-                        shutil.rmtree(folder / "tiles" / "cache", ignore_errors=True)
+                        shutil.rmtree(tile_dir / "cache", ignore_errors=True)
                         benchenv.delete_redis_keys(args.redis_db, prefix)
                     load = load_once(browser, session, base + page_path, variant, viewport)
                     loads.append(load)
