@@ -285,11 +285,14 @@ http {{
 """
 
 
-def nginx_user_line() -> str:
+def nginx_user_line(same_user: bool) -> str:
     """As root, workers as `nobody` (in production nginx and the app are different users, so
-    tiles the app writes must be readable by others); otherwise the caller's own user."""
+    tiles the app writes must be readable by others), or as root with ``same_user``; otherwise
+    the caller's own user."""
     if os.geteuid() != 0:
         return ""
+    if same_user:
+        return "user root;\n"
     nobody = pwd.getpwnam("nobody")
     return f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};\n"
 
@@ -322,7 +325,9 @@ def wait_for(port: int, path: str, process: subprocess.Popen, what: str, log: Pa
 
 
 @contextlib.contextmanager
-def stack(nginx: str, folder: Path, env: dict[str, str]) -> Iterator[tuple[int, subprocess.Popen]]:
+def stack(
+    nginx: str, folder: Path, env: dict[str, str], same_user: bool
+) -> Iterator[tuple[int, subprocess.Popen]]:
     """gunicorn (deploy/gunicorn.conf.py) behind nginx; yields nginx's port and gunicorn."""
     web_port, port = benchenv.free_port(HOST), benchenv.free_port(HOST)
     gunicorn_log = folder / "gunicorn.log"
@@ -342,7 +347,7 @@ def stack(nginx: str, folder: Path, env: dict[str, str]) -> Iterator[tuple[int, 
     conf = nginx_folder / "nginx.conf"
     conf.write_text(
         NGINX_CONF.format(
-            user=nginx_user_line(),
+            user=nginx_user_line(same_user),
             folder=nginx_folder,
             upstream=f"{HOST}:{web_port}",
             listen=f"{HOST}:{port}",
@@ -635,6 +640,12 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk pass")
     parser.add_argument("--check", type=int, default=200, help="tiles compared with OpenSlide")
     parser.add_argument("--redis-db", type=int, default=12, help="an empty Redis database")
+    parser.add_argument(
+        "--nginx-as-app-user",
+        action="store_true",
+        help="as root: nginx's workers as root too, not as nobody (files need not be readable "
+        "by others then, as they must be in production)",
+    )
     args = parser.parse_args()
     nginx, wrk = require_tools()
     benchenv.require_empty_redis_db(args.redis_db, "--redis-db")
@@ -723,7 +734,10 @@ def run(folder: Path, env: dict[str, str], nginx: str, wrk: str, args) -> bool:
 
 def serve(folder: Path, env, nginx: str, wrk: str, args, scan_id: int, login) -> Served:
     """Start the stack, log in, read the descriptor and run the cold, warm and static passes."""
-    with stack(nginx, folder, env) as (port, web), WorkerMemory(web) as memory:
+    with (
+        stack(nginx, folder, env, args.nginx_as_app_user) as (port, web),
+        WorkerMemory(web) as memory,
+    ):
         session = {"Cookie": cookie_header(log_in(port, *login))}
         dzi_path = f"/api/v1/scans/{scan_id}/tiles/scan.dzi"
         status, xml = get(port, dzi_path, session)
@@ -768,6 +782,8 @@ def serve(folder: Path, env, nginx: str, wrk: str, args, scan_id: int, login) ->
             ceiling, _ = python_pass(CEILING, port, static_paths, {}, args)
             print_pass(ceiling)
             passes += [static, ceiling]
+        if any(one.failed for one in passes):
+            print(f"nginx's error log ends:\n{log_tail(folder / 'nginx' / 'error.log', 8)}")
 
         step = max(1, len(tiles) // max(1, args.check))
         checked = list(range(0, len(tiles), step))[: args.check]
