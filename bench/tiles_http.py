@@ -850,7 +850,7 @@ def colour_check(path: Path, served: Served, plain_tiles: list[Tile], plain_made
                 now.append(mean_abs_diff(body, read_region_tile(slide, pyramid, tile)))
             plain = plain_tiles[index]
             reference = read_region_tile(slide, plain_geometry, plain)
-            before.append(mean_abs_diff(plain_made[plain], reference))
+            before.append(mean_abs_diff(plain_made[plain].encoded, reference))
     print(
         f"\ncolour: {len(served.checked)} tiles of the list decoded and compared with OpenSlide "
         "read_region of the same area (mean abs difference over pixels and channels, 0-255; "
