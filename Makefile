@@ -11,7 +11,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install browser lint migrations-check jstest clean
+.PHONY: run test install browser bench-tools lint migrations-check jstest clean
 
 install: $(VENV)/.installed frontend/node_modules/.installed
 
@@ -25,6 +25,14 @@ frontend/node_modules/.installed: frontend/package.json frontend/package-lock.js
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+# Debian's nginx (nginx-core: secure_link, as deploy/nginx-tiles.conf needs) and wrk for
+# bench/tiles_http.py, which starts its own nginx on loopback. (On a host with systemd the
+# package also starts nginx's own site on port 80: `sudo systemctl disable --now nginx`.)
+bench-tools:
+	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v wrk >/dev/null || { \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-core wrk; }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
