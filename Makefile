@@ -27,7 +27,8 @@ browser:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
 # Debian's nginx (nginx-core: secure_link, as deploy/nginx-tiles.conf needs) and wrk for
-# bench/tiles_http.py, which starts its own nginx on loopback. (On a host with systemd the
+# bench/tiles_http.py, which starts its own nginx on loopback; tests/test_tiles_nginx.py runs
+# that nginx in front of the live app. (On a host with systemd the
 # package also starts nginx's own site on port 80: `sudo systemctl disable --now nginx`.)
 bench-tools:
 	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v wrk >/dev/null || { \
@@ -56,7 +57,7 @@ migrations-check: install
 jstest:
 	node --test frontend/tests/*.test.mjs
 
-test: install browser lint migrations-check jstest
+test: install browser bench-tools lint migrations-check jstest
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest
 
 clean:
