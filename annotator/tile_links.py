@@ -131,7 +131,8 @@ def verify(
         raise TileLinkRefused(INVALID)
     if expires < (time.time() if now is None else now):
         raise TileLinkRefused(EXPIRED)
-    if not _EPOCH.fullmatch(epoch) or not (_access_folder(user_id) / epoch).is_file():
+    marker = os.path.join(settings.TILE_DIR, "access", str(int(user_id)), epoch)
+    if not _EPOCH.fullmatch(epoch) or not os.path.isfile(marker):
         raise TileLinkRefused(WITHDRAWN)
 
 

@@ -21,7 +21,8 @@ def _cache_folder() -> Path:
 
 
 def tile_path(key: str, level: int, col: int, row: int) -> Path:
-    return _cache_folder() / key / str(level) / f"{col}_{row}.jpeg"
+    # One join and one Path: this runs for every tile a viewer asks for.
+    return Path(os.path.join(settings.TILE_DIR, "cache", key, str(level), f"{col}_{row}.jpeg"))
 
 
 def accel_path(key: str, level: int, col: int, row: int) -> str:
@@ -32,8 +33,9 @@ def accel_path(key: str, level: int, col: int, row: int) -> str:
 def store(key: str, level: int, col: int, row: int, data: bytes) -> Path:
     """Keep the tile; concurrent writers of the same tile each rename a whole file into place."""
     path = tile_path(key, level, col, row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
     try:
         # Readable by the front server, which runs as another user (mkstemp makes it 0600).
         os.fchmod(handle, 0o644)
@@ -41,7 +43,7 @@ def store(key: str, level: int, col: int, row: int, data: bytes) -> Path:
             output.write(data)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        os.unlink(temporary)
         raise
     return path
 

@@ -24,7 +24,8 @@ keep-alive connections:
     warm         the same list again and round for `--duration` s with wrk (bench/tiles_http.lua):
                  made tiles are files that nginx sends itself;
     a) static    nginx sending the very bytes of the cold pass as static files, the same way
-                 (warm and static take turns, `--rounds` each; the best round of each counts);
+                 (warm and static take turns, `--rounds` each; the best round of each counts,
+                 as for the cold pass and the plain loop);
     b) plain     `openslide.deepzoom.DeepZoomGenerator(slide, 254, 1)` and Pillow's JPEG encoder
                  (quality 80) in one process, no HTTP (bench/tiles.py's plain loop), for each
                  tile of the list the 254 px tile of the same level that holds its centre.
@@ -639,7 +640,9 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=4, help="highest Deep Zoom levels sampled")
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
     parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk pass")
-    parser.add_argument("--rounds", type=int, default=2, help="warm and static rounds, in turn")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of each pass (warm and static in turn)"
+    )
     parser.add_argument("--check", type=int, default=200, help="tiles compared with OpenSlide")
     parser.add_argument("--redis-db", type=int, default=12, help="an empty Redis database")
     parser.add_argument(
@@ -722,8 +725,12 @@ def run(folder: Path, env: dict[str, str], nginx: str, wrk: str, args) -> bool:
     pyramid, tiles = served.pyramid, served.tiles
     plain_tiles = [plain_tile(pyramid, tile) for tile in tiles]
     path = local_path(scan)
-    loop, plain_made = plain_loop(path, plain_tiles)
-    plain = Pass("b) plain DeepZoomGenerator loop", "in-process, one thread")
+    loops = [plain_loop(path, plain_tiles) for _ in range(args.rounds)]  # the best counts
+    loop, plain_made = min(loops, key=lambda made: made[0].seconds)
+    plain = Pass(
+        "b) plain DeepZoomGenerator loop",
+        f"in-process, one thread, best of {args.rounds}" if args.rounds > 1 else "in-process",
+    )
     plain.requests, plain.seconds = len(loop.latencies_ms), loop.seconds
     plain.p50_ms, plain.p95_ms = loop.p50, loop.p95
     print_pass(plain)
@@ -765,10 +772,18 @@ def serve(folder: Path, env, nginx: str, wrk: str, args, scan_id: int, login) ->
         if tile_dir_files(cache):
             raise RuntimeError(f"the tile cache is not fresh: files in {cache}")
 
-        cold, bodies = python_pass("cold tiles (fresh cache)", port, paths, headers, args)
-        cold.peak_rss = memory.peak()
-        cold.note += f"; {tile_dir_files(cache)} files in TILE_DIR/cache after it"
-        print_pass(cold)
+        colds = []
+        for index in range(args.rounds):  # each round from an empty tile cache; the best counts
+            if index:
+                shutil.rmtree(cache, ignore_errors=True)
+            cold, bodies = python_pass("cold tiles (fresh cache)", port, paths, headers, args)
+            cold.peak_rss = memory.peak()
+            cold.note += f"; {tile_dir_files(cache)} files in TILE_DIR/cache after it"
+            print_pass(cold)
+            colds.append(cold)
+            if cold.failed:
+                break
+        cold = best(colds)
 
         passes = [cold]
         if cold.failed:

@@ -175,16 +175,19 @@ def test_the_link_endpoint_renews_the_link(scan, annotator, settings):
     assert Client().get(f"/api/v1/scans/{scan.pk}/tiles/link").status_code in (401, 403)
 
 
-def test_behind_nginx_the_app_hands_the_file_over(scan, annotator, settings):
+def test_behind_nginx_the_app_sends_a_new_tile_and_hands_a_kept_one_over(scan, annotator, settings):
     settings.TILE_ACCEL_REDIRECT = "/_tile_files/"
     base = tiles_url(annotator, scan)
-    response = fetch(base + "12/0_0.jpeg")
-    assert response.status_code == 200
+    made = fetch(base + "12/0_0.jpeg")
+    assert made.status_code == 200 and "X-Accel-Redirect" not in made
     key = base.strip("/").split("/")[5]
-    assert response["X-Accel-Redirect"] == f"/_tile_files/{key}/12/0_0.jpeg"
-    assert response.content == b""
     stored = tile_store.tile_path(key, 12, 0, 0).read_bytes()
+    assert made.content == stored
     assert Image.open(io.BytesIO(stored)).format == "JPEG"
+    kept = fetch(base + "12/0_0.jpeg")
+    assert kept.status_code == 200
+    assert kept["X-Accel-Redirect"] == f"/_tile_files/{key}/12/0_0.jpeg"
+    assert kept.content == b""
 
 
 def test_a_deleted_scan_leaves_no_tile_files(scan, annotator, django_capture_on_commit_callbacks):

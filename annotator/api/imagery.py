@@ -146,9 +146,10 @@ def tile_link(request, scan_id: int):
 )
 @bytes_view(JPEGRenderer, authenticated=False)
 def signed_tile(request, user_id, epoch, expires, signature, scan_key, level, col, row):
-    """A tile by its signed link: made once and kept as a file, then sent by nginx
-    (X-Accel-Redirect) where there is one, else by the app. The URL's pattern has already
-    bounded every number."""
+    """A tile by its signed link: made once and kept as a file. A tile made now is answered
+    with its bytes (they are in hand); one already kept is handed to nginx (X-Accel-Redirect)
+    where there is one, which sends kept tiles itself anyway and asks here only for new ones.
+    The URL's pattern has already bounded every number."""
     level, col, row = int(level), int(col), int(row)
     try:
         tile_links.verify(int(user_id), epoch, int(expires), signature, scan_key)
@@ -163,7 +164,7 @@ def signed_tile(request, user_id, epoch, expires, signature, scan_key, level, co
         except tiles.TileNotFound as exc:
             return _error(404, str(exc))
         tile_store.store(scan_key, level, col, row, data)
-    if settings.TILE_ACCEL_REDIRECT:
+    if data is None and settings.TILE_ACCEL_REDIRECT:
         response = HttpResponse(content_type="image/jpeg")
         response["X-Accel-Redirect"] = tile_store.accel_path(scan_key, level, col, row)
         return response
