@@ -25,7 +25,7 @@ from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from annotator import annotation, rounds, uploads
+from annotator import annotation, rounds, tile_links, uploads
 from annotator.models import Membership
 from datasets import classmaps, exports, splits, versions
 from mltasks import runs
@@ -75,6 +75,10 @@ def world(study, scan, gold_cells, curated, annotator, rater, coordinator, data_
     upload = uploads.create_upload(
         coordinator, "10", tus_metadata(filename="a.svs", study=study.name)
     )
+    # A real tile link (the coordinator's): its fields are the signed tile's path parameters.
+    link_user, epoch, expires, signature, scan_key = (
+        tile_links.issue(coordinator, scan).tiles_url.strip("/").split("/")[1:6]
+    )
     return {
         # `{id}` of each resource, by the path segment that names it.
         "studies": [study.pk],
@@ -98,6 +102,11 @@ def world(study, scan, gold_cells, curated, annotator, rater, coordinator, data_
         "col": [0],
         "row": [0],
         "upload_id": [upload.pk],
+        "user_id": [link_user],
+        "epoch": [epoch],
+        "expires": [expires],
+        "signature": [signature],
+        "scan_key": [scan_key],
     }
 
 
