@@ -410,13 +410,7 @@ def _cluster_bootstrap(
         cluster_ids * class_count + rater_index, minlength=margin_size
     ).reshape(cluster_count, class_count)
 
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, cluster_count, size=(replicates, cluster_count))
-    replicate_offsets = np.arange(replicates)[:, None] * cluster_count
-    times_drawn = np.bincount(
-        (draws + replicate_offsets).ravel(), minlength=replicates * cluster_count
-    ).reshape(replicates, cluster_count)
-
+    times_drawn = _times_drawn(cluster_count, replicates, seed)
     n = times_drawn @ pairs_per_cluster
     agreed = times_drawn @ agreed_per_cluster
     chance_numerator = np.einsum(
@@ -441,6 +435,17 @@ def _cluster_bootstrap(
         seed=seed,
         confidence=float(confidence),
     )
+
+
+def _times_drawn(cluster_count: int, replicates: int, seed: int) -> np.ndarray:
+    """How often each cluster is drawn in each bootstrap replicate (replicates x clusters): a
+    replicate's statistic is then a matrix product of these counts with per-cluster sums."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, cluster_count, size=(replicates, cluster_count))
+    replicate_offsets = np.arange(replicates)[:, None] * cluster_count
+    return np.bincount(
+        (draws + replicate_offsets).ravel(), minlength=replicates * cluster_count
+    ).reshape(replicates, cluster_count)
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:
