@@ -410,7 +410,7 @@ def _cluster_bootstrap(
         cluster_ids * class_count + rater_index, minlength=margin_size
     ).reshape(cluster_count, class_count)
 
-    times_drawn = _times_drawn(cluster_count, replicates, seed)
+    times_drawn = bootstrap_draws(cluster_count, replicates, seed)
     n = times_drawn @ pairs_per_cluster
     agreed = times_drawn @ agreed_per_cluster
     chance_numerator = np.einsum(
@@ -437,7 +437,7 @@ def _cluster_bootstrap(
     )
 
 
-def _times_drawn(cluster_count: int, replicates: int, seed: int) -> np.ndarray:
+def bootstrap_draws(cluster_count: int, replicates: int, seed: int) -> np.ndarray:
     """How often each cluster is drawn in each bootstrap replicate (replicates x clusters): a
     replicate's statistic is then a matrix product of these counts with per-cluster sums."""
     rng = np.random.default_rng(seed)

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.stats import norm
 from statsmodels.stats.inter_rater import cohens_kappa, fleiss_kappa
 
-from .agreement import _times_drawn
+from .agreement import bootstrap_draws
 
 CANNOT_CLASSIFY = "UNC"
 
@@ -188,7 +188,7 @@ def panel_agreement(
         agreeing_per = np.bincount(cluster_ids, weights=agreeing, minlength=cluster_count)
         values_per = np.zeros((cluster_count, values.shape[1]))
         np.add.at(values_per, cluster_ids, values)
-        drawn = _times_drawn(cluster_count, replicates, seed)
+        drawn = bootstrap_draws(cluster_count, replicates, seed)
         alphas = _alpha_from_sums(drawn @ agreeing_per, drawn @ values_per)
         alphas = alphas[np.isfinite(alphas)]
         valid = int(alphas.size)

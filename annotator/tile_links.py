@@ -79,8 +79,9 @@ def _signature(expires: int, user_id: int, epoch: str, key: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def _access_folder(user_id: int) -> Path:
-    return Path(settings.TILE_DIR) / "access" / str(int(user_id))
+def _access_folder(user_id: int) -> str:
+    # A string, not a Path: built for every tile request (`verify`).
+    return os.path.join(settings.TILE_DIR, "access", str(int(user_id)))
 
 
 def current_epoch(user_id: int) -> str:
@@ -92,9 +93,9 @@ def current_epoch(user_id: int) -> str:
         existing = []
     if existing:
         return existing[0]
-    folder.mkdir(parents=True, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     epoch = secrets.token_hex(8)
-    (folder / epoch).touch()
+    Path(folder, epoch).touch()
     return epoch
 
 
@@ -107,7 +108,7 @@ def withdraw(user_ids: Iterable[int]) -> None:
         except FileNotFoundError:
             continue
         for name in names:
-            (folder / name).unlink(missing_ok=True)
+            Path(folder, name).unlink(missing_ok=True)
 
 
 def issue(user, scan: Scan, now: float | None = None) -> TileLink:
@@ -131,8 +132,9 @@ def verify(
         raise TileLinkRefused(INVALID)
     if expires < (time.time() if now is None else now):
         raise TileLinkRefused(EXPIRED)
-    marker = os.path.join(settings.TILE_DIR, "access", str(int(user_id)), epoch)
-    if not _EPOCH.fullmatch(epoch) or not os.path.isfile(marker):
+    if not _EPOCH.fullmatch(epoch) or not os.path.isfile(
+        os.path.join(_access_folder(user_id), epoch)
+    ):
         raise TileLinkRefused(WITHDRAWN)
 
 

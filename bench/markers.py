@@ -38,14 +38,6 @@ import benchenv
 
 DB_NAME = "cytomark_bench_markers"
 PASSWORD = "bench-pass-word-1"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 
 PAN_FRAMES_JS = """
 async ([frames, budgetMs]) => {
@@ -185,7 +177,7 @@ def run(args) -> None:
             try:
                 with sync_playwright() as playwright:
                     browser = playwright.chromium.launch(
-                        executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS
+                        executable_path=benchenv.CHROMIUM, args=benchenv.CHROMIUM_FLAGS
                     )
                     page = browser.new_page(viewport={"width": 1400, "height": 900})
                     base = f"http://127.0.0.1:{port}"

@@ -56,15 +56,6 @@ QUIET_MS = 750  # fully loaded for this long with no change: the first screen is
 LOAD_TIMEOUT_MS = 60000
 OPTIONS_MODULE = "**/js/lib/viewer-options*.js"  # also the hashed name of the production storage
 DEFAULTS_MODULE = "export const TILE_LOADING = {};\n"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 # Runs in every page before its own scripts. The viewer exists once the deferred and module
 # scripts have run (DOMContentLoaded); its image is added later, when the descriptor comes, and
@@ -209,7 +200,7 @@ def measure(base: str, page_path: str, args, viewport, prefix: str, tile_dir: Pa
     loads: list[Load] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+            executable_path=benchenv.CHROMIUM, args=benchenv.CHROMIUM_FLAGS, headless=True
         )
         try:
             session = log_in(browser, base)

@@ -75,9 +75,9 @@ def test_the_bootstrap_of_alpha_is_the_librarys_alpha_on_each_resample():
         krippendorff.alpha(reliability_data=data, level_of_measurement="nominal")
     )
     # The same resamples drawn by hand, each given to the library.
-    from annotator.agreement import _times_drawn
+    from annotator.agreement import bootstrap_draws
 
-    drawn = _times_drawn(len(table), 200, 3)
+    drawn = bootstrap_draws(len(table), 200, 3)
     by_library = [
         krippendorff.alpha(
             reliability_data=np.repeat(data, counts, axis=1), level_of_measurement="nominal"
