@@ -197,11 +197,13 @@ def set_label(
     expected_version: int | None = None,
     create_only: bool = False,
     allow_internal: bool = False,
+    note: str | None = None,
 ) -> tuple[Label, bool]:
     """Give a cell its label in a round, or change it; returns (label, created).
 
     `create_only` refuses to touch an existing label (a client that thought the cell was
     unlabelled holds a stale copy); otherwise `expected_version`, when given, must match.
+    `note` (an adjudicator's reasoning) replaces the label's note when given.
     """
     _answer(node, cannot_classify)
     if seconds_spent is None or seconds_spent < 0:
@@ -220,6 +222,7 @@ def set_label(
                     cannot_classify=cannot_classify,
                     rater=user,
                     seconds_spent=seconds_spent,
+                    note=note or "",
                 )
         except IntegrityError:
             raise ConflictError(
@@ -238,6 +241,8 @@ def set_label(
     was = (label.node_id, label.cannot_classify)
     label.node, label.cannot_classify = taxon, cannot_classify
     label.seconds_spent += seconds_spent
+    if note is not None:
+        label.note = note
     label.version += 1
     label.save()
     _history_row(
@@ -279,6 +284,7 @@ def _history_row(
         old_cannot_classify=was[1],
         new_node_id=None if deleted else label.node_id,
         new_cannot_classify=False if deleted else label.cannot_classify,
+        new_note="" if deleted else label.note,
         changed_by_id=changed_by_id,
         seconds_spent=seconds_spent,
     )

@@ -362,6 +362,40 @@ class Cell(models.Model):
         return f"cell {self.pk} (patch {self.external_id or self.patch.name})"
 
 
+class Panel(models.Model):
+    """Several raters over one blinded design: the same sampled cells, one blinded round (and
+    optionally repeats) per rater, each in its own order; and the adjudication rounds that
+    settle where they disagree (`annotator.panels`)."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="panels")
+    name = models.SlugField(max_length=100)
+    reference = models.ForeignKey(
+        "Round",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The gold round the sample was drawn from (none for imported ratings).",
+    )
+    seed = models.BigIntegerField(
+        null=True, blank=True, help_text="Seed of the sample; each rater's order is derived."
+    )
+    design = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "name"], name="panel_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Round(models.Model):
     """One pass of one rater over cells of a study, of a kind that fixes what the rater sees."""
 
@@ -369,13 +403,22 @@ class Round(models.Model):
         GOLD = "gold", "gold (whole scan visible)"
         BLINDED = "blinded", "blinded (patch only)"
         REPEAT = "repeat", "repeat (later blinded pass)"
+        ADJUDICATION = "adjudication", "adjudication (an overseer settles a panel's disputes)"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="rounds")
     rater = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rounds"
     )
-    kind = models.CharField(max_length=8, choices=Kind.choices)
+    kind = models.CharField(max_length=12, choices=Kind.choices)
     name = models.CharField(max_length=200, blank=True)
+    panel = models.ForeignKey(
+        Panel,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="rounds",
+        help_text="The panel a blinded round, repeat or adjudication belongs to.",
+    )
     not_before = models.DateTimeField(
         null=True, blank=True, help_text="The rater may not open the round before this time."
     )
@@ -417,7 +460,12 @@ class Round(models.Model):
                 name="round_repeat_names_original",
             ),
             models.CheckConstraint(
-                condition=Q(kind__in=["gold", "blinded", "repeat"]), name="round_kind_known"
+                condition=Q(kind__in=["gold", "blinded", "repeat", "adjudication"]),
+                name="round_kind_known",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="adjudication") | Q(panel__isnull=False),
+                name="round_adjudication_has_panel",
             ),
         ]
 
@@ -492,6 +540,9 @@ class Label(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="labels"
     )
     seconds_spent = models.FloatField(default=0, help_text="Summed over every change.")
+    note = models.TextField(
+        blank=True, help_text="Why: an adjudicator's reasoning for a consensus label."
+    )
     version = models.PositiveIntegerField(default=1, help_text="Raised on every change.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -547,6 +598,7 @@ class LabelChange(models.Model):
     )
     changed_at = models.DateTimeField(auto_now_add=True)
     seconds_spent = models.FloatField(default=0)
+    new_note = models.TextField(blank=True)
 
     class Meta:
         ordering = ["changed_at", "id"]

@@ -213,14 +213,14 @@ def _per_class(rows, per_class, rng: random.Random) -> list[int]:
 ROUND_NAME_LENGTH = Round._meta.get_field("name").max_length
 
 
-def _unique_name(study: Study, wanted: str) -> str:
+def unique_name(study: Study, wanted: str) -> str:
     check_field(Round, "name", wanted, "Round name")
     if not study.rounds.filter(name=wanted).exists():
         return wanted
     raise DomainError(f"Study {study.name} has a round named {wanted!r} already.", field="name")
 
 
-def _derived_name(study: Study, stem: str, tail: str, number: int) -> str:
+def derived_name(study: Study, stem: str, tail: str, number: int) -> str:
     """The first free name `STEM-TAIL-N` (N from `number`) of the study's rounds, with the
     stem shortened so that the whole name fits the column however long the stem is."""
     taken = set(study.rounds.values_list("name", flat=True))
@@ -254,7 +254,7 @@ def queue_cells(round_: Round, cell_ids: Iterable[int], *, shuffle_seed: int | N
     return len(cells)
 
 
-def _check_images(study: Study, cell_ids: list[int]) -> None:
+def check_images(study: Study, cell_ids: list[int]) -> None:
     missing = Cell.objects.filter(pk__in=cell_ids, scan__isnull=True, patch="").count()
     if missing:
         raise DomainError(
@@ -269,12 +269,43 @@ def _check_images(study: Study, cell_ids: list[int]) -> None:
 ROUND_SEED_MAX = 2**62
 
 
-def _round_seed(seed) -> int:
+def round_seed(seed) -> int:
     """The seed given (checked, whoever passes it: the page's form, the API, a command), or a
     fresh random one."""
     if seed is None:
         return secrets.randbits(31)
     return params.whole_number(seed, "seed", 0, ROUND_SEED_MAX)
+
+
+def check_blinded_rater(study: Study, rater, reference: Round, cell_ids: list[int]) -> None:
+    """Refuse a rater who may not rate these cells of the reference blinded: not an annotator
+    who can log in, one who sees every label, the reference's own rater, or one who labelled
+    any of the cells with the scan in view."""
+    _check_rater(study, rater)
+    if reference.rater_id == rater.pk:
+        raise DomainError(
+            f"{rater.get_username()} made the reference labels, with the whole scan in view; "
+            "choose another rater.",
+            field="rater",
+        )
+    seen = Label.objects.filter(
+        cell_id__in=cell_ids, round__rater=rater, round__kind=Round.Kind.GOLD
+    ).count()
+    if seen:
+        raise DomainError(
+            f"{rater.get_username()} labelled {seen} of the sampled cells in a gold round, with "
+            "the scan in view; choose another rater.",
+            field="rater",
+        )
+
+
+def checked_reference(study: Study, reference: Round | None) -> Round:
+    """The gold round a blinded sample is drawn from: the one given (of this study) or the
+    study's largest."""
+    reference = reference or default_reference(study)
+    if reference.study_id != study.pk or reference.kind != Round.Kind.GOLD:
+        raise DomainError("The reference must be a gold round of the same study.", "reference")
+    return reference
 
 
 @transaction.atomic
@@ -293,35 +324,19 @@ def create_blinded_round(
     """A blinded round for `rater` over a seeded sample of the reference round's cells."""
     require_role(user, study, MANAGING_ROLES, "create blinded rounds")
     _check_rater(study, rater)
-    reference = reference or default_reference(study)
-    if reference.study_id != study.pk or reference.kind != Round.Kind.GOLD:
-        raise DomainError("The reference must be a gold round of the same study.", "reference")
-    if reference.rater_id == rater.pk:
-        raise DomainError(
-            f"{rater.get_username()} made the reference labels, with the whole scan in view; "
-            "choose another rater.",
-            field="rater",
-        )
-    seed = _round_seed(seed)
+    reference = checked_reference(study, reference)
+    seed = round_seed(seed)
     cell_ids = draw_sample(reference, mode=mode, seed=seed, per_class=per_class, fraction=fraction)
-    seen = Label.objects.filter(
-        cell_id__in=cell_ids, round__rater=rater, round__kind=Round.Kind.GOLD
-    ).count()
-    if seen:
-        raise DomainError(
-            f"{rater.get_username()} labelled {seen} of the sampled cells in a gold round, with "
-            "the scan in view; choose another rater.",
-            field="rater",
-        )
-    _check_images(study, cell_ids)
+    check_blinded_rater(study, rater, reference, cell_ids)
+    check_images(study, cell_ids)
     number = study.rounds.filter(rater=rater, kind=Round.Kind.BLINDED).count() + 1
     round_ = Round.objects.create(
         study=study,
         rater=rater,
         kind=Round.Kind.BLINDED,
-        name=_unique_name(study, name)
+        name=unique_name(study, name)
         if name
-        else _derived_name(study, "blinded", rater.get_username(), number),
+        else derived_name(study, "blinded", rater.get_username(), number),
         reference=reference,
         seed=seed,
         design={"mode": mode, "per_class": per_class, "fraction": fraction, "cells": len(cell_ids)},
@@ -344,18 +359,19 @@ def schedule_repeat(
     cell_ids = sorted(original.items.values_list("cell_id", flat=True))
     if not cell_ids:
         raise DomainError(f"Round {original.name} has no items to repeat.", field="round")
-    seed = _round_seed(seed)
+    seed = round_seed(seed)
     number = original.repeated_by.count() + 1
     round_ = Round.objects.create(
         study=original.study,
         rater=original.rater,
         kind=Round.Kind.REPEAT,
-        name=_unique_name(original.study, name)
+        name=unique_name(original.study, name)
         if name
-        else _derived_name(original.study, original.name, "repeat", number),
+        else derived_name(original.study, original.name, "repeat", number),
         not_before=not_before,
         repeats=original,
         reference=original.reference,
+        panel=original.panel,
         seed=seed,
         design={"mode": "repeat", "of": original.name, "cells": len(cell_ids)},
         created_by=user,

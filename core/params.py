@@ -33,3 +33,20 @@ def whole_number(value, name: str, low: int, high: int) -> int:
 def seed(value, name: str = "seed") -> int:
     """A random seed, the same bounds everywhere: 0 to 2**32 - 1."""
     return whole_number(value, name, 0, SEED_MAX)
+
+
+def share(value, name: str) -> float:
+    """A share of a whole (an int, float, or the text of one) greater than 0 and at most 1,
+    or a DomainError that names `name`."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value.strip())
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value != value
+        or not 0 < value <= 1
+    ):
+        shown = value[:40] if isinstance(value, str) else value
+        raise DomainError(f"{name} must be a number above 0 and at most 1, not {shown!r}.", name)
+    return float(value)

@@ -269,3 +269,39 @@ def split(study, curated, data_scientist):
     version, _ = versions.make_dataset(study, "aml", data_scientist, class_map=class_map)
     made, _ = splits.make_split(version, "patient-kfold", data_scientist, k=2, seed=0)
     return made
+
+
+PANEL_RATERS = ("pia", "quinn", "ruth")
+
+
+@pytest.fixture
+def panel_raters(study):
+    """Three annotators who will rate a panel."""
+    return [_member(study, Membership.Role.ANNOTATOR, name) for name in PANEL_RATERS]
+
+
+@pytest.fixture
+def answered_panel(study, curated, coordinator, panel_raters):
+    """A 3-rater panel over 2 curated cells per class, answered: pia says the gold class
+    everywhere, quinn too except LYT for the first two cells, ruth the gold class except
+    MON for the first cell and cannot classify for the last."""
+    from annotator import panels
+
+    panel = panels.create_panel(
+        study, panel_raters, coordinator, name="trio", mode="per-class", per_class=2, seed=11
+    )
+    gold = panels.round_answers(curated)
+    rounds = list(panels.first_rounds(panel))
+    cells = sorted(rounds[0].items.values_list("cell_id", flat=True))
+    for round_ in rounds:
+        for position, cell_id in enumerate(cells):
+            cell = Cell.objects.get(pk=cell_id)
+            answer = {"node": gold[cell_id]}
+            if round_.rater.username == "quinn" and position < 2:
+                answer = {"node": "LYT" if gold[cell_id] != "LYT" else "NGS"}
+            if round_.rater.username == "ruth" and position == 0:
+                answer = {"node": "MON" if gold[cell_id] != "MON" else "NGS"}
+            if round_.rater.username == "ruth" and position == len(cells) - 1:
+                answer = {"cannot_classify": True}
+            set_label(cell, round_, round_.rater, **answer)
+    return panel
