@@ -295,8 +295,7 @@ def _against_reference(table: PanelTable, mapping: ClassMapping, study: Study) -
     if reference is None:
         return []
     result = []
-    for round_ in table.rounds:
-        answers = round_answers(round_)
+    for round_, answers in zip(table.rounds, _columns(table), strict=True):
         agreement = _compared(
             table.reference,
             answers,
@@ -308,11 +307,19 @@ def _against_reference(table: PanelTable, mapping: ClassMapping, study: Study) -
     return result
 
 
+def _columns(table: PanelTable) -> list[dict[int, str]]:
+    """Each rater's answers from the table: cell -> code or CANNOT_CLASSIFY."""
+    rows = list(zip(table.cells, table.ratings, strict=True))
+    return [
+        {cell: row[rater] for cell, row in rows if row[rater] is not None}
+        for rater in range(len(table.rounds))
+    ]
+
+
 def _intra_rater(table: PanelTable) -> list[SideBySide]:
     """Each panel rater's repeats against their first pass, over the cells both answered."""
     result = []
-    for round_ in table.rounds:
-        first = round_answers(round_)
+    for round_, first in zip(table.rounds, _columns(table), strict=True):
         repeats = Round.objects.filter(
             panel=table.panel, kind=Round.Kind.REPEAT, repeats=round_
         ).order_by("id")
