@@ -335,3 +335,31 @@ def test_a_bootstrap_too_large_to_draw_at_once_is_refused(answered_panel, monkey
     with pytest.raises(ValueError, match="at most 14 replicates for panel trio"):
         build_panel_report(answered_panel, replicates=1000)
     assert build_panel_report(answered_panel, replicates=14).agreement.krippendorff_alpha_ci
+
+
+def test_a_disputed_cell_on_a_scan_links_to_its_screen_for_those_who_annotate(
+    study, scan, gold_cells, coordinator, panel_raters
+):
+    from annotator.models import Membership
+
+    from .factories import UserFactory
+
+    admin = UserFactory(username="ada")
+    Membership.objects.create(study=study, user=admin, role=Membership.Role.ADMIN)
+    panel = panels.create_panel(study, panel_raters[:2], coordinator, name="duo", seed=2)
+    gold = _answers(panel.reference)
+    disputed = min(gold)
+    for round_ in panels.first_rounds(panel):
+        for cell_id, code in gold.items():
+            said = code
+            if round_.rater.username == "quinn" and cell_id == disputed:
+                said = "LYT" if code != "LYT" else "NGS"
+            set_label(Cell.objects.get(pk=cell_id), round_, round_.rater, node=said)
+
+    scan_link = f'href="/studies/munich/scans/{scan.pk}/"'
+    status, page = _page(admin)
+    row = page.split(f'<tr data-cell="{disputed}">')[1].split("</tr>")[0]
+    assert status == 200 and scan_link in row and f"/api/v1/cells/{disputed}/patch.png" in row
+    status, page = _page(coordinator)  # a coordinator does not annotate: the patch only
+    row = page.split(f'<tr data-cell="{disputed}">')[1].split("</tr>")[0]
+    assert scan_link not in row and f"/api/v1/cells/{disputed}/patch.png" in row
