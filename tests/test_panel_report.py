@@ -363,3 +363,15 @@ def test_a_disputed_cell_on_a_scan_links_to_its_screen_for_those_who_annotate(
     status, page = _page(coordinator)  # a coordinator does not annotate: the patch only
     row = page.split(f'<tr data-cell="{disputed}">')[1].split("</tr>")[0]
     assert scan_link not in row and f"/api/v1/cells/{disputed}/patch.png" in row
+
+
+def test_a_panel_without_a_reference_has_no_reference_column(study, answered_panel, coordinator):
+    answered_panel.reference = None  # as imported ratings are
+    answered_panel.save()
+    report = build_panel_report(answered_panel, replicates=0)
+    assert report.members == ["pia", "quinn", "ruth"] and report.against_reference == []
+    body = report.to_dict()
+    assert body["reference"] is None and body["groups"] == []
+    assert all(d["reference"] is None for d in body["disputed"])
+    status, page = _page(coordinator)
+    assert status == 200 and "The panel has no reference round" in page
