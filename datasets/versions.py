@@ -234,6 +234,9 @@ def _consensus_labels(
         "cannot_classify": left_out["cannot_classify"],
         "filters": left_out["filters"],
     }
+    source_length = DatasetVersion._meta.get_field("source").max_length
+    if len(described) > source_length:  # long names: the round and panel are recorded whole
+        described = described[: source_length - 1] + "…"
     return Labels(
         rows=rows,
         source=described,

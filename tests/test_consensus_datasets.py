@@ -298,3 +298,16 @@ def test_the_page_makes_a_consensus_version_and_shows_its_agreement(
         follow=True,
     ).content.decode()
     assert "Panel trio has no adjudication round yet" in refused
+
+
+def test_a_long_adjudication_name_still_fits_the_source(
+    study, answered_panel, data_scientist, coordinator, cells
+):
+    long_name = "a" * 200
+    round_ = panels.open_adjudication(
+        answered_panel, coordinator, coordinator, rule="any", name=long_name
+    )
+    panels.record_consensus(round_, cells[0], coordinator, node="NGS")
+    version, _ = versions.make_dataset(study, "trio", data_scientist, source="adjudicated")
+    assert len(version.source) == 200 and version.source.endswith("…")
+    assert version.consensus["adjudication"] == long_name and version.source_round == round_
