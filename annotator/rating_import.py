@@ -16,6 +16,7 @@ answers, it never deletes one.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class ImportResult:
     unchanged: int
     unrated: int
     not_in_file: int
+    design_changed: bool
 
     @property
     def changed_anything(self) -> bool:
@@ -88,6 +90,7 @@ class ImportResult:
             or self.queued
             or self.created
             or self.changed
+            or self.design_changed
         )
 
 
@@ -124,7 +127,9 @@ def read_ratings(source: str | Path, nodes: dict[str, TaxonNode]) -> tuple[list[
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise RatingImportError(f"{name}, line {line}: a NUL character is no part of a CSV.")
-    reader = csv.reader(text.splitlines(keepends=True), strict=True)
+    # newline="": the csv module finds the line ends itself (\n, \r\n, \r), so its line
+    # numbers are the editor's, and a quoted field may hold a line break.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     ratings: list[Rating] = []
     seen: dict[tuple[str, str], int] = {}
     checked_raters: set[str] = set()
@@ -352,6 +357,7 @@ def import_ratings(
             .distinct()
             .count(),
         }
+        design_changed = design != panel_row.design and not panel_created
         if design != panel_row.design:
             panel_row.design = design
             panel_row.save(update_fields=["design"])
@@ -373,4 +379,5 @@ def import_ratings(
         unchanged=unchanged,
         unrated=sum(1 for rating in ratings if rating.label is None),
         not_in_file=not_in_file,
+        design_changed=design_changed,
     )

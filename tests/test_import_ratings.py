@@ -285,3 +285,16 @@ def test_the_command_reports_what_it_did(db, tmp_path, capsys):
     with pytest.raises(CommandError, match=r"Cannot read .*missing\.csv"):
         call_command("import_ratings", str(tmp_path / "missing.csv"), "--study", "small")
     assert Study.objects.filter(name="small").count() == 1
+
+
+def test_a_spreadsheet_export_with_bom_crlf_and_quoted_items_is_read_as_written(db, tmp_path):
+    rows = [("p-1", "ann", "NGS"), ('"IMG 7, left.tiff"', "ann", "LYT"), ("p-1", "ben", "NGS")]
+    text = _csv(rows).replace("\n", "\r\n")
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    result = import_ratings(path, "excel")
+    assert result.created == 3
+    assert Cell.objects.filter(study=result.study, external_id="IMG 7, left.tiff").exists()
+    path.write_bytes(b"\xef\xbb\xbf" + (text + "p-2,ann,XYZ\r\n").encode())
+    with pytest.raises(RatingImportError, match=r"ratings\.csv, line 5: unknown label 'XYZ'"):
+        import_ratings(path, "excel")
