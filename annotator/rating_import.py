@@ -317,7 +317,10 @@ def import_ratings(
         users, raters_created = _raters(study, list(by_rater), first_line, source)
         cells, cells_created = _cells(study, items)
 
-        rounds = {r.rater_id: r for r in panel_row.rounds.filter(kind=Round.Kind.BLINDED)}
+        rounds = {
+            r.rater_id: r
+            for r in panel_row.rounds.filter(kind=Round.Kind.BLINDED).select_related("rater")
+        }
         rounds_created = queued = created = changed = unchanged = 0
         for name, user in users.items():
             round_ = rounds.get(user.pk)
