@@ -5,6 +5,7 @@ patch-only cells, cannot classify and not rated, malformed lines that store noth
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,16 @@ def test_a_spreadsheet_export_with_bom_crlf_and_quoted_items_is_read_as_written(
     path.write_bytes(b"\xef\xbb\xbf" + (text + "p-2,ann,XYZ\r\n").encode())
     with pytest.raises(RatingImportError, match=r"ratings\.csv, line 5: unknown label 'XYZ'"):
         import_ratings(path, "excel")
+
+
+def test_the_agreement_report_reads_the_imported_panel(db, tmp_path, capsys):
+    path = _write(tmp_path, _csv(_fleiss_rows()), "fleiss.csv")
+    call_command("import_ratings", str(path), "--study", "fleiss")
+    capsys.readouterr()
+    call_command(
+        "agreement_report", "--study", "fleiss", "--panel", "imported", "--panel-bootstrap", "0"
+    )
+    panel = json.loads(capsys.readouterr().out)["panel"]
+    assert panel["name"] == "imported" and panel["reference"] is None
+    assert len(panel["raters"]) == 14 and panel["items"] == 10
+    assert round(panel["fleiss_kappa"], 3) == 0.210
