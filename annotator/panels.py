@@ -30,7 +30,15 @@ from core import params
 from core.errors import DomainError, NotFoundError, check_field
 
 from . import annotation
-from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, require_role, roles_in
+from .access import (
+    BLINDED_KINDS,
+    MANAGING_ROLES,
+    OVERSEEING_ROLES,
+    blinded_studies,
+    overseen_studies,
+    require_role,
+    roles_in,
+)
 from .models import Cell, Label, Panel, Round, RoundItem, Study
 from .panel_agreement import CANNOT_CLASSIFY
 from .rounds import (
@@ -526,3 +534,17 @@ def round_status(state: Progress) -> str:
     if round_.kind != Round.Kind.ADJUDICATION and closing_time(round_) is not None:
         return "closed"
     return "finished" if state.total and state.done >= state.total else "open"
+
+
+def visible_panels(user) -> QuerySet[Panel]:
+    """Panels of the studies the user oversees and rates no blinded round of."""
+    return Panel.objects.filter(study__in=overseen_studies(user)).exclude(
+        study__in=blinded_studies(user)
+    )
+
+
+def visible_adjudications(user) -> QuerySet[Round]:
+    """Adjudication rounds of the panels the user may see."""
+    return Round.objects.filter(
+        kind=Round.Kind.ADJUDICATION, panel__in=visible_panels(user)
+    ).select_related("rater", "study", "panel")

@@ -10,7 +10,7 @@ studies, get the 404 of a panel that does not exist.
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -19,23 +19,9 @@ from rest_framework.response import Response
 
 from core.errors import DomainError
 
-from .. import access, panels, rounds
+from .. import panels, rounds
 from ..models import Panel, Round
 from . import serializers as s
-
-
-def visible_panels(user) -> QuerySet[Panel]:
-    """Panels of the studies the user oversees and rates no blinded round of."""
-    return Panel.objects.filter(study__in=access.overseen_studies(user)).exclude(
-        study__in=access.blinded_studies(user)
-    )
-
-
-def visible_adjudications(user) -> QuerySet[Round]:
-    """Adjudication rounds of the panels the user may see."""
-    return Round.objects.filter(
-        kind=Round.Kind.ADJUDICATION, panel__in=visible_panels(user)
-    ).select_related("rater", "study", "panel")
 
 
 def adjudication_body(state: rounds.Progress) -> dict:
@@ -147,7 +133,7 @@ class PanelViewSet(
 
     def get_queryset(self):
         queryset = (
-            visible_panels(self.request.user)
+            panels.visible_panels(self.request.user)
             .select_related("study", "reference", "created_by")
             .prefetch_related(
                 Prefetch(
@@ -253,7 +239,7 @@ class PanelViewSet(
             with_reference=data["with_reference"],
             name=data["name"],
         )
-        state = rounds.progress([visible_adjudications(request.user).get(pk=made.pk)])[0]
+        state = rounds.progress([panels.visible_adjudications(request.user).get(pk=made.pk)])[0]
         return Response(adjudication_body(state), status=status.HTTP_201_CREATED)
 
 
@@ -275,7 +261,7 @@ class AdjudicationViewSet(
     serializer_class = s.AdjudicationSerializer
 
     def get_queryset(self):
-        queryset = visible_adjudications(self.request.user).order_by("id")
+        queryset = panels.visible_adjudications(self.request.user).order_by("id")
         for name, field in (("study", "study__name"), ("panel", "panel__name")):
             value = self.request.query_params.get(name)
             if value:
