@@ -284,7 +284,7 @@ class AdjudicationViewSet(
         return Response(adjudication_body(rounds.progress([self.get_object()])[0]))
 
     @extend_schema(responses=s.DisputeSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None)
     def items(self, request, pk=None):
         """Every cell of the round in its order: each panel answer by rater, the reference's
         answer, the majority vote, the consensus recorded so far, the patch URL, and for a
