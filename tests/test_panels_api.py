@@ -265,3 +265,75 @@ def test_panel_raters_and_outsiders_learn_nothing(
     assert client.get(f"{ADJUDICATIONS}{adjudication.pk}/items/").status_code == 403
     assert Panel.objects.count() == 1
     assert Round.objects.filter(kind=Round.Kind.ADJUDICATION).count() == 1
+
+
+def test_the_rounds_page_makes_panels_and_opens_adjudications(
+    client, study, answered_panel, coordinator, panel_raters
+):
+    client.force_login(coordinator)
+    page = client.get("/studies/munich/rounds/")
+    text = page.content.decode()
+    assert 'data-panel="trio"' in text and "Open adjudication" in text
+    for name in ("pia", "quinn", "ruth"):
+        assert f'value="{name}"' in text
+    one = client.post(
+        "/studies/munich/rounds/",
+        {"action": "panel", "panel-raters": ["pia"], "panel-mode": "all"},
+        follow=True,
+    )
+    assert "2 to 50 raters" in one.content.decode()
+    bad_rule = client.post(
+        "/studies/munich/rounds/",
+        {"action": "adjudicate", "panel": answered_panel.pk, "adjudicator": "cora", "rule": "x"},
+    )
+    assert bad_rule.status_code == 200 and "Select a valid choice" in bad_rule.content.decode()
+    no_share = client.post(
+        "/studies/munich/rounds/",
+        {
+            "action": "adjudicate",
+            "panel": answered_panel.pk,
+            "adjudicator": "cora",
+            "rule": "below-share",
+        },
+        follow=True,
+    )
+    assert "needs a share" in no_share.content.decode()
+    made = client.post(
+        "/studies/munich/rounds/",
+        {"action": "adjudicate", "panel": answered_panel.pk, "adjudicator": "cora", "rule": "any"},
+        follow=True,
+    )
+    assert "opened: 2 cells" in made.content.decode()
+    assert Round.objects.filter(kind=Round.Kind.ADJUDICATION).count() == 1
+
+
+def test_the_adjudication_page_records_a_consensus_and_refuses_others(
+    client, answered_panel, coordinator, data_scientist, panel_raters, outsider
+):
+    adjudication = panels.open_adjudication(answered_panel, coordinator, coordinator)
+    url = f"/adjudications/{adjudication.pk}/"
+    client.force_login(coordinator)
+    page = client.get(url).content.decode()
+    assert 'data-rater="pia"' in page and 'name="answer"' in page
+    first = adjudication.items.get(position=1).cell_id
+    assert f"/api/v1/cells/{first}/patch.png" in page
+    empty = client.post(url, {"position": 1, "answer": ""}, follow=True)
+    assert "Give a node code" in empty.content.decode()
+    saved = client.post(url, {"position": 1, "answer": "EBO", "note": "why"})
+    assert saved.status_code == 302 and saved["Location"].endswith("?position=2")
+    label = Label.objects.get(round=adjudication, cell_id=first)
+    assert (label.node.code, label.note) == ("EBO", "why")
+    stale = client.post(url, {"position": 1, "answer": "NGS", "version": "7"}, follow=True)
+    assert "changed by someone else" in stale.content.decode()
+    assert Label.objects.get(pk=label.pk).node.code == "EBO"
+    declined = client.post(url, {"position": 2, "answer": "UNC", "note": ""}, follow=True)
+    assert "Every disputed cell has a consensus" in declined.content.decode()
+    second = adjudication.items.get(position=2).cell_id
+    assert Label.objects.get(round=adjudication, cell_id=second).cannot_classify
+    for user in (*panel_raters, outsider):
+        client.force_login(user)
+        assert client.get(url).status_code == 404
+        assert client.post(url, {"position": 1, "answer": "NGS"}).status_code == 404
+    client.force_login(data_scientist)
+    assert client.get(url).status_code == 403
+    assert Label.objects.get(pk=label.pk).node.code == "EBO"
