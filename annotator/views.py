@@ -465,10 +465,14 @@ def adjudication_page(request, round_id: int):
     if round_ is None:
         raise Http404("No such adjudication round among those you oversee.")
     found = guarded(panels.disputes, round_, request.user)
-    position = _position(request.POST.get("position") or request.GET.get("position"), found)
-    if position is None:
-        position = _next_open(found, 0) if found else 1
+    if not found:
+        raise Http404("This adjudication round has no cells.")
+    page_url = reverse("adjudicate", args=[round_.pk])
     if request.method == "POST":
+        position = _position(request.POST.get("position"), found)
+        if position is None:
+            messages.error(request, "No such cell in this adjudication round; nothing was saved.")
+            return redirect(page_url)
         answer = request.POST.get("answer", "")
         version = request.POST.get("version") or None
         try:
@@ -480,7 +484,9 @@ def adjudication_page(request, round_id: int):
                 node=None if answer in ("", CANNOT_CLASSIFY) else answer,
                 cannot_classify=answer == CANNOT_CLASSIFY,
                 note=request.POST.get("note", ""),
-                expected_version=int(version) if version and version.isdigit() else None,
+                expected_version=int(version)
+                if version and version.isascii() and version.isdigit()
+                else None,
             )
         except DomainError as exc:
             messages.error(request, str(exc))
@@ -491,7 +497,9 @@ def adjudication_page(request, round_id: int):
                 messages.success(request, "Saved. Every disputed cell has a consensus now.")
             else:
                 messages.success(request, f"Saved cell {position}.")
-            return redirect(f"{reverse('adjudicate', args=[round_.pk])}?position={following}")
+            return redirect(f"{page_url}?position={following}")
+    else:
+        position = _position(request.GET.get("position"), found) or _next_open(found, 0)
     current = next(d for d in found if d.position == position)
     leaves = list(round_.study.taxonomy.nodes.filter(is_leaf=True).order_by("order", "code"))
     names = {node.code: node.name for node in leaves}

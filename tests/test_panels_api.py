@@ -326,6 +326,10 @@ def test_the_adjudication_page_records_a_consensus_and_refuses_others(
     stale = client.post(url, {"position": 1, "answer": "NGS", "version": "7"}, follow=True)
     assert "changed by someone else" in stale.content.decode()
     assert Label.objects.get(pk=label.pk).node.code == "EBO"
+    nowhere = client.post(url, {"position": 99, "answer": "NGS"}, follow=True)
+    assert "No such cell in this adjudication round" in nowhere.content.decode()
+    odd = client.post(url, {"position": "²", "answer": "NGS", "version": "²"}, follow=True)
+    assert odd.status_code == 200
     declined = client.post(url, {"position": 2, "answer": "UNC", "note": ""}, follow=True)
     assert "Every disputed cell has a consensus" in declined.content.decode()
     second = adjudication.items.get(position=2).cell_id
