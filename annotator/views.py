@@ -1,6 +1,7 @@
 """HTML pages of the annotator app (thin: query, render)."""
 
 from datetime import UTC
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -18,7 +19,7 @@ from core.errors import DomainError
 from core.pages import guarded
 from core.url_templates import url_template
 
-from . import access, annotation, blinding, panels, reports, rounds
+from . import access, annotation, blinding, panel_reports, panels, reports, rounds
 from .models import Cell, Membership, Panel, Round
 from .panel_agreement import CANNOT_CLASSIFY
 from .taxonomy import group_leaf_codes
@@ -406,7 +407,35 @@ def agreement_page(request, study_name: str):
     context = report_plots.page_context(report)
     query = f"&{asked.query()}" if asked.query() else ""
     context.update({"json_url": f"{api}?format=json{query}", "csv_url": f"{api}?format=csv{query}"})
+    context["panel_names"] = list(study.panels.order_by("id").values_list("name", flat=True))
+    if context["panel_names"]:
+        context["panel_section"] = _panel_section(request, study, api)
     return render(request, "annotator/agreement.html", context)
+
+
+def _panel_section(request, study, api: str) -> dict:
+    """The page's panel section: the asked panel (default the latest; a refused request shows
+    why beside the latest, without a bootstrap, the one part that can be refused for its size),
+    its downloads, and where an overseer looks at each disputed cell."""
+    from . import report_plots
+
+    try:
+        report = panel_reports.PanelRequest.parse(request.GET).build(study)
+    except DomainError as exc:
+        messages.error(request, str(exc))
+        report = panel_reports.PanelRequest(bootstrap=0).build(study)
+    can_annotate = bool(access.roles_in(request.user, study) & access.ANNOTATING_ROLES)
+    links = {}
+    for cell in report.disputed:
+        links[cell.cell] = {"patch": reverse("cell-patch", args=[cell.cell])}
+        if cell.scan is not None and can_annotate:
+            links[cell.cell]["scan"] = reverse("annotate", args=[study.name, cell.scan])
+    section = report_plots.panel_context(report, links)
+    query = urlencode({"panel": report.panel.name})
+    section.update(
+        {"json_url": f"{api}?format=json&{query}", "csv_url": f"{api}?format=csv&{query}"}
+    )
+    return section
 
 
 @login_required

@@ -14,7 +14,9 @@ no file. `datasets.torch.ExportDataset` reads imagefolder exports.
 manifest.csv has a row per cell in MANIFEST_COLUMNS: the cell's id here and its external id (the
 original image's path in an imported data set), the patient code, the scan's id and original
 file name, the class, the fold (or holdout role) and the patch's path inside the export ("" where
-the export holds no image), so that its rows join the files a data scientist already has.
+the export holds no image), so that its rows join the files a data scientist already has. A
+version made from a panel's consensus adds a last column, `label_source`: where each row's label
+came from (`majority` or `adjudicated`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ MANIFEST_COLUMNS = [
     "fold",
     "patch",
 ]
+ORIGIN_COLUMN = "label_source"
 PROGRESS_EVERY = 50
 
 
@@ -91,6 +94,9 @@ def describe(split: Split) -> dict:
             "version": dataset.version,
             "sha256": dataset.sha256,
             "source": dataset.source,
+            "label_source": dataset.label_source,
+            "panel": dataset.panel.name if dataset.panel else None,
+            "consensus": dataset.consensus or None,
             "filters": dataset.filters,
             "cells": len(dataset.manifest),
             "counts": dataset.counts,
@@ -117,34 +123,46 @@ def cell_origins(split: Split) -> dict[int, tuple[str, str]]:
     return {pk: (external_id, scan_file or "") for pk, external_id, scan_file in found}
 
 
+def label_origins(split: Split) -> dict[int, str] | None:
+    """Where each cell's label came from, for a version made from a panel's consensus; None
+    for a version made from a round (its manifest.csv has no `label_source` column)."""
+    return split.dataset.origin_of() if split.dataset.is_consensus else None
+
+
 def manifest_rows(
-    samples: Iterable[Sample], origins: dict[int, tuple[str, str]], inside: dict[int, str]
+    samples: Iterable[Sample],
+    origins: dict[int, tuple[str, str]],
+    inside: dict[int, str],
+    label_sources: dict[int, str] | None = None,
 ) -> list[list]:
     """The rows of manifest.csv in MANIFEST_COLUMNS: `origins` as `cell_origins` gives them,
-    `inside` each cell's patch path inside the export (absent: the export holds no image)."""
+    `inside` each cell's patch path inside the export (absent: the export holds no image), and
+    with `label_sources` (as `label_origins` gives them) each label's origin last."""
     rows = []
     for sample in samples:
         external_id, scan_file = origins.get(sample.cell, ("", ""))
-        rows.append(
-            [
-                sample.cell,
-                external_id,
-                sample.patient,
-                sample.scan,
-                scan_file,
-                sample.class_name,
-                sample.fold,
-                inside.get(sample.cell, ""),
-            ]
-        )
+        row = [
+            sample.cell,
+            external_id,
+            sample.patient,
+            sample.scan,
+            scan_file,
+            sample.class_name,
+            sample.fold,
+            inside.get(sample.cell, ""),
+        ]
+        if label_sources is not None:
+            row.append(label_sources.get(sample.cell, ""))
+        rows.append(row)
     return rows
 
 
-def manifest_csv(rows: Iterable[list]) -> bytes:
-    """manifest.csv: MANIFEST_COLUMNS, then the rows `manifest_rows` gives."""
+def manifest_csv(rows: Iterable[list], *, with_label_source: bool = False) -> bytes:
+    """manifest.csv: MANIFEST_COLUMNS (and `label_source`), then the rows `manifest_rows`
+    gives."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerow([*MANIFEST_COLUMNS, ORIGIN_COLUMN] if with_label_source else MANIFEST_COLUMNS)
     writer.writerows(rows)
     return out.getvalue().encode("utf-8")
 
@@ -209,10 +227,12 @@ def _write_members(export: Export, stream, progress) -> None:
             progress(1, 1)
             return
         origins = cell_origins(split)
+        sources = label_origins(split)
+        consensus = sources is not None
         if export.format != Export.Format.IMAGEFOLDER:
             # A csv export holds no image: no patch is cut for it.
-            rows = manifest_rows(split_samples(split, {}), origins, {})
-            archive.writestr("manifest.csv", manifest_csv(rows))
+            rows = manifest_rows(split_samples(split, {}), origins, {}, sources)
+            archive.writestr("manifest.csv", manifest_csv(rows, with_label_source=consensus))
             archive.writestr("dataset.json", described)
             progress(1, 1)
             return
@@ -226,7 +246,8 @@ def _write_members(export: Export, stream, progress) -> None:
             inside[sample.cell] = name
             if done % PROGRESS_EVERY == 0 or done == len(samples):
                 progress(done, len(samples))
-        archive.writestr("manifest.csv", manifest_csv(manifest_rows(samples, origins, inside)))
+        rows = manifest_rows(samples, origins, inside, sources)
+        archive.writestr("manifest.csv", manifest_csv(rows, with_label_source=consensus))
         archive.writestr("dataset.json", described)
 
 
@@ -315,7 +336,9 @@ def run_export(export_id: int) -> Export:
     Claimed in one statement (core.leases): a task delivered twice writes the export once, and
     one delivered again after its worker died writes it from the start.
     """
-    export = Export.objects.select_related("split__dataset__study__taxonomy").get(pk=export_id)
+    export = Export.objects.select_related(
+        "split__dataset__study__taxonomy", "split__dataset__panel"
+    ).get(pk=export_id)
     owner = leases.new_owner()
     attempt = leases.claim(Export, export.pk, [Export.Status.QUEUED, Export.Status.FAILED], owner)
     if attempt is None:

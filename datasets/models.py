@@ -76,7 +76,9 @@ class ClassMap(Immutable):
 
 class ManifestRow(NamedTuple):
     """One row of a data set version's manifest. The manifest is stored as JSON lists in this
-    order (`list(row)`), so the stored rows and their hash do not depend on this type."""
+    order (`list(row)`), so the stored rows and their hash do not depend on this type. A version
+    made from a panel's consensus stores a fifth column, where each row's label came from
+    (`DatasetVersion.origin_of()`)."""
 
     cell: int
     patient: str  # "" when the cell's patient is unknown
@@ -87,6 +89,12 @@ class ManifestRow(NamedTuple):
 class DatasetVersion(Immutable):
     """A frozen manifest of (cell, patient, scan, class), hashed, with its counts."""
 
+    class LabelSource(models.TextChoices):
+        GOLD = "gold", "a gold round"
+        ROUND = "round", "a blinded or repeat round"
+        MAJORITY = "majority", "a panel's majority vote"
+        ADJUDICATED = "adjudicated", "a panel's adjudicated consensus"
+
     study = models.ForeignKey("annotator.Study", on_delete=models.PROTECT, related_name="datasets")
     name = models.SlugField(max_length=100)
     version = models.PositiveIntegerField()
@@ -94,13 +102,26 @@ class DatasetVersion(Immutable):
     source_round = models.ForeignKey(
         "annotator.Round", null=True, on_delete=models.PROTECT, related_name="+"
     )
+    label_source = models.CharField(
+        max_length=12, choices=LabelSource.choices, default=LabelSource.ROUND
+    )
+    panel = models.ForeignKey(
+        "annotator.Panel", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    consensus = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Consensus versions: the consensus summary, the cells left out and the "
+        "panel's agreement when the version was made.",
+    )
     class_map = models.ForeignKey(
         ClassMap, null=True, blank=True, on_delete=models.PROTECT, related_name="datasets"
     )
     filters = models.JSONField(default=dict, blank=True)
     classes = models.JSONField(help_text="Class codes in their canonical order.")
     manifest = models.JSONField(
-        help_text="Rows [cell_id, patient, scan, class] ordered by cell id."
+        help_text="Rows [cell_id, patient, scan, class] ordered by cell id; consensus versions "
+        "add each row's label origin (majority or adjudicated)."
     )
     counts = models.JSONField(help_text="Cells per class.")
     sha256 = models.CharField(max_length=64)
@@ -117,6 +138,11 @@ class DatasetVersion(Immutable):
                 fields=["study", "name", "version"], name="dataset_name_version"
             ),
             models.CheckConstraint(condition=Q(version__gte=1), name="dataset_version_gte_1"),
+            models.CheckConstraint(
+                condition=Q(label_source__in=["majority", "adjudicated"], panel__isnull=False)
+                | Q(label_source__in=["gold", "round"], panel__isnull=True),
+                name="dataset_panel_iff_consensus",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -126,9 +152,18 @@ class DatasetVersion(Immutable):
     def cell_count(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def is_consensus(self) -> bool:
+        return self.label_source in (self.LabelSource.MAJORITY, self.LabelSource.ADJUDICATED)
+
     def rows(self) -> list[ManifestRow]:
         """The manifest as typed rows, in its order (by cell id)."""
-        return [ManifestRow(*row) for row in self.manifest]
+        return [ManifestRow(*row[:4]) for row in self.manifest]
+
+    def origin_of(self) -> dict[int, str]:
+        """Cell -> where its label came from: `majority` or `adjudicated` in a consensus
+        version, "" in a version made from a round."""
+        return {row[0]: row[4] if len(row) > 4 else "" for row in self.manifest}
 
 
 class Split(Immutable):

@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 
 from annotator.access import overseen_study
+from annotator.models import Panel
 from core.errors import DomainError
 from core.pages import guarded
 from core.params import SEED_MAX
@@ -37,7 +38,16 @@ class ProposalForm(forms.Form):
 class DatasetForm(forms.Form):
     name = forms.SlugField(max_length=100)
     classmap = forms.ModelChoiceField(queryset=ClassMap.objects.none(), required=False)
-    source = forms.CharField(max_length=200, initial="gold")
+    source = forms.CharField(
+        max_length=200, initial="gold", help_text="gold, a round's name, majority or adjudicated"
+    )
+    panel = forms.ModelChoiceField(
+        queryset=Panel.objects.none(),
+        required=False,
+        to_field_name="name",
+        empty_label="latest panel",
+        help_text="majority / adjudicated only",
+    )
     keep_cannot_classify = forms.BooleanField(required=False)
     notes = forms.CharField(required=False)
 
@@ -58,6 +68,7 @@ class ExportForm(forms.Form):
 def _forms(study, data=None):
     dataset_form = DatasetForm(data if data and data.get("action") == "dataset" else None)
     dataset_form.fields["classmap"].queryset = study.class_maps.all()
+    dataset_form.fields["panel"].queryset = study.panels.all()
     split_form = SplitForm(data if data and data.get("action") == "split" else None)
     split_form.fields["dataset"].queryset = study.datasets.defer("manifest")
     export_form = ExportForm(data if data and data.get("action") == "export" else None)
@@ -82,6 +93,7 @@ def _handle_post(request, study, proposal, dataset_form, split_form, export_form
             data["name"],
             request.user,
             source=data["source"],
+            panel=data["panel"].name if data["panel"] else "",
             class_map=data["classmap"],
             filters={"exclude_cannot_classify": not data["keep_cannot_classify"]},
             notes=data["notes"],
@@ -147,7 +159,7 @@ def datasets_page(request, study_name: str):
             "split_form": split_form,
             "export_form": export_form,
             "class_maps": study.class_maps.all(),
-            "datasets": study.datasets.defer("manifest").select_related("class_map"),
+            "datasets": study.datasets.defer("manifest").select_related("class_map", "panel"),
             "splits": Split.objects.filter(dataset__study=study)
             .select_related("dataset")
             .defer("folds", "dataset__manifest"),

@@ -140,3 +140,15 @@ def test_who_may_adjudicate(study, answered_panel, coordinator, panel_raters, da
     outsider = UserFactory(username="ozzy")
     with pytest.raises(ForbiddenError):
         panels.disputes(adjudication, outsider)
+
+
+def test_an_adjudication_takes_labels_only_through_its_own_endpoint(
+    answered_panel, coordinator, api_as
+):
+    adjudication = panels.open_adjudication(answered_panel, coordinator, coordinator)
+    cell = adjudication.items.first().cell_id
+    answer = api_as(coordinator).post(
+        "/api/v1/labels/", {"cell": cell, "round": adjudication.pk, "node": "NGS"}, format="json"
+    )
+    assert answer.status_code == 400 and "round" in answer.json()
+    assert not adjudication.labels.exists()

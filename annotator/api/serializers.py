@@ -319,7 +319,9 @@ class LabelWriteSerializer(ScopedSerializer):
 
     visible_querysets = {
         "cell": visible_cells,
-        "round": lambda user: Round.objects.filter(rater=user),
+        # Only gold rounds take labels by cell id: a blinded round's answers go by item token
+        # (annotator.blinding), an adjudication's through its own endpoint (annotator.panels).
+        "round": lambda user: Round.objects.filter(rater=user, kind=Round.Kind.GOLD),
     }
 
     cell = IdField(queryset=Cell.objects.all())

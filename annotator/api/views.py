@@ -21,7 +21,7 @@ from core.api.fields import int_param
 from core.http import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
 from core.params import SEED_MAX
 
-from .. import access, annotation, reports
+from .. import access, annotation, panel_reports, reports
 from ..models import LabelChange, Membership, Taxonomy
 from ..scans import import_roots_for, ingest_folder, ingest_scan, safe_file_name
 from ..tasks import schedule_patches
@@ -115,6 +115,27 @@ class StudyViewSet(
                 description=f"Patient-clustered bootstrap size, 0 to {reports.MAX_BOOTSTRAP}.",
             ),
             OpenApiParameter("seed", int, description=f"Seed of the bootstrap, 0 to {SEED_MAX}."),
+            OpenApiParameter(
+                "panel",
+                str,
+                description="A panel's name: adds its report as `panel` beside the study's "
+                "(with format=csv, the panel's report alone).",
+            ),
+            OpenApiParameter(
+                "panel_bootstrap",
+                int,
+                description="Replicates of the bootstrap of the panel's Krippendorff alpha, 0 to "
+                f"{panel_reports.MAX_REPLICATES} (default {panel_reports.DEFAULT_REPLICATES}).",
+            ),
+            OpenApiParameter(
+                "panel_seed", int, description=f"Seed of the panel's bootstrap, 0 to {SEED_MAX}."
+            ),
+            OpenApiParameter(
+                "disputed",
+                int,
+                description="How many of the panel's most disputed cells to list, 0 to "
+                f"{panel_reports.MAX_DISPUTED} (default {panel_reports.DEFAULT_DISPUTED}).",
+            ),
         ],
         responses={200: OpenApiTypes.OBJECT},
     )
@@ -125,15 +146,27 @@ class StudyViewSet(
     def agreement(self, request, pk=None):
         """The agreement report (coordinators, data scientists, admins): default pairs are gold
         against every other round and each repeat against the round it repeats. JSON, or
-        `?format=csv` for one row per comparison."""
+        `?format=csv` for one row per comparison. `?panel=NAME` adds that panel's report as
+        `panel` (with CSV: the panel's report alone, one figure a line)."""
         study = self.get_object()
         access.require_role(request.user, study, access.OVERSEEING_ROLES, "read agreement")
         report = reports.ReportRequest.parse(request.query_params).build(study)
+        panel = None
+        if request.query_params.get("panel"):
+            panel = panel_reports.PanelRequest.parse(request.query_params).build(study)
         if request.accepted_renderer.format == "csv":
-            response = Response(reports.report_csv(report))
-            response["Content-Disposition"] = f'attachment; filename="agreement-{study.name}.csv"'
+            name = (
+                f"agreement-{study.name}-{panel.panel.name}" if panel else f"agreement-{study.name}"
+            )
+            response = Response(
+                panel_reports.panel_csv(panel) if panel else reports.report_csv(report)
+            )
+            response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
             return response
-        return Response(report.to_dict())
+        body = report.to_dict()
+        if panel:
+            body["panel"] = panel.to_dict()
+        return Response(body)
 
     def perform_create(self, serializer):
         study = serializer.save()

@@ -75,7 +75,25 @@ class DatasetCreateSerializer(ScopedSerializer):
     classmap = serializers.CharField(
         required=False, allow_blank=True, default="", help_text="NAME or NAME@VERSION."
     )
-    source = serializers.CharField(max_length=200, default="gold")
+    source = serializers.CharField(
+        max_length=200,
+        default="gold",
+        help_text="gold, a round's name, or a panel's consensus: majority or adjudicated.",
+    )
+    panel = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="majority / adjudicated: the panel's name (default: the study's latest panel).",
+    )
+    adjudication = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="adjudicated: the adjudication round's name (default: the panel's latest).",
+    )
     exclude_cannot_classify = serializers.BooleanField(default=True)
     scans = serializers.ListField(child=serializers.IntegerField(min_value=1), default=list)
     exclude_patients = serializers.ListField(
@@ -86,6 +104,7 @@ class DatasetCreateSerializer(ScopedSerializer):
 
 class DatasetSerializer(ScopedModelSerializer):
     study = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    panel = serializers.SlugRelatedField(slug_field="name", read_only=True)
     class_map = serializers.StringRelatedField()
     created_by = serializers.StringRelatedField()
     cells = serializers.SerializerMethodField()
@@ -98,6 +117,9 @@ class DatasetSerializer(ScopedModelSerializer):
             "name",
             "version",
             "source",
+            "label_source",
+            "panel",
+            "consensus",
             "class_map",
             "filters",
             "classes",

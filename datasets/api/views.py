@@ -115,7 +115,7 @@ class DatasetViewSet(
 
     def get_queryset(self):
         found = visible_datasets(self.request.user)
-        found = found.select_related("study", "class_map", "created_by").order_by("-id")
+        found = found.select_related("study", "class_map", "panel", "created_by").order_by("-id")
         if self.action == "list":
             found = found.defer("manifest")
         return self.filter_study(found)
@@ -137,6 +137,8 @@ class DatasetViewSet(
             data["name"],
             request.user,
             source=data["source"],
+            panel=data["panel"],
+            adjudication=data["adjudication"],
             class_map=class_map,
             filters={
                 "exclude_cannot_classify": data["exclude_cannot_classify"],
@@ -156,7 +158,9 @@ class DatasetViewSet(
     )
     @action(detail=True)
     def diff(self, request, pk=None):
-        """Cells added, removed and relabelled from this version to `other`."""
+        """Cells added, removed and relabelled from this version to `other` (with where each
+        relabelled cell's label in `other` came from, for a consensus version), and whether
+        the class map and the label source changed."""
         other_id = int_param(request, "other", required=True)
         other = self.get_queryset().filter(pk=other_id).first()
         if other is None:

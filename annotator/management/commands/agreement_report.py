@@ -1,10 +1,18 @@
 """manage.py agreement_report --study NAME [--a ROUND --b ROUND] [--level leaf]
-[--collapse CODES] [--bootstrap N] --format json|csv|html [--out FILE]."""
+[--collapse CODES] [--bootstrap N] [--panel [PANEL] [--panel-bootstrap N] [--panel-seed N]
+[--disputed N]] --format json|csv|html [--out FILE]."""
 
 import json
 import sys
 
 from annotator.models import Study
+from annotator.panel_reports import (
+    DEFAULT_DISPUTED,
+    DEFAULT_REPLICATES,
+    MAX_REPLICATES,
+    PanelRequest,
+    panel_csv,
+)
 from annotator.report_plots import standalone_html
 from annotator.reports import LEAF_LEVEL, MAX_BOOTSTRAP, ReportRequest, report_csv
 from core.commands import DomainCommand
@@ -34,18 +42,42 @@ class Command(DomainCommand):
             "--bootstrap", default="0", help=f"Patient bootstrap size, 0 to {MAX_BOOTSTRAP}."
         )
         parser.add_argument("--seed", default="0", help="Seed of the bootstrap.")
+        parser.add_argument(
+            "--panel",
+            nargs="?",
+            const="",
+            help="Add the panel section: the named panel, or with no name the study's latest. "
+            "Its CSV is the panel's alone.",
+        )
+        parser.add_argument(
+            "--panel-bootstrap",
+            default=str(DEFAULT_REPLICATES),
+            help=f"Replicates of the bootstrap of the panel's alpha, 0 to {MAX_REPLICATES}.",
+        )
+        parser.add_argument("--panel-seed", default="0", help="Seed of the panel's bootstrap.")
+        parser.add_argument(
+            "--disputed",
+            default=str(DEFAULT_DISPUTED),
+            help="How many of the most disputed cells of the panel to list.",
+        )
         parser.add_argument("--format", choices=["json", "csv", "html"], default="json")
         parser.add_argument("--out", help="File to write (default: standard output).")
 
     def handle(self, *args, **options):
         study = Study.objects.named(options["study"])
         report = ReportRequest.parse(options).build(study)
+        panel = None
+        if options["panel"] is not None:
+            panel = PanelRequest.parse(options, panel=options["panel"]).build(study)
         if options["format"] == "csv":
-            text = report_csv(report)
+            text = panel_csv(panel) if panel else report_csv(report)
         elif options["format"] == "html":
-            text = standalone_html(report)
+            text = standalone_html(report, panel)
         else:
-            text = json.dumps(report.to_dict(), indent=2) + "\n"
+            body = report.to_dict()
+            if panel:
+                body["panel"] = panel.to_dict()
+            text = json.dumps(body, indent=2) + "\n"
         if options["out"]:
             with open(options["out"], "w", encoding="utf-8") as handle:
                 handle.write(text)

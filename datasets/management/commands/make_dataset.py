@@ -1,4 +1,5 @@
-"""manage.py make_dataset --study NAME --name NAME [--classmap NAME] [--source gold]
+"""manage.py make_dataset --study NAME --name NAME [--classmap NAME]
+[--source gold|ROUND|majority|adjudicated] [--panel NAME] [--adjudication ROUND]
 [--keep-cannot-classify] [--scans IDS] [--exclude-patients CODES] [--notes TEXT]."""
 
 from django.core.management.base import CommandError
@@ -6,7 +7,7 @@ from django.core.management.base import CommandError
 from annotator.models import Study
 from core.commands import DomainCommand
 from datasets.classmaps import find_class_map
-from datasets.versions import make_dataset
+from datasets.versions import consensus_line, make_dataset
 
 
 class Command(DomainCommand):
@@ -16,7 +17,19 @@ class Command(DomainCommand):
         parser.add_argument("--study", required=True)
         parser.add_argument("--name", required=True)
         parser.add_argument("--classmap", help="Class map NAME or NAME@VERSION (default: none).")
-        parser.add_argument("--source", default="gold", help="gold, or a round name.")
+        parser.add_argument(
+            "--source",
+            default="gold",
+            help="gold, a round name, or a panel's consensus: majority or adjudicated.",
+        )
+        parser.add_argument(
+            "--panel", default="", help="The panel of a consensus (default: the latest panel)."
+        )
+        parser.add_argument(
+            "--adjudication",
+            default="",
+            help="adjudicated: the adjudication round (default: the panel's latest).",
+        )
         parser.add_argument("--keep-cannot-classify", action="store_true")
         parser.add_argument("--scans", default="", help="Only these scan ids (comma-separated).")
         parser.add_argument("--exclude-patients", default="", help="Patient codes to leave out.")
@@ -41,6 +54,8 @@ class Command(DomainCommand):
             options["name"],
             None,
             source=options["source"],
+            panel=options["panel"],
+            adjudication=options["adjudication"],
             class_map=class_map,
             filters=filters,
             notes=options["notes"],
@@ -51,3 +66,5 @@ class Command(DomainCommand):
             f"sha256 {version.sha256} ({len(version.manifest)} cells, "
             f"{len(version.classes)} classes)"
         )
+        if version.is_consensus:
+            self.stdout.write(consensus_line(version))
