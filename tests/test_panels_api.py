@@ -341,3 +341,25 @@ def test_the_adjudication_page_records_a_consensus_and_refuses_others(
     client.force_login(data_scientist)
     assert client.get(url).status_code == 403
     assert Label.objects.get(pk=label.pk).node.code == "EBO"
+
+
+def test_an_imported_panel_is_listed_voted_on_and_adjudicated(client, study, coordinator):
+    from annotator.rating_import import import_ratings
+
+    rows = ["item,rater,label", "c1,r1,NGS", "c1,r2,NGS", "c1,r3,LYT", "c2,r1,MON", "c2,r2,MON"]
+    rows += ["c2,r3,MON"]
+    import_ratings("\n".join(rows) + "\n", "munich")
+    panel = Panel.objects.get(study=study)
+    api = client_for(coordinator)
+    body = api.get(f"{PANELS}{panel.pk}/").json()
+    assert body["reference"] is None and [r["rater"] for r in body["rounds"]] == ["r1", "r2", "r3"]
+    votes = api.get(f"{PANELS}{panel.pk}/votes/").json()["cells"]
+    assert sorted(row["vote"]["winner"] for row in votes) == ["MON", "NGS"]
+    opened = api.post(
+        f"{PANELS}{panel.pk}/adjudications/", {"adjudicator": "cora"}, format="json"
+    ).json()
+    assert opened["total"] == 1
+    client.force_login(coordinator)
+    page = client.get("/studies/munich/rounds/").content.decode()
+    assert f'data-panel="{panel.name}"' in page and "imported from" in page
+    assert client.get(f"/adjudications/{opened['id']}/").status_code == 200
