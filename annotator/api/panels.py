@@ -76,10 +76,6 @@ def panel_body(panel: Panel) -> dict:
     }
 
 
-def vote_body(vote: panels.Vote) -> dict:
-    return vote.to_dict()
-
-
 def dispute_body(dispute: panels.Dispute) -> dict:
     cell, label = dispute.cell, dispute.consensus
     return {
@@ -87,7 +83,7 @@ def dispute_body(dispute: panels.Dispute) -> dict:
         "cell": cell.pk,
         "answers": dispute.answers,
         "reference": dispute.reference,
-        "vote": vote_body(dispute.vote),
+        "vote": dispute.vote.to_dict(),
         "consensus": (
             {
                 "node": label.node.code if label.node_id else None,
@@ -105,7 +101,7 @@ def dispute_body(dispute: panels.Dispute) -> dict:
     }
 
 
-def _flag(request, name: str) -> bool:
+def _bool_param(request, name: str) -> bool:
     raw = request.query_params.get(name, "false").lower()
     if raw not in ("true", "false", "1", "0"):
         raise DomainError(f"{name} is true or false, not {raw[:20]!r}.", name)
@@ -195,7 +191,7 @@ class PanelViewSet(
         """Each cell's majority vote over the panel's first blinded pass, by the tie rule
         stated in `tie_rule`; no adjudication needed."""
         panel = self.get_object()
-        with_reference = _flag(request, "with_reference")
+        with_reference = _bool_param(request, "with_reference")
         table = panels.panel_table(panel)
         votes = table.votes(with_reference=with_reference)
         return Response(
@@ -209,7 +205,7 @@ class PanelViewSet(
                         "cell": cell,
                         "answers": dict(zip(table.raters, row, strict=True)),
                         "reference": table.reference.get(cell),
-                        "vote": vote_body(votes[cell]),
+                        "vote": votes[cell].to_dict(),
                     }
                     for cell, row in zip(table.cells, table.ratings, strict=True)
                 ],
