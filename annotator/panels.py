@@ -20,21 +20,34 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from core import params
 from core.errors import DomainError, NotFoundError, check_field
 
 from . import annotation
-from .access import BLINDED_KINDS, MANAGING_ROLES, OVERSEEING_ROLES, require_role, roles_in
+from .access import (
+    BLINDED_KINDS,
+    MANAGING_ROLES,
+    OVERSEEING_ROLES,
+    blinded_studies,
+    overseen_studies,
+    require_role,
+    roles_in,
+)
 from .models import Cell, Label, Panel, Round, RoundItem, Study
 from .panel_agreement import CANNOT_CLASSIFY
 from .rounds import (
+    Progress,
     can_log_in,
     check_blinded_rater,
     check_images,
     checked_reference,
+    closing_time,
     derived_name,
     draw_sample,
     queue_cells,
@@ -502,3 +515,46 @@ def consensus_labels(panel: Panel, source: str, *, adjudication: Round | None = 
         unresolved=unresolved,
         pending=pending,
     )
+
+
+def adjudicator_candidates(study: Study) -> QuerySet:
+    """Users who may adjudicate the study's panels (what `_check_adjudicator` allows):
+    coordinators, data scientists and admins of it who can log in and rate no blinded round
+    of it."""
+    return (
+        get_user_model()
+        .objects.filter(
+            memberships__study=study, memberships__role__in=OVERSEEING_ROLES, is_active=True
+        )
+        .exclude(password__startswith=UNUSABLE_PASSWORD_PREFIX)
+        .exclude(
+            pk__in=Round.objects.filter(study=study, kind__in=BLINDED_KINDS).values("rater_id")
+        )
+        .distinct()
+        .order_by("username")
+    )
+
+
+def round_status(state: Progress) -> str:
+    """A panel round as its rater finds it: `waiting` (before its washout), `closed` (a later
+    round of the rater over the same cells has opened), `finished` or `open`."""
+    round_ = state.round
+    if round_.not_before and round_.not_before > timezone.now():
+        return "waiting"
+    if round_.kind != Round.Kind.ADJUDICATION and closing_time(round_) is not None:
+        return "closed"
+    return "finished" if state.total and state.done >= state.total else "open"
+
+
+def visible_panels(user) -> QuerySet[Panel]:
+    """Panels of the studies the user oversees and rates no blinded round of."""
+    return Panel.objects.filter(study__in=overseen_studies(user)).exclude(
+        study__in=blinded_studies(user)
+    )
+
+
+def visible_adjudications(user) -> QuerySet[Round]:
+    """Adjudication rounds of the panels the user may see."""
+    return Round.objects.filter(
+        kind=Round.Kind.ADJUDICATION, panel__in=visible_panels(user)
+    ).select_related("rater", "study", "panel")

@@ -19,8 +19,9 @@ from core.errors import DomainError
 from core.pages import guarded
 from core.url_templates import url_template
 
-from . import access, annotation, blinding, panel_reports, reports, rounds
-from .models import Cell, Membership, Round
+from . import access, annotation, blinding, panel_reports, panels, reports, rounds
+from .models import Cell, Membership, Panel, Round
+from .panel_agreement import CANNOT_CLASSIFY
 from .taxonomy import group_leaf_codes
 
 
@@ -165,10 +166,9 @@ def taxonomy_for_screen(taxonomy) -> dict:
     }
 
 
-class BlindedRoundForm(forms.Form):
-    rater = forms.ModelChoiceField(
-        queryset=get_user_model().objects.none(), to_field_name="username"
-    )
+class SamplingForm(forms.Form):
+    """How a blinded design samples the gold round's cells."""
+
     mode = forms.ChoiceField(
         choices=[
             ("per-class", "a number of cells per gold class"),
@@ -187,9 +187,39 @@ class BlindedRoundForm(forms.Form):
     seed = forms.IntegerField(required=False)
     name = forms.CharField(max_length=200, required=False)
 
+
+class BlindedRoundForm(SamplingForm):
+    rater = forms.ModelChoiceField(
+        queryset=get_user_model().objects.none(), to_field_name="username"
+    )
+    field_order = ["rater"]
+
     def __init__(self, study, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["rater"].queryset = rounds.rater_candidates(study)
+
+
+class PanelForm(SamplingForm):
+    """A panel: the blinded round's sampling, for two raters or more, and an optional repeat
+    date for all of them."""
+
+    raters = forms.ModelMultipleChoiceField(
+        queryset=get_user_model().objects.none(),
+        to_field_name="username",
+        widget=forms.CheckboxSelectMultiple,
+    )
+    name = forms.CharField(max_length=100, required=False)
+    repeat_not_before = forms.DateTimeField(
+        required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        label="Repeat not before (UTC)",
+    )
+    field_order = ["raters"]
+
+    def __init__(self, study, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["raters"].queryset = rounds.rater_candidates(study)
 
 
 class RepeatForm(forms.Form):
@@ -203,16 +233,67 @@ class RepeatForm(forms.Form):
     name = forms.CharField(max_length=200, required=False)
 
 
+class AdjudicationForm(forms.Form):
+    panel = forms.IntegerField(min_value=1, widget=forms.HiddenInput)
+    adjudicator = forms.ModelChoiceField(
+        queryset=get_user_model().objects.none(), to_field_name="username"
+    )
+    rule = forms.ChoiceField(choices=[(rule, rule) for rule in panels.ADJUDICATION_RULES])
+    share = forms.FloatField(required=False)
+    with_reference = forms.BooleanField(required=False)
+    name = forms.CharField(max_length=200, required=False)
+
+    def __init__(self, study, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["adjudicator"].queryset = panels.adjudicator_candidates(study)
+
+
+def _panel_rows(study) -> list[dict]:
+    """Each panel of the study with its raters' rounds and its adjudications, with progress
+    and each round's status."""
+    rows = []
+    for panel in study.panels.order_by("id"):
+        states = rounds.progress(panel.rounds.select_related("rater", "repeats").order_by("id"))
+        rated = [
+            {"state": state, "status": panels.round_status(state)}
+            for state in states
+            if state.round.kind != Round.Kind.ADJUDICATION
+        ]
+        judged = [state for state in states if state.round.kind == Round.Kind.ADJUDICATION]
+        rows.append({"panel": panel, "rounds": rated, "adjudications": judged})
+    return rows
+
+
 @login_required
 def rounds_page(request, study_name: str):
     """Coordinators: every round of the study with its progress; create blinded rounds and
     schedule repeats."""
     study = guarded(access.overseen_study, request.user, study_name)
     create_form, repeat_form = BlindedRoundForm(study), None
+    panel_form, adjudication_form = PanelForm(study, prefix="panel"), None
     if request.method == "POST":
         action = request.POST.get("action")
         try:
-            if action == "create":
+            if action == "panel":
+                panel_form = PanelForm(study, request.POST, prefix="panel")
+                if panel_form.is_valid():
+                    made = _create_panel(study, request.user, panel_form.cleaned_data)
+                    cells = made.design["cells"]
+                    raters = f"{len(made.design['raters'])} raters"
+                    messages.success(
+                        request,
+                        f"Panel {made.name} made: {cells} cells for each of {raters} raters.",
+                    )
+                    return redirect("rounds", study.name)
+            elif action == "adjudicate":
+                adjudication_form = AdjudicationForm(study, request.POST)
+                if adjudication_form.is_valid():
+                    made = _open_adjudication(study, request.user, adjudication_form.cleaned_data)
+                    messages.success(
+                        request, f"Adjudication {made.name} opened: {made.items.count()} cells."
+                    )
+                    return redirect("rounds", study.name)
+            elif action == "create":
                 create_form = BlindedRoundForm(study, request.POST)
                 if create_form.is_valid():
                     made = _create_round(study, request.user, create_form.cleaned_data)
@@ -238,8 +319,44 @@ def rounds_page(request, study_name: str):
             "progress": rounds.progress(all_rounds),
             "create_form": create_form,
             "repeat_form": repeat_form,
+            "panel_form": panel_form,
+            "adjudication_form": adjudication_form,
+            "panel_rows": _panel_rows(study),
+            "adjudicators": panels.adjudicator_candidates(study),
+            "rules": panels.ADJUDICATION_RULES,
             "can_manage": bool(access.roles_in(request.user, study) & access.MANAGING_ROLES),
         },
+    )
+
+
+def _create_panel(study, user, data) -> Panel:
+    return panels.create_panel(
+        study,
+        list(data["raters"]),
+        user,
+        name=data["name"] or "",
+        mode=data["mode"],
+        seed=data["seed"],
+        per_class=data["per_class"],
+        fraction=data["fraction"],
+        repeat_not_before=(
+            data["repeat_not_before"].replace(tzinfo=UTC) if data["repeat_not_before"] else None
+        ),
+    )
+
+
+def _open_adjudication(study, user, data) -> Round:
+    panel = study.panels.filter(pk=data["panel"]).first()
+    if panel is None:
+        raise DomainError("No such panel in this study.")
+    return panels.open_adjudication(
+        panel,
+        data["adjudicator"],
+        user,
+        rule=data["rule"],
+        share=data["share"],
+        with_reference=data["with_reference"],
+        name=data["name"] or "",
     )
 
 
@@ -349,4 +466,97 @@ def queue_page(request, round_id: int):
         request,
         "annotator/queue.html",
         {"round": round_, "config": config, "state": state, "why": why},
+    )
+
+
+def _next_open(found: list, after: int) -> int:
+    """The position of the first cell without a consensus after `after` (wrapping round), or
+    `after` itself when every cell has one."""
+    ordered = sorted(found, key=lambda dispute: dispute.position)
+    later = [d for d in ordered if d.position > after] + [d for d in ordered if d.position <= after]
+    return next((d.position for d in later if d.consensus is None), after)
+
+
+def _position(raw, found: list) -> int | None:
+    try:
+        position = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return position if any(d.position == position for d in found) else None
+
+
+@login_required
+def adjudication_page(request, round_id: int):
+    """The adjudicator's screen: one disputed cell at a time with its patch, every panel
+    answer by rater, the reference's answer and the majority vote; the consensus label and a
+    note are saved by a plain form, and the next unsettled cell follows."""
+    round_ = panels.visible_adjudications(request.user).filter(pk=round_id).first()
+    if round_ is None:
+        raise Http404("No such adjudication round among those you oversee.")
+    found = guarded(panels.disputes, round_, request.user)
+    if not found:
+        raise Http404("This adjudication round has no cells.")
+    page_url = reverse("adjudicate", args=[round_.pk])
+    if request.method == "POST":
+        position = _position(request.POST.get("position"), found)
+        if position is None:
+            messages.error(request, "No such cell in this adjudication round; nothing was saved.")
+            return redirect(page_url)
+        answer = request.POST.get("answer", "")
+        version = request.POST.get("version") or None
+        try:
+            cell = next(d.cell.pk for d in found if d.position == position)
+            panels.record_consensus(
+                round_,
+                cell,
+                request.user,
+                node=None if answer in ("", CANNOT_CLASSIFY) else answer,
+                cannot_classify=answer == CANNOT_CLASSIFY,
+                note=request.POST.get("note", ""),
+                expected_version=int(version)
+                if version and version.isascii() and version.isdigit()
+                else None,
+            )
+        except DomainError as exc:
+            messages.error(request, str(exc))
+        else:
+            found = panels.disputes(round_, request.user)
+            following = _next_open(found, position)
+            if following == position:
+                messages.success(request, "Saved. Every disputed cell has a consensus now.")
+            else:
+                messages.success(request, f"Saved cell {position}.")
+            return redirect(f"{page_url}?position={following}")
+    else:
+        position = _position(request.GET.get("position"), found) or _next_open(found, 0)
+    current = next(d for d in found if d.position == position)
+    leaves = list(round_.study.taxonomy.nodes.filter(is_leaf=True).order_by("order", "code"))
+    names = {node.code: node.name for node in leaves}
+    names[CANNOT_CLASSIFY] = "cannot classify"
+    label = current.consensus
+    chosen = (
+        CANNOT_CLASSIFY if label and label.cannot_classify else (label.node.code if label else "")
+    )
+    return render(
+        request,
+        "annotator/adjudicate.html",
+        {
+            "round": round_,
+            "study": round_.study,
+            "current": current,
+            "answers": [
+                (rater, answer, names.get(answer, "")) for rater, answer in current.answers.items()
+            ],
+            "reference_name": names.get(current.reference, ""),
+            "winner_name": names.get(current.vote.winner, ""),
+            "leaves": leaves,
+            "chosen": chosen,
+            "cannot_classify": CANNOT_CLASSIFY,
+            "items": found,
+            "done": sum(1 for d in found if d.consensus is not None),
+            "total": len(found),
+            "patch_url": reverse("cell-patch", args=[current.cell.pk]),
+            "tie_rule": panels.TIE_RULE,
+            "may_record": round_.rater_id == request.user.pk,
+        },
     )

@@ -31,6 +31,7 @@ urlpatterns = [
     path("studies/<slug:study_name>/training/", mltasks_views.training_page, name="training"),
     path("training/<int:run_id>/", mltasks_views.run_report_page, name="training-report"),
     path("queue/<int:round_id>/", annotator_views.queue_page, name="queue"),
+    path("adjudications/<int:round_id>/", annotator_views.adjudication_page, name="adjudicate"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("health/", health, name="health"),

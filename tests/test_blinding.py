@@ -21,8 +21,8 @@ from drf_spectacular.generators import SchemaGenerator
 from PIL import Image
 from rest_framework.test import APIClient
 
-from annotator import annotation, rounds, tile_links, uploads
-from annotator.models import Cell, Label, LabelChange, Round, RoundItem, ScanUpload
+from annotator import annotation, panels, rounds, tile_links, uploads
+from annotator.models import Cell, Label, LabelChange, Panel, Round, RoundItem, ScanUpload
 
 from .conftest import tus_metadata
 
@@ -68,8 +68,31 @@ def blinded(study, scan, gold_cells, annotator, rater, second_annotator, coordin
         "repeat": repeat,
         "own_cell": own,
         "answered": answered,
+        "answered_ids": {item.cell_id for item in answered[:2]},
         "cells": [*gold_cells, own],
     }
+
+
+SECRET_NOTE = "consensus-secret-note"
+
+
+@pytest.fixture
+def panelled(blinded, study, rater, second_annotator, coordinator):
+    """Rita and Bert also rate a panel over the gold cells (answered, disagreeing on two),
+    and Cora has settled one disputed cell of its adjudication with a note."""
+    panel = panels.create_panel(
+        study, [rater, second_annotator], coordinator, name="sweep-panel", mode="all", seed=4
+    )
+    for round_ in panels.first_rounds(panel):
+        for item in round_.items.order_by("cell_id"):
+            disagree = round_.rater == rater and item.cell_id in blinded["answered_ids"]
+            annotation.set_label(item.cell, round_, round_.rater, node="LYT" if disagree else "NGS")
+    adjudication = panels.open_adjudication(
+        panel, coordinator, coordinator, rule="any", name="sweep-settle"
+    )
+    first = adjudication.items.order_by("position").first()
+    panels.record_consensus(adjudication, first.cell_id, coordinator, node="MON", note=SECRET_NOTE)
+    return {**blinded, "panel": panel, "adjudication": adjudication}
 
 
 def _forbidden_strings(scan) -> list[str]:
@@ -129,6 +152,7 @@ def _state():
         LabelChange.objects.count(),
         Round.objects.count(),
         RoundItem.objects.count(),
+        Panel.objects.count(),
         list(ScanUpload.objects.values_list("pk", "offset")),
     )
 
@@ -161,7 +185,7 @@ def second_hat(rater, aml_taxonomy):
 def _hidden_strings(blinded, curation, scan, mine=()) -> list[str]:
     """What the browsable API's forms would show of the study: cells by position, other
     raters' rounds, the data set's name, the scan."""
-    strings = [*_forbidden_strings(scan), curation.name]
+    strings = [*_forbidden_strings(scan), curation.name, SECRET_NOTE]
     strings += [f"({cell.x}, {cell.y})" for cell in blinded["cells"]]
     strings += [str(cell) for cell in blinded["cells"]]
     strings += [str(r) for r in Round.objects.exclude(pk__in=mine)]
@@ -187,6 +211,7 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
     from datasets.models import DatasetVersion, Export, Split
     from mltasks.models import TrainingRun
 
+    panelled = [blinded["panel"].pk, blinded["adjudication"].pk] if "panel" in blinded else []
     curated_ids = [
         *DatasetVersion.objects.values_list("pk", flat=True),
         *Split.objects.values_list("pk", flat=True),
@@ -202,13 +227,14 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
             *mine,
             scan.studies.first().pk,
             *curated_ids,
+            *panelled,
         ],
         "scan_id": [scan.pk],
         "cell_id": cells[:3],
         "level": [0, 12],
         "col": [0],
         "row": [0],
-        "round_id": others + mine,
+        "round_id": others + mine + panelled[1:],
         "position": [1],
         "token": tokens,
         "format": ["json"],
@@ -228,6 +254,8 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
         "study": "munich",
         "dataset": curated_ids[0],
         "split": curated_ids[1],
+        "panel": "sweep-panel",
+        "with_reference": "true",
     }
     bodies = [
         *WRITE_BODIES,
@@ -242,6 +270,10 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
             "version": 1,
             "dataset": curated_ids[0],
             "split": curated_ids[1],
+            "raters": ["anna", "bert"],
+            "adjudicator": "cora",
+            "rule": "any",
+            "note": "a note",
         },
     ]
 
@@ -289,33 +321,33 @@ SWEEP_ACCEPTS = ["application/json", "text/html"]
 
 @pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
 def test_every_api_endpoint_hides_scan_position_patient_and_labels(
-    blinded, curation, scan, rater, accept
+    panelled, curation, scan, rater, accept
 ):
-    hidden = _hidden_strings(blinded, curation, scan, _own_rounds(rater))
-    tried = _sweep(_logged_in(rater), blinded, scan, accept=accept, hidden=hidden, check_keys=True)
+    hidden = _hidden_strings(panelled, curation, scan, _own_rounds(rater))
+    tried = _sweep(_logged_in(rater), panelled, scan, accept=accept, hidden=hidden, check_keys=True)
     assert tried > 150
 
 
 @pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
 def test_a_blinded_rater_who_coordinates_another_study_learns_nothing_more(
-    blinded, curation, scan, rater, second_hat, accept
+    panelled, curation, scan, rater, second_hat, accept
 ):
-    hidden = _hidden_strings(blinded, curation, scan, _own_rounds(rater))
-    tried = _sweep(_logged_in(rater), blinded, scan, accept=accept, hidden=hidden, check_keys=True)
+    hidden = _hidden_strings(panelled, curation, scan, _own_rounds(rater))
+    tried = _sweep(_logged_in(rater), panelled, scan, accept=accept, hidden=hidden, check_keys=True)
     assert tried > 150
 
 
 @pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
 def test_a_member_of_another_study_learns_nothing_of_this_one(
-    blinded, curation, scan, outsider, accept
+    panelled, curation, scan, outsider, accept
 ):
     from annotator.models import Membership
 
     elsewhere = outsider.memberships.get().study
     Membership.objects.create(study=elsewhere, user=outsider, role=Membership.Role.COORDINATOR)
-    hidden = _hidden_strings(blinded, curation, scan)
+    hidden = [*_hidden_strings(panelled, curation, scan), "sweep-settle", "sweep-panel-"]
     tried = _sweep(
-        _logged_in(outsider), blinded, scan, accept=accept, hidden=hidden, check_keys=False
+        _logged_in(outsider), panelled, scan, accept=accept, hidden=hidden, check_keys=False
     )
     assert tried > 150
 
@@ -488,3 +520,37 @@ def test_a_scan_shared_with_another_study_gives_nothing_away(blinded, scan, rate
         "/api/v1/cells/", {"study": "copy", "scan": scan.pk, "x": 10**6, "y": 1}, format="json"
     )
     assert placed.status_code == 400 and "outside the scan" not in placed.content.decode()
+
+
+def test_a_panel_rater_reaches_nothing_of_the_panel(panelled, rater, second_annotator):
+    """The panel's endpoints and the adjudication page read to its raters exactly as those of
+    a panel that does not exist, and list nothing."""
+    panel, adjudication = panelled["panel"], panelled["adjudication"]
+    cell = adjudication.items.first().cell_id
+    for user in (rater, second_annotator):
+        client = _logged_in(user)
+        assert client.get("/api/v1/panels/").json()["results"] == []
+        assert client.get("/api/v1/adjudications/").json()["results"] == []
+        for template in (
+            "/api/v1/panels/{}/",
+            "/api/v1/panels/{}/votes/",
+            "/api/v1/adjudications/{}/",
+            "/api/v1/adjudications/{}/items/",
+        ):
+            real = adjudication.pk if "adjudications" in template else panel.pk
+            hidden = client.get(template.format(real))
+            missing = client.get(template.format(987654))
+            assert hidden.status_code == missing.status_code == 404, template
+            assert hidden.content.replace(str(real).encode(), b"N") == missing.content.replace(
+                b"987654", b"N"
+            ), template
+        settled = client.put(
+            f"/api/v1/adjudications/{adjudication.pk}/items/{cell}/", {"node": "NGS"}, format="json"
+        )
+        assert settled.status_code == 404
+        page = Client()
+        page.force_login(user)
+        shown = page.get(f"/adjudications/{adjudication.pk}/")
+        assert shown.status_code == 404 and SECRET_NOTE.encode() not in shown.content
+        assert b"sweep-settle" not in shown.content
+    assert Label.objects.filter(round=adjudication).count() == 1

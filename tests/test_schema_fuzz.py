@@ -25,7 +25,7 @@ from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from annotator import annotation, rounds, tile_links, uploads
+from annotator import annotation, panels, rounds, tile_links, uploads
 from annotator.models import Membership
 from datasets import classmaps, exports, splits, versions
 from mltasks import runs
@@ -54,9 +54,12 @@ def wsgi_app():
 
 
 @pytest.fixture
-def world(study, scan, gold_cells, curated, annotator, rater, coordinator, data_scientist):
-    """One of everything: labels, a blinded round answered in part and its repeat, a class map,
-    a data set version, a split, an export and a training run."""
+def world(
+    study, scan, gold_cells, curated, annotator, rater, coordinator, data_scientist, panel_raters
+):
+    """One of everything: labels, a blinded round answered in part and its repeat, a panel
+    answered with an adjudication and a consensus, a class map, a data set version, a split,
+    an export and a training run."""
     Membership.objects.create(study=study, user=coordinator, role=Membership.Role.DATA_SCIENTIST)
     blinded = rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
     for item in blinded.items.order_by("position")[:3]:
@@ -64,6 +67,16 @@ def world(study, scan, gold_cells, curated, annotator, rater, coordinator, data_
     repeat = rounds.schedule_repeat(
         blinded, coordinator, not_before=timezone.now() - timedelta(minutes=1), seed=2
     )
+    panel = panels.create_panel(
+        study, panel_raters, coordinator, name="fuzz", mode="per-class", per_class=1, seed=3
+    )
+    for round_ in panels.first_rounds(panel):
+        for index, item in enumerate(round_.items.order_by("cell_id")):
+            node = "LYT" if round_.rater == panel_raters[0] and index < 2 else "NGS"
+            annotation.set_label(item.cell, round_, round_.rater, node=node)
+    adjudication = panels.open_adjudication(panel, coordinator, coordinator, name="fuzz-settle")
+    settled = adjudication.items.order_by("position").first().cell_id
+    panels.record_consensus(adjudication, settled, coordinator, node="MON", note="seen")
     class_map, _ = classmaps.save_class_map(study, "merged", classmaps.propose(study), coordinator)
     plain, _ = versions.make_dataset(study, "plain", coordinator)
     mapped, _ = versions.make_dataset(study, "mapped", coordinator, class_map=class_map)
@@ -87,6 +100,8 @@ def world(study, scan, gold_cells, curated, annotator, rater, coordinator, data_
         "cells": [gold_cells[0].pk],
         "labels": [label.pk],
         "rounds": [blinded.pk, repeat.pk],
+        "panels": [panel.pk],
+        "adjudications": [adjudication.pk],
         "classmaps": [class_map.pk],
         "datasets": [plain.pk, mapped.pk],
         "splits": [split.pk],
@@ -94,7 +109,7 @@ def world(study, scan, gold_cells, curated, annotator, rater, coordinator, data_
         "training-runs": [run.pk],
         # The other path parameters, by name.
         "scan_id": [scan.pk],
-        "cell_id": [gold_cells[0].pk],
+        "cell_id": [gold_cells[0].pk, settled],
         "round_id": [blinded.pk, repeat.pk],
         "token": [repeat.items.first().token, blinded.items.first().token],
         "position": [1],

@@ -10,7 +10,13 @@ from rest_framework import serializers
 from core.api.fields import IdField
 from core.api.scoping import ScopedModelSerializer, ScopedSerializer
 
-from ..access import blinded_studies, visible_cells, visible_scans, visible_studies
+from ..access import (
+    blinded_studies,
+    visible_cells,
+    visible_scans,
+    visible_studies,
+    visible_users,
+)
 from ..models import (
     Cell,
     Label,
@@ -23,6 +29,7 @@ from ..models import (
     TaxonNode,
     Taxonomy,
 )
+from ..panels import MAX_RATERS, NOTE_LENGTH
 from ..taxonomy import group_leaf_codes, taxon_tree
 
 
@@ -446,3 +453,169 @@ class QueueAnswerSerializer(ScopedSerializer):
     node = serializers.CharField(required=False, allow_null=True, max_length=16)
     cannot_classify = serializers.BooleanField(default=False)
     seconds_spent = serializers.FloatField(min_value=0, max_value=86400, default=0)
+
+
+class PanelCreateSerializer(RoundCreateSerializer):
+    """A panel: one seeded sample of a gold round's cells as a blinded round for each rater,
+    each in an order of its own, and optionally a repeat per rater after a washout."""
+
+    visible_querysets = {"study": visible_studies}
+
+    rater = None
+    raters = serializers.ListField(
+        child=serializers.CharField(max_length=150),
+        max_length=MAX_RATERS,
+        help_text="Usernames of the panel's raters (annotators of the study who can log in).",
+    )
+    name = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
+    repeat_not_before = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="When given, each rater also gets a repeat they cannot open before this time.",
+    )
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        names = attrs["raters"]
+        found = {
+            user.get_username(): user
+            for user in visible_users(self.context["request"].user).filter(username__in=names)
+        }
+        unknown = sorted(set(names) - set(found))
+        if unknown:
+            raise serializers.ValidationError(
+                {"raters": [f"No member of your studies named {', '.join(unknown)}."]}
+            )
+        attrs["raters"] = [found[name] for name in names]
+        return attrs
+
+
+class PanelRoundSerializer(ScopedSerializer):
+    """One rater's round of a panel, with progress and whether the rater can open it now."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    rater = serializers.CharField()
+    repeats = serializers.CharField(allow_null=True)
+    not_before = serializers.DateTimeField(allow_null=True)
+    done = serializers.IntegerField()
+    total = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["open", "finished", "waiting", "closed"])
+
+
+class AdjudicationSerializer(ScopedSerializer):
+    """An adjudication round: who settles it, the rule that picked its cells, and progress."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    panel = serializers.CharField()
+    study = serializers.CharField()
+    adjudicator = serializers.CharField()
+    rule = serializers.CharField()
+    share = serializers.FloatField(allow_null=True)
+    with_reference = serializers.BooleanField()
+    done = serializers.IntegerField()
+    total = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class PanelSerializer(ScopedSerializer):
+    """A panel with each rater's rounds and progress, and its adjudication rounds."""
+
+    id = serializers.IntegerField()
+    study = serializers.CharField()
+    name = serializers.CharField()
+    reference = serializers.CharField(allow_null=True)
+    seed = serializers.IntegerField(allow_null=True)
+    design = serializers.DictField()
+    created_by = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    rounds = PanelRoundSerializer(many=True)
+    adjudications = AdjudicationSerializer(many=True)
+
+
+class AdjudicationCreateSerializer(ScopedSerializer):
+    """Open an adjudication round over the panel's cells that the rule picks."""
+
+    visible_querysets = {"adjudicator": visible_users}
+
+    adjudicator = serializers.SlugRelatedField(
+        slug_field="username",
+        queryset=get_user_model().objects.all(),
+        help_text="Username of a coordinator, data scientist or admin of the study.",
+    )
+    rule = serializers.ChoiceField(choices=["any", "no-majority", "below-share"], default="any")
+    share = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        help_text="below-share: a cell is disputed when its winner has less than this share.",
+    )
+    with_reference = serializers.BooleanField(
+        default=False, help_text="Count the reference's answer as one more answer."
+    )
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+
+
+class VoteSerializer(ScopedSerializer):
+    winner = serializers.CharField(allow_null=True)
+    votes = serializers.IntegerField()
+    answered = serializers.IntegerField()
+    declined = serializers.IntegerField()
+    share = serializers.FloatField(allow_null=True)
+
+
+class PanelCellVoteSerializer(ScopedSerializer):
+    cell = serializers.IntegerField()
+    answers = serializers.DictField(child=serializers.CharField(allow_null=True))
+    reference = serializers.CharField(allow_null=True)
+    vote = VoteSerializer()
+
+
+class PanelVotesSerializer(ScopedSerializer):
+    """Each panel cell's majority vote, with the tie rule that decided it."""
+
+    panel = serializers.CharField()
+    tie_rule = serializers.CharField()
+    with_reference = serializers.BooleanField()
+    raters = serializers.ListField(child=serializers.CharField())
+    cells = PanelCellVoteSerializer(many=True)
+
+
+class ConsensusSerializer(ScopedSerializer):
+    """A consensus label recorded by the adjudicator."""
+
+    node = serializers.CharField(allow_null=True)
+    cannot_classify = serializers.BooleanField()
+    note = serializers.CharField(allow_blank=True)
+    version = serializers.IntegerField()
+
+
+class DisputeSerializer(ScopedSerializer):
+    """What the adjudicator sees of one cell: every panel answer by rater, the reference's
+    answer, the vote, the consensus so far, the patch, and where a scan cell lies."""
+
+    position = serializers.IntegerField()
+    cell = serializers.IntegerField()
+    answers = serializers.DictField(child=serializers.CharField(allow_null=True))
+    reference = serializers.CharField(allow_null=True)
+    vote = VoteSerializer()
+    consensus = ConsensusSerializer(allow_null=True)
+    patch = serializers.CharField()
+    scan = serializers.IntegerField(allow_null=True)
+    x = serializers.IntegerField(allow_null=True)
+    y = serializers.IntegerField(allow_null=True)
+
+
+class ConsensusWriteSerializer(ScopedSerializer):
+    """The consensus for one cell: a leaf code or cannot_classify, a note, and the version of
+    the consensus label you changed (when there is one already)."""
+
+    node = serializers.CharField(required=False, allow_null=True, max_length=16)
+    cannot_classify = serializers.BooleanField(default=False)
+    note = serializers.CharField(
+        required=False, allow_blank=True, max_length=NOTE_LENGTH, default=""
+    )
+    version = serializers.IntegerField(
+        required=False, min_value=1, help_text="The version you saw; omit for a first label."
+    )

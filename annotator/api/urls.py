@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import imagery, rounds, uploads, views
+from . import imagery, panels, rounds, uploads, views
 
 router = DefaultRouter()
 router.register("studies", views.StudyViewSet, basename="study")
@@ -12,6 +12,8 @@ router.register("scans", views.ScanViewSet, basename="scan")
 router.register("cells", views.CellViewSet, basename="cell")
 router.register("labels", views.LabelViewSet, basename="label")
 router.register("rounds", rounds.RoundViewSet, basename="round")
+router.register("panels", panels.PanelViewSet, basename="panel")
+router.register("adjudications", panels.AdjudicationViewSet, basename="adjudication")
 
 urlpatterns = [
     path("auth/token/", views.AuthTokenView.as_view(), name="api-token"),
