@@ -16,7 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.utils import timezone
-from PIL import Image, ImageColor
+from PIL import Image, ImageColor, ImageDraw
 
 from core import failures, leases
 from core.errors import DomainError
@@ -96,6 +96,37 @@ def cut_patch_png(cell: Cell, geometry: PatchGeometry) -> bytes:
     region = slide.read_region((geometry.left, geometry.top), 0, (geometry.size, geometry.size))
     background = Image.new("RGBA", region.size, ImageColor.getrgb(settings.PATCH_BACKGROUND))
     image = Image.alpha_composite(background, region).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+CONTEXT_FACTOR = 4  # the context view spans this many patch sides
+CONTEXT_SIDE_PX = 600  # and is shown this large
+
+
+def context_png(cell: Cell) -> bytes:
+    """The scan around a cell's patch, CONTEXT_FACTOR patch sides square, scaled to
+    CONTEXT_SIDE_PX with the patch outlined: what an adjudicator looks at beside the patch.
+    Read from the pyramid level nearest the scale, so its cost does not grow with the factor."""
+    if cell.scan_id is None:
+        raise DomainError(f"Cell {cell.pk} has no scan around it, only a patch.", field="cell")
+    slide = slide_handles.get(cell.scan).slide
+    span = patch_side_px(cell.study, cell.scan) * CONTEXT_FACTOR
+    downsample = span / CONTEXT_SIDE_PX
+    level = slide.get_best_level_for_downsample(max(1.0, downsample))
+    level_downsample = slide.level_downsamples[level]
+    left, top = cell.x - span // 2, cell.y - span // 2
+    read = max(1, round(span / level_downsample))
+    region = slide.read_region((left, top), level, (read, read))
+    background = Image.new("RGBA", region.size, ImageColor.getrgb(settings.PATCH_BACKGROUND))
+    image = Image.alpha_composite(background, region).convert("RGB")
+    image = image.resize((CONTEXT_SIDE_PX, CONTEXT_SIDE_PX), Image.Resampling.LANCZOS)
+    inner = CONTEXT_SIDE_PX / CONTEXT_FACTOR
+    start = (CONTEXT_SIDE_PX - inner) / 2
+    ImageDraw.Draw(image).rectangle(
+        (start, start, start + inner, start + inner), outline=(255, 214, 0), width=2
+    )
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=3)
     return buffer.getvalue()

@@ -556,6 +556,9 @@ def adjudication_page(request, round_id: int):
             "done": sum(1 for d in found if d.consensus is not None),
             "total": len(found),
             "patch_url": reverse("cell-patch", args=[current.cell.pk]),
+            "context_url": (
+                reverse("cell-context", args=[current.cell.pk]) if current.cell.scan_id else ""
+            ),
             "tie_rule": panels.TIE_RULE,
             "may_record": round_.rater_id == request.user.pk,
         },

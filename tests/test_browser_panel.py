@@ -4,7 +4,7 @@ Cora (coordinator) makes a 3-rater panel over one gold cell per class on the rou
 Quinn and Ruth each log in and answer their own queue with hotkeys (Ruth disagrees on her first
 two patches); Cora watches their progress, opens an adjudication over the cells where any two
 answers differ, and settles each on the adjudication page with a label and a note, seeing every
-panel answer, the reference and the majority. The consensus is then in the database.
+panel answer, the reference and the majority; and freezes the consensus as a data set version.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from django.conf import settings
 
 from annotator import panels
 from annotator.models import Label, Panel, Round, TaxonNode
+from datasets.models import DatasetVersion
 
 from .conftest import log_in, new_page
 
@@ -111,6 +112,8 @@ def test_a_panel_answered_and_adjudicated_end_to_end(
     notes = []
     for step in range(2):
         assert cora.evaluate("document.getElementById('patch').naturalWidth") > 0
+        cora.click("#context-view summary")
+        cora.wait_for_function("document.getElementById('context').naturalWidth === 600")
         assert cora.inner_text("tr[data-rater=pia] .answer").startswith(agreed.code)
         assert cora.inner_text("tr[data-rater=ruth] .answer").startswith(other.code)
         assert cora.inner_text("tr.majority .answer").startswith(agreed.code)
@@ -137,4 +140,27 @@ def test_a_panel_answered_and_adjudicated_end_to_end(
     cora.goto(f"{live_server.url}/studies/munich/rounds/")
     assert cora.inner_text("tr[data-adjudication=trio-settle] .done") == "2 / 2"
     cora.screenshot(path=str(screenshots / "panel-rounds.png"), full_page=True)
+
+    # She freezes the adjudicated consensus as a data set version on the data sets page.
+    cora.goto(f"{live_server.url}/studies/munich/datasets/")
+    cora.fill("#make-dataset input[name=name]", "trio-consensus")
+    cora.fill("#make-dataset input[name=source]", "adjudicated")
+    cora.select_option("#make-dataset select[name=panel]", "trio")
+    cora.click("#make-dataset button[type=submit]")
+    cora.wait_for_selector(".messages li")
+    frozen = DatasetVersion.objects.get(study=study, name="trio-consensus")
+    assert frozen.label_source == DatasetVersion.LabelSource.ADJUDICATED
+    assert frozen.panel == panel and frozen.source_round == adjudication
+    settled_cells = {label.cell_id for label in consensus}
+    assert {row.cell for row in frozen.rows()} == set(panel_cells(panel))
+    origins = frozen.origin_of()
+    assert {origins[cell] for cell in settled_cells} == {"adjudicated"}
+    assert set(origins.values()) == {"adjudicated", "majority"}
+    assert {row.class_name for row in frozen.rows() if row.cell in settled_cells} == {settled.code}
+    listed = cora.inner_text(f"tr[data-dataset='{frozen.pk}'] .label-source")
+    assert "2 adjudicated" in listed and f"{total - 2} majority" in listed
     assert cora_errors == [] and all(errors == [] for errors in pages)
+
+
+def panel_cells(panel) -> list[int]:
+    return panels.panel_table(panel).cells

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import openslide
 import pytest
 from django.conf import settings
@@ -393,6 +394,32 @@ def test_patches_are_only_for_members(study, scan, annotator, outsider):
     assert by_token.status_code == 200 and by_token["X-Patch-Size"] == "400x400"
     assert body(by_token).startswith(b"\x89PNG")
     assert Client().get("/api/v1/cells/999999999/patch.png").status_code == 401
+
+
+def test_the_scan_around_a_cell_is_four_patch_sides_with_the_patch_outlined(
+    member, study, scan, annotator, reference, outsider
+):
+    slide, _ = reference
+    cell = make_cell(study, scan, annotator, 1500, 1200)
+    response = member.get(f"/api/v1/cells/{cell.pk}/context.png")
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    with Image.open(io.BytesIO(body(response))) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert pixels.shape == (600, 600, 3)
+    # The outline sits where the patch's edge falls (the middle quarter of the side) ...
+    assert tuple(pixels[300, 225]) == (255, 214, 0) and tuple(pixels[225, 300]) == (255, 214, 0)
+    # ... and the rest is the scan, four patch sides (1,600 px) around the cell, scaled down.
+    expected = np.asarray(
+        slide.read_region((700, 400), 0, (1600, 1600)).convert("RGB").resize((600, 600))
+    ).astype(int)
+    assert np.abs(pixels[:200, :200] - expected[:200, :200]).mean() < 8
+    patch_only = Cell.objects.create(study=study, external_id="loose.png", created_by=annotator)
+    refused = member.get(f"/api/v1/cells/{patch_only.pk}/context.png")
+    assert refused.status_code == 404 and "only a patch" in refused.json()["detail"]
+    stranger = Client()
+    stranger.force_login(outsider)
+    assert stranger.get(f"/api/v1/cells/{cell.pk}/context.png").status_code == 404
+    assert Client().get(f"/api/v1/cells/{cell.pk}/context.png").status_code == 401
 
 
 def test_a_photos_tiles_asked_for_at_once_all_come(study, coordinator, tmp_path):

@@ -263,6 +263,41 @@ def cell_patch(request, cell_id: int):
 
 
 @extend_schema(
+    operation_id="cells_context_retrieve",
+    summary="The scan around a cell",
+    description=(
+        f"A {patches.CONTEXT_SIDE_PX} px PNG of the scan {patches.CONTEXT_FACTOR} patch sides "
+        "square around a cell, the patch outlined: what an adjudicator sees beside the patch. "
+        "Cells that are only a patch have none."
+    ),
+    responses=binary_responses(
+        "image/png",
+        "The scan around the cell.",
+        {
+            401: NOT_LOGGED_IN,
+            404: "No such cell among the cells you may see, or it has no scan around it.",
+        },
+    ),
+)
+@bytes_view(PNGRenderer)
+def cell_context(request, cell_id: int):
+    """The scan around a cell's patch, for the cells the user may see."""
+    user = request.user
+    if not user.is_authenticated:
+        return _error(401, "Log in, or send an API token, to see the scan around a cell.")
+    cell = access.visible_cells(user).select_related("scan", "study").filter(pk=cell_id).first()
+    if cell is None:
+        return _error(404, f"No cell {cell_id} among the cells of your studies.")
+    try:
+        data = patches.context_png(cell)
+    except DomainError as exc:
+        return _error(404, str(exc))
+    response = HttpResponse(data, content_type="image/png")
+    patch_cache_control(response, **PRIVATE_IMMUTABLE)
+    return response
+
+
+@extend_schema(
     operation_id="queue_items_patch_retrieve",
     summary="The patch of an item of your blinded round",
     description=(

@@ -25,6 +25,7 @@ urlpatterns = [
     ),
     path("scans/<int:scan_id>/tiles/link", imagery.tile_link, name="scan-tile-link"),
     path("cells/<int:cell_id>/patch.png", imagery.cell_patch, name="cell-patch"),
+    path("cells/<int:cell_id>/context.png", imagery.cell_context, name="cell-context"),
     path("uploads/", uploads.UploadCollectionView.as_view(), name="upload-list"),
     path("uploads/<uuid:upload_id>/", uploads.UploadDetailView.as_view(), name="upload-detail"),
     path("queue/", rounds.QueueListView.as_view(), name="queue-list"),
