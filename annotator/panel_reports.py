@@ -38,7 +38,7 @@ from .panels import (
     round_answers,
     study_panel,
 )
-from .reports import ClassMapping, _patients
+from .reports import ClassMapping, cell_patients
 
 DEFAULT_REPLICATES = 1000
 MAX_REPLICATES = 10_000
@@ -211,7 +211,7 @@ def build_panel_report(
     seed = params.seed(seed, "panel_seed")
     disputed = params.whole_number(disputed, "disputed", 0, MAX_DISPUTED)
     table = panel_table(panel)
-    patients = _patients(table.cells)
+    patients = cell_patients(table.cells)
     clusters = [patients.get(cell) for cell in table.cells]
     by_patient = all(patient is not None for patient in clusters)
     resampled = len(set(clusters)) if by_patient else len(table.cells)

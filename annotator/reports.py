@@ -214,7 +214,8 @@ def _answers(round_: Round) -> dict[int, str | None]:
     }
 
 
-def _patients(cell_ids: list[int]) -> dict[int, int | None]:
+def cell_patients(cell_ids: list[int]) -> dict[int, int | None]:
+    """Cell -> its patient id (its own, or its scan's; None where unknown)."""
     rows = Cell.objects.filter(pk__in=cell_ids).values_list("pk", "patient_id", "scan__patient_id")
     return {cell: own or via_scan for cell, own, via_scan in rows}
 
@@ -251,7 +252,7 @@ def build_report(
         )
         clusters = None
         if bootstrap:
-            patients = _patients(shared)
+            patients = cell_patients(shared)
             unknown = sum(1 for cell in shared if patients.get(cell) is None)
             if unknown:
                 raise DomainError(

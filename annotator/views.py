@@ -56,12 +56,16 @@ def home(request):
         .annotate(n=Count("id", distinct=True))
     }
     blinded = set(access.blinded_studies(request.user).values_list("pk", flat=True))
+    adjudications = rounds.progress(
+        panels.visible_adjudications(request.user).filter(rater=request.user).order_by("id")
+    )
     queue = blinding.queue_summary(request.user)
     queue_study = dict(blinding.rater_rounds(request.user).values_list("pk", "study_id"))
     for study in studies:
         roles = access.roles_in(request.user, study)
         study.blinded = study.pk in blinded
         study.queue = [row for row in queue if queue_study[row["id"]] == study.pk]
+        study.adjudications = [a for a in adjudications if a.round.study_id == study.pk]
         study.oversees = bool(roles & access.OVERSEEING_ROLES)
         study.can_annotate = bool(roles & access.ANNOTATING_ROLES) and not study.blinded
         study.can_add_scans = bool(roles & access.MANAGING_ROLES)

@@ -102,9 +102,11 @@ def test_a_panel_answered_and_adjudicated_end_to_end(
     assert "Adjudication trio-settle opened: 2 cells" in cora.inner_text(".messages li")
     adjudication = Round.objects.get(name="trio-settle", kind=Round.Kind.ADJUDICATION)
 
-    # On the adjudication page she sees each panel answer, the reference and the majority,
-    # and settles both cells with a label and a note.
-    cora.click("a:has-text('trio-settle')")
+    # Her home page lists the adjudication as hers; its page shows each panel answer, the
+    # reference and the majority, and she settles both cells with a label and a note.
+    cora.goto(f"{live_server.url}/")
+    assert cora.inner_text("tr[data-adjudication=trio-settle] span") == "0 / 2"
+    cora.click("tr[data-adjudication=trio-settle] a")
     cora.wait_for_selector("#consensus")
     screenshots = Path(settings.TEST_RUN_DIR) / "screenshots"
     screenshots.mkdir(parents=True, exist_ok=True)
