@@ -48,7 +48,7 @@ export function pathData(points, sx, sy) {
 }
 
 function tickText(value) {
-  return Math.abs(value) >= 100 || Number.isInteger(value) ? String(value) : value.toPrecision(2);
+  return String(Number(value.toPrecision(3)));
 }
 
 function panel({ title, name, width, height, xDomain, yDomain, series }) {
