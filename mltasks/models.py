@@ -33,6 +33,13 @@ class TrainingRun(LeasedJob):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    mlflow_run_id = models.CharField(
+        max_length=64, blank=True, help_text="The MLflow run it is logged to (mltasks.tracking)."
+    )
+    mlflow_experiment_id = models.CharField(max_length=64, blank=True)
+    tracking_error = models.TextField(
+        blank=True, help_text="Why it could not be logged to MLflow (the run trained anyway)."
+    )
 
     class Meta:
         ordering = ["-id"]

@@ -29,7 +29,7 @@ from core.errors import DomainError
 from core.storage import store_bytes
 from datasets.models import Split
 
-from . import memory, run_config
+from . import memory, run_config, tracking
 from .models import FoldModel, TrainingRun
 
 if TYPE_CHECKING:
@@ -129,13 +129,22 @@ class StepTimes:
 class _Progress:
     """Writes progress to the run at most every half second, with the time left."""
 
-    def __init__(self, run: TrainingRun, folds: int, config: dict, lease: leases.Lease):
+    def __init__(
+        self,
+        run: TrainingRun,
+        folds: int,
+        config: dict,
+        lease: leases.Lease,
+        tracker: tracking.Tracker | None = None,
+    ):
         self.run, self.folds, self.config, self.lease = run, folds, config, lease
+        self.tracker = tracker
+        self.curves = tracking.Curves()
         self.started = time.monotonic()
         self.last_step = self.started
         self.last_write = 0.0
         self.last_check = 0.0
-        self.state: dict = {"folds": folds, "eta_seconds": None}
+        self.state: dict = {"folds": folds, "eta_seconds": None, "curves": self.curves.folds}
         self.fold_index = 0
         self.step_times = StepTimes()
 
@@ -146,6 +155,9 @@ class _Progress:
 
     def __call__(self, update: dict) -> None:
         now = time.monotonic()
+        self.curves.record(update)
+        if "validation" in update and self.tracker:
+            self.tracker.epoch(update["fold"], update["epoch"], update["validation"])
         self.state.update(update)
         self.state["fold_number"] = self.fold_index + 1
         self.state["fraction"] = self._fraction()
@@ -211,12 +223,16 @@ def execute(run_id: int) -> TrainingRun:
         run.refresh_from_db()
         return run
     with leases.Lease(TrainingRun, run.pk, owner) as lease:
-        _train(run, config, device, lease)
+        tracker = tracking.Tracker.start(run.pk)
+        _train(run, config, device, lease, tracker)
+        tracker.finish()
     run.refresh_from_db()
     return run
 
 
-def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
+def _train(
+    run: TrainingRun, config: dict, device, lease: leases.Lease, tracker: tracking.Tracker
+) -> None:
     import torch
 
     from . import report as reports
@@ -230,7 +246,7 @@ def _train(run: TrainingRun, config: dict, device, lease: leases.Lease) -> None:
             torch.set_num_threads(config["threads"])
         data = training.load_data(run.split, config["image_size"])
         plans = training.fold_plans(run.split, data, config)
-        progress = _Progress(run, len(plans), config, lease)
+        progress = _Progress(run, len(plans), config, lease, tracker)
         results = []
         for index, plan in enumerate(plans):
             progress.next_fold(index)

@@ -14,7 +14,7 @@ from core.pages import guarded
 from core.url_templates import url_template
 from datasets.models import Split
 
-from . import runs
+from . import runs, tracking
 from .models import TrainingRun
 from .tasks import queue_run
 
@@ -108,5 +108,7 @@ def run_report_page(request, run_id: int):
                 {**item, "url": plot_url + item["file"]} for item in report.get("saliency", [])
             ],
             "raters": report.get("raters", []),
+            "mlflow": tracking.link(run),
+            "curves": tracking.run_curves(run),
         },
     )

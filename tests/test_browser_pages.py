@@ -71,6 +71,22 @@ def test_the_training_page_follows_a_run_and_shows_its_report_when_done(
         f"document.querySelector(\"{row} .detail\").textContent.endsWith('about 42 s left')",
         timeout=15000,
     )
+    # The learning curves follow the progress: a point per epoch in each panel, as they come.
+    validation = [{"epoch": 1, "train_loss": 2.0, "loss": 1.8, "accuracy": 0.4}]
+    curves = {"0": {"loss": [[0.25, 2.1], [0.5, 1.9], [1.0, 1.7]], "validation": validation}}
+    points = f'document.querySelectorAll("{row} .curves circle.curve-point").length'
+    for epochs in (1, 2):
+        TrainingRun.objects.filter(pk=run.pk).update(
+            progress={**progress, "step": 5, "steps": 8, "eta_seconds": 41.5, "curves": curves}
+        )
+        page.wait_for_function(f"{points} === {2 * epochs}", timeout=15000)
+        validation.append({"epoch": 2, "train_loss": 1.5, "loss": 1.6, "accuracy": 0.55})
+        curves["0"]["loss"].append([2.0, 1.4])
+    panels = page.eval_on_selector_all(
+        f"{row} svg.curve-panel", "nodes => nodes.map(n => n.dataset.panel)"
+    )
+    assert panels == ["loss", "accuracy"]
+    assert page.locator(f"{row} .curves path.curve-line").count() == 3  # training, validation x2
     TrainingRun.objects.filter(pk=run.pk).update(status="done")
     page.wait_for_selector(f"{row} a:has-text('report')", timeout=15000)
     assert page.inner_text(banner).startswith(f"Training run {run.pk} finished")

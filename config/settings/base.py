@@ -215,6 +215,11 @@ API_MAX_JSON_DEPTH = env.int("API_MAX_JSON_DEPTH", default=32)
 # optimiser, one pass's activations) exceeds this is refused before it starts. Set it to what
 # the training worker's host can give one run.
 TRAINING_MAX_MEMORY_GB = env.float("TRAINING_MAX_MEMORY_GB", default=8.0)
+# Where training workers log their runs (params, per-epoch metrics, the report) with MLflow: a
+# tracking server (http://host:5000) or a local file store; empty: not logged. MLFLOW_UI_URL,
+# when set, is the MLflow UI the run's page links to (docs/training.md, "Tracking with MLflow").
+MLFLOW_TRACKING_URI = env.str("MLFLOW_TRACKING_URI", default=f"file:{VAR_DIR / 'mlruns'}")
+MLFLOW_UI_URL = env.str("MLFLOW_UI_URL", default="")
 
 # The file-system transport ignores the host; naming one keeps kombu from warning on every start
 # that none was given.

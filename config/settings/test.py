@@ -27,3 +27,5 @@ SCAN_CACHE_DIR = TEST_RUN_DIR / "scan-cache"
 TILE_DIR = TEST_RUN_DIR / "tiles"
 SCAN_IMPORT_ROOTS = [(TEST_RUN_DIR / "import").resolve()]
 WHITENOISE_USE_FINDERS = True
+# Runs are logged to MLflow only by tests that set a store of their own (tests/test_tracking.py).
+MLFLOW_TRACKING_URI = env.str("MLFLOW_TRACKING_URI", default="")

@@ -40,6 +40,9 @@ class TrainingRunSerializer(ScopedModelSerializer):
             "created_at",
             "started_at",
             "finished_at",
+            "mlflow_run_id",
+            "mlflow_experiment_id",
+            "tracking_error",
         ]
 
 

@@ -1,5 +1,6 @@
-// Live progress of unfinished training runs: poll each one, update its bar, its line and the
-// banner of the run just started.
+// Live progress of unfinished training runs: poll each one, update its bar, its line, its
+// learning curves and the banner of the run just started.
+import { drawCurves } from "./lib/curves.js";
 import { urlFor } from "./lib/http.js";
 import { pageConfig, pollRows } from "./lib/page.js";
 import { runBanner, runDetail } from "./lib/training-run.js";
@@ -27,6 +28,7 @@ pollRows({
     row.querySelector("progress").value = (run.progress && run.progress.fraction) || 0;
     row.querySelector(".status").textContent = run.status;
     row.querySelector(".detail").textContent = run.status === "running" ? runDetail(run.progress) : "";
+    drawCurves(row.querySelector(".curves"), run.progress && run.progress.curves);
     showBanner(run.id, run.status);
     if (run.status !== row.dataset.status && !unfinished(run.status)) {
       // Finished: the page shows the report link or the error in its place.
