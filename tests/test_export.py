@@ -70,7 +70,7 @@ def _read(name: str) -> bytes:
 
 @pytest.mark.django_db
 def test_a_trained_run_exports_its_folds_and_a_model_card_for_its_overseers(
-    split, data_scientist, annotator, outsider
+    split, data_scientist, annotator, outsider, tmp_path, monkeypatch, capsys
 ):
     run = runs.start_run(split, data_scientist, {**SMALL, "folds": ["0"]})
     run = runs.execute(run.pk)
@@ -109,7 +109,12 @@ def test_a_trained_run_exports_its_folds_and_a_model_card_for_its_overseers(
     assert card["input"]["shape"] == ["N", 3, 32, 32] and card["image_size"] == 32
     assert card["code_version"] == run.code_version
     assert card["folds"][0]["sha256"]["onnx"] == fold["sha256"]["onnx"]
-    assert "onnxruntime.InferenceSession" in card["usage"]["onnxruntime"]
+    # The card's snippet runs as it stands, beside the downloaded file and an image.
+    (tmp_path / "fold-0.onnx").write_bytes(onnx_bytes)
+    _image(tmp_path / "cell.png", 3)
+    monkeypatch.chdir(tmp_path)
+    exec(card["usage"]["onnxruntime"], {})
+    assert capsys.readouterr().out.split()[0] in classes
     markdown = _read(exports["model_card_markdown"]).decode()
     assert split.sha256 in markdown and "| MYO |" in markdown
 
@@ -134,15 +139,17 @@ def test_a_trained_run_exports_its_folds_and_a_model_card_for_its_overseers(
 
 
 @pytest.mark.django_db
-def test_a_failed_export_removes_its_files_and_says_why(split, monkeypatch):
-    run = _finished_run(split, folds=("0",))
+def test_a_failed_export_removes_the_files_it_stored_and_says_why(split):
+    run = _finished_run(split)
+    weights = dict(run.models.values_list("fold", "weights"))
+    # Fold 1's file holds a model of other classes: fold 0 exports, then fold 1 cannot.
+    store_bytes(weights["1"], training.state_dict_bytes({}, ["NGS", "LYT"], run.config))
     report = {"classes": split.dataset.classes, "per_class": {}}
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no export can be that close
-    with pytest.raises(DomainError, match="ONNX export gives probabilities"):
-        export.export_run(run, [("0", run.models.get().weights)], report)
+    with pytest.raises(DomainError, match="not the expected"):
+        export.export_run(run, sorted(weights.items()), report)
     assert "exports" not in report
     left = default_storage.listdir(f"training/run-{run.pk}")[1]
-    assert left == ["fold-0.pt"]
+    assert sorted(left) == ["fold-0.pt", "fold-1.pt"]
 
 
 def _image(path, seed: int, size=(40, 36)) -> None:
