@@ -42,12 +42,10 @@ def resized_pixels(image: Image.Image | np.ndarray, image_size: int) -> np.ndarr
 
 
 def pick_device(name: str = "cpu") -> torch.device:
-    """`cpu`, `cuda` (refused where there is none) or `auto` (CUDA when present)."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise DomainError(f"device must be auto, cpu or cuda, not {name!r}.", "device")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DomainError("device cuda was asked for, but this machine has no CUDA.", "device")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    """`cpu`, `cuda` (refused where there is none) or `auto` (CUDA when present), as a run's
+    config `device` is read."""
+    training.check_device({"device": name})
+    return training.pick_device({"device": name})
 
 
 def load_models(run: TrainingRun, device: torch.device | None = None) -> list[torch.nn.Module]:

@@ -243,4 +243,7 @@ def test_predict_refuses_a_bad_folder_or_an_unfinished_run(split, data_scientist
     with pytest.raises(CommandError, match="batch size must be at least 1"):
         _image(tmp_path / "empty" / "ok.png", 0)
         predict("--run", str(run.pk), "--images", str(tmp_path / "empty"), "--batch-size", "0")
+    if not torch.cuda.is_available():
+        with pytest.raises(CommandError, match="device cuda was asked for, but this machine"):
+            predict("--run", str(run.pk), "--images", str(tmp_path / "empty"), "--device", "cuda")
     assert not (tmp_path / "preds.csv").exists()
