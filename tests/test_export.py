@@ -136,6 +136,9 @@ def test_a_trained_run_exports_its_folds_and_a_model_card_for_its_overseers(
     browser.force_login(data_scientist)
     page = browser.get(f"/training/{run.pk}/").content.decode()
     assert f"{url}?file=fold-0.onnx" in page and f"{url}?file=model-card.md" in page
+    default_storage.delete(exports["model_card_markdown"])
+    gone = api.get(url, {"file": "model-card.md"})
+    assert gone.status_code == 404 and "missing from storage" in gone.json()["detail"]
 
 
 @pytest.mark.django_db

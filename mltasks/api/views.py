@@ -154,6 +154,8 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         name = export.download_files(run).get(wanted)
         if name is None:
             raise NotFound(f"Run {run.pk} has no file {wanted!r}.")
+        if not default_storage.exists(name):
+            raise NotFound(f"The file {wanted!r} of run {run.pk} is missing from storage.")
         content_type = DOWNLOAD_TYPES.get(PurePosixPath(name).suffix, "application/octet-stream")
         return FileResponse(
             default_storage.open(name, "rb"),
