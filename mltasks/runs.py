@@ -29,7 +29,7 @@ from core.errors import DomainError
 from core.storage import store_bytes
 from datasets.models import Split
 
-from . import memory, run_config, tracking
+from . import export, memory, run_config, tracking
 from .models import FoldModel, TrainingRun
 
 if TYPE_CHECKING:
@@ -263,6 +263,7 @@ def _train(
             raise leases.LeaseLost(f"Run {run.pk} is no longer this worker's.")
         report = reports.build_report(run, data, folds, device, saliency_weights=results[0][1])
         stored.extend(report.pop("_files", []))
+        stored.extend(export.export_run(run, [(r.fold, name) for r, name, _ in results], report))
         _publish(run, results, report, lease)
     except Exception as exc:  # each end recorded on the run in a sentence, errors logged in full
         where = position(progress.state if progress else {})

@@ -14,7 +14,7 @@ from core.pages import guarded
 from core.url_templates import url_template
 from datasets.models import Split
 
-from . import runs, tracking
+from . import export, runs, tracking
 from .models import TrainingRun
 from .tasks import queue_run
 
@@ -110,5 +110,32 @@ def run_report_page(request, run_id: int):
             "raters": report.get("raters", []),
             "mlflow": tracking.link(run),
             "curves": tracking.run_curves(run),
+            "downloads": _downloads(run),
         },
     )
+
+
+def _downloads(run: TrainingRun) -> dict:
+    """Links to the run's model files: per fold (ONNX, TorchScript, state dict) and the card."""
+    if run.status != TrainingRun.Status.DONE:
+        return {}
+    url = reverse("training-run-download", args=[run.pk]) + "?file="
+    files = export.download_files(run)
+    kinds = (("onnx", ".onnx"), ("torchscript", ".ts.pt"), ("weights", ".pt"))
+    folds = [
+        {
+            "fold": model.fold,
+            **{
+                kind: url + f"fold-{model.fold}{suffix}"
+                for kind, suffix in kinds
+                if f"fold-{model.fold}{suffix}" in files
+            },
+        }
+        for model in run.models.order_by("fold")
+    ]
+    card = {
+        kind: url + name
+        for kind, name in (("json", "model-card.json"), ("markdown", "model-card.md"))
+        if name in files
+    }
+    return {"folds": folds, "card": card}

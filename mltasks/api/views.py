@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.http import FileResponse
@@ -17,11 +19,13 @@ from core.api.fields import IdField
 from core.api.scoping import ScopedModelSerializer, ScopedSerializer
 from datasets.models import Split
 
-from .. import runs
+from .. import export, runs
 from ..access import visible_runs
 from ..models import TrainingRun
 from ..tasks import preannotate as preannotate_task
 from ..tasks import queue_run
+
+DOWNLOAD_TYPES = {".json": "application/json", ".md": "text/markdown"}
 
 
 class TrainingRunSerializer(ScopedModelSerializer):
@@ -59,6 +63,7 @@ class TrainingRunCreateSerializer(ScopedSerializer):
     preannotate=extend_schema(summary="Pre-annotate cells with a run's models"),
     report=extend_schema(summary="Report of a finished training run"),
     plot=extend_schema(summary="A plot of a training run's report"),
+    download=extend_schema(summary="Download a fold model (ONNX, TorchScript) or the model card"),
 )
 class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Training runs of the splits of your studies (coordinators, data scientists, admins).
@@ -123,3 +128,41 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         if name not in listed:
             raise NotFound(f"Run {run.pk} has no plot {name!r}.")
         return FileResponse(default_storage.open(name, "rb"), content_type="image/png")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "file",
+                str,
+                required=True,
+                description="fold-K.onnx, fold-K.ts.pt, fold-K.pt (state dict), "
+                "model-card.json or model-card.md",
+            )
+        ],
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/markdown"): OpenApiTypes.STR,
+        },
+    )
+    @action(detail=True)
+    def download(self, request, pk=None):
+        """A file of a finished run's models (`?file=` one of `exports` in the report, or a
+        fold's weights): ONNX and TorchScript take an (N, 3, H, W) float batch and give class
+        probabilities; the model card says how (docs/training.md)."""
+        run = TrainingRun.objects.get(pk=self.get_object().pk)
+        if run.status != TrainingRun.Status.DONE:
+            raise NotFound(f"Run {run.pk} is {run.status}: its models exist once it is done.")
+        wanted = request.query_params.get("file", "")
+        name = export.download_files(run).get(wanted)
+        if name is None:
+            raise NotFound(f"Run {run.pk} has no file {wanted!r}.")
+        if not default_storage.exists(name):
+            raise NotFound(f"The file {wanted!r} of run {run.pk} is missing from storage.")
+        content_type = DOWNLOAD_TYPES.get(PurePosixPath(name).suffix, "application/octet-stream")
+        return FileResponse(
+            default_storage.open(name, "rb"),
+            as_attachment=True,
+            filename=f"run-{run.pk}-{wanted}",
+            content_type=content_type,
+        )
