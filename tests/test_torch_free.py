@@ -22,7 +22,7 @@ from mltasks.models import TrainingRun
 from .conftest import client_for
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "matplotlib", "mlflow")
+HEAVY = ("torch", "matplotlib", "mlflow", "onnx", "onnxruntime")
 # Commands that train or predict: the only ones allowed to import torch.
 TRAINING_COMMANDS = {"train", "preannotate"}
 
