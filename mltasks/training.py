@@ -17,6 +17,7 @@ in docs/training.md); the seeds make a CPU run repeatable.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import json
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from django.core.files.storage import default_storage
 
 from core.errors import DomainError
 from datasets import splits
@@ -85,6 +87,11 @@ def load_data(split: Split, image_size: int, patch_cache: str = "none") -> Train
     later epochs and folds, removed by `TrainingData.close` (or when the data is forgotten)."""
     names = splits.patch_names(split, needed_by="training")
     every = splits.split_samples(split, names)
+    missing = [sample.patch for sample in every if not default_storage.exists(sample.patch)]
+    if missing:  # found now, not epochs later when the loader first reads it
+        raise FileNotFoundError(
+            errno.ENOENT, f"{len(missing)} patch file(s) are not in storage", missing[0]
+        )
     index = {code: i for i, code in enumerate(split.dataset.classes)}
     cache = pipeline.DiskCache(len(every), image_size) if patch_cache == "disk" else None
     return TrainingData(
