@@ -1,108 +1,47 @@
 """Benchmark: training images per second of the project's loop against a bare PyTorch loop.
 
-Both train the same network (ResNeXt-50 32x4d, `mltasks.resnext`), with the same batch size,
-optimiser (Adam) and images (a synthetic uint8 set held in memory, as the project caches the
-decoded patches), for the same number of steps, in one process:
+Three figures, in one process, on one device (`--device`, CUDA where present):
 
-    bare loop      for each batch: uint8 -> float, forward, cross-entropy, backward, step;
-    project        `mltasks.training.train_fold` for one epoch: oversampled order, on-device
-                   augmentation (random rotation 0-359 degrees and flips), progress callback,
-                   cancel check, then its validation and test predictions (kept tiny here);
-    project, no augmentation   the same with `rotate` and `flip` off: the loop's own overhead.
+    data pipeline  `mltasks.pipeline` alone: PNG patches read from storage, decoded (Pillow) by
+                   the loader workers, collated into uint8 batches (pinned on CUDA); no model.
+                   Is the device starved? Then again with the decoded-patch cache on disk warm;
+    bare loop      the same network (ResNeXt-50 32x4d, `mltasks.resnext`), batch and optimiser
+                   (Adam) on synthetic float images already on the device, channels_last, bf16
+                   autocast on CUDA: forward, cross-entropy, backward, step;
+    project loop   `mltasks.training.train_fold` for one epoch of `--steps` steps through the
+                   real pipeline: oversampling sampler, loader workers, uint8 -> float on the
+                   device, rotation 0-359 degrees and flips on the device, progress and cancel
+                   checks (and once without augmentation: the loop's own overhead).
 
-Goal on CPU: the project's overhead at most 10 % (images per second at least 0.9 x the bare
-loop's). Each figure is the best of `--repeats`. On a CUDA machine the same script measures
-the GPU (bf16 autocast and channels_last in both loops) and projects the full protocol's time.
+Loop rates leave out the first step (model build, cuDNN's benchmark, a compile). The peak memory
+is the device's (`torch.cuda.max_memory_allocated`) or on the CPU this process's peak RSS, per
+figure. The full protocol's time is projected from the project loop's rate: 5 folds x 15 epochs
+x 10,000 images x classes per epoch (validation and test left out). Batch "auto" (the default)
+is the run's probe on CUDA, 32 on the CPU. No database: the patches are PNG files in a temporary
+media folder, removed at the end.
 
-    .venv/bin/python bench/train.py [--size 64] [--batch 16] [--steps 12] [--repeats 2]
+    .venv/bin/python bench/train.py [--device cpu|cuda] [--image-size 400] [--steps 20]
+        [--batch N] [--workers N] [--cells 256] [--classes 15] [--compile] [--repeats 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchenv import ROOT  # also puts the project on the path
 
-def synthetic_data(count: int, size: int, classes: int, seed: int):
-    from mltasks.training import TrainingData
-
-    rng = np.random.default_rng(seed)
-    images = torch.from_numpy(rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8))
-    labels = np.arange(count) % classes
-    return TrainingData(
-        images=images,
-        labels=labels,
-        cell_ids=list(range(count)),
-        classes=[f"C{i}" for i in range(classes)],
-    )
-
-
-def bare_loop(data, batch: int, steps: int, device) -> float:
-    """Seconds for `steps` plain training steps."""
-    from mltasks.resnext import resnext50_32x4d
-
-    torch.manual_seed(0)
-    model = resnext50_32x4d(len(data.classes)).to(device, memory_format=torch.channels_last)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    autocast = device.type == "cuda"
-    order = np.random.default_rng(0).permutation(len(data.labels))
-    model.train()
-    synchronise(device)
-    started = time.perf_counter()
-    for step in range(steps):
-        index = order[(step * batch) % len(order) :][:batch]
-        images = data.images[index].permute(0, 3, 1, 2).float().div(255).to(device)
-        images = images.contiguous(memory_format=torch.channels_last)
-        targets = torch.from_numpy(data.labels[index]).to(device)
-        optimiser.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(images)
-        loss_fn(logits.float(), targets).backward()
-        optimiser.step()
-    synchronise(device)
-    return time.perf_counter() - started
-
-
-def project_loop(data, batch: int, steps: int, device, augment: bool) -> float:
-    """Seconds of the project's training steps (one epoch of exactly `steps` steps)."""
-    from mltasks import run_config, training
-
-    classes = len(data.classes)
-    config = run_config.load_config(
-        {
-            "image_size": data.images.shape[1],
-            "batch_size": batch,
-            "max_epochs": 1,
-            "oversample_to": steps * batch // classes,
-            "rotate": augment,
-            "flip": augment,
-            "device": device.type,
-        }
-    )
-    everything = np.arange(len(data.labels))
-    plan = training.FoldPlan("0", everything, everything[:batch], everything[:batch])
-    times: list[float] = []
-
-    def progress(update: dict) -> None:
-        if "step" in update:
-            synchronise(device)
-            times.append(time.perf_counter())
-
-    synchronise(device)
-    started = time.perf_counter()
-    training.train_fold(data, plan, config, device, progress, lambda: False)
-    # Only the training steps count: up to the last step, not the validation and test after.
-    return times[-1] - started
+PROTOCOL = {"folds": 5, "epochs": 15, "images_per_class": 10_000}
 
 
 def synchronise(device) -> None:
@@ -110,49 +49,239 @@ def synchronise(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with open("/proc/self/clear_refs", "w") as handle:  # Linux: the peak from here on
+            handle.write("5")
+
+
+def peak_bytes(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def store_patches(count: int, size: int) -> list[str]:
+    """`count` smooth synthetic PNG patches in media storage (cell-like: blobs on white)."""
+    from PIL import Image, ImageFilter
+
+    from core.storage import store_bytes
+
+    rng = np.random.default_rng(0)
+    names = []
+    for n in range(count):
+        coarse = rng.integers(120, 256, (size // 16 + 1, size // 16 + 1, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+        buffer = io.BytesIO()
+        image.filter(ImageFilter.GaussianBlur(2)).save(buffer, "PNG")
+        names.append(f"bench/patch-{n}.png")
+        store_bytes(names[-1], buffer.getvalue())
+    return names
+
+
+def pipeline_rate(data, config, device, batches: int) -> float:
+    """Images per second of the loader alone over `batches` batches (after the first)."""
+    from mltasks import pipeline
+
+    sampler = pipeline.OversampledSampler(
+        np.arange(len(data.labels)),
+        data.labels,
+        config["oversample_to"],
+        np.random.default_rng(0),
+    )
+    loader = pipeline.loader(
+        data.images, data.labels, sampler, config["batch_size"], config, device.type
+    )
+    seen, started = 0, None
+    try:
+        for step, (images, _) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            if step == 0:
+                synchronise(device)
+                started = time.perf_counter()
+                continue
+            seen += len(images)
+            if step == batches:
+                break
+        synchronise(device)
+        return seen / (time.perf_counter() - started)
+    finally:
+        pipeline.shut_down(loader)
+
+
+def bare_loop(classes: int, size: int, batch: int, steps: int, device) -> float:
+    """Images per second of plain training steps on synthetic images already on the device."""
+    from mltasks.resnext import resnext50_32x4d
+
+    torch.manual_seed(0)
+    model = resnext50_32x4d(classes).to(device, memory_format=torch.channels_last).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.rand(batch, 3, size, size, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, classes, (batch,), device=device)
+    autocast = device.type == "cuda"
+    started = None
+    for step in range(steps):
+        if step == 1:
+            synchronise(device)
+            started = time.perf_counter()
+        optimiser.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(images)
+        torch.nn.functional.cross_entropy(logits.float(), targets).backward()
+        optimiser.step()
+    synchronise(device)
+    return (steps - 1) * batch / (time.perf_counter() - started)
+
+
+def project_loop(data, config, device, augment: bool) -> float:
+    """Images per second of `train_fold`'s training steps (one epoch of exactly the config's
+    steps, the first left out; not its validation and test predictions after)."""
+    from mltasks import training
+
+    config = {**config, "rotate": augment, "flip": augment}
+    everything = np.arange(len(data.labels))
+    plan = training.FoldPlan("0", everything, everything[:2], everything[:2])
+    times: list[float] = []
+
+    def progress(update: dict) -> None:
+        if "step" in update:
+            synchronise(device)
+            times.append(time.perf_counter())
+
+    training.train_fold(data, plan, config, device, progress, lambda: False)
+    return (len(times) - 1) * config["batch_size"] / (times[-1] - times[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64, help="image side in px")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--classes", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--image-size", type=int, default=400, help="image side in px")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per loop")
+    parser.add_argument("--batch", type=int, default=None, help='default "auto"')
+    parser.add_argument("--workers", type=int, default=None, help="loader_workers (auto)")
+    parser.add_argument("--cells", type=int, default=256, help="distinct stored patches")
+    parser.add_argument("--classes", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the project loop")
+    parser.add_argument("--repeats", type=int, default=1, help="best of, the loops taking turns")
     args = parser.parse_args()
-    import django
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: this machine has no CUDA.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="cytomark-bench-train-") as folder:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
+        os.environ.update(
+            {"MEDIA_ROOT": str(Path(folder) / "media"), "VAR_DIR": str(Path(folder) / "var")}
+        )
+        os.chdir(ROOT)
+        import django
 
-    django.setup()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = synthetic_data(max(256, args.batch * 4), args.size, args.classes, seed=0)
-    images = args.steps * args.batch
-    bare_loop(data, args.batch, 2, device)  # warm-up: allocator, kernels, threads
-    rates = {}
-    for name, run in (
-        ("bare PyTorch loop", lambda: bare_loop(data, args.batch, args.steps, device)),
-        ("project loop", lambda: project_loop(data, args.batch, args.steps, device, True)),
-        (
-            "project loop, no augmentation",
-            lambda: project_loop(data, args.batch, args.steps, device, False),
+        django.setup()
+        run(args, device)
+
+
+def run(args, device) -> None:
+    from mltasks import memory, pipeline, run_config, training
+
+    size, classes = args.image_size, args.classes
+    config = run_config.load_config(
+        {
+            "image_size": size,
+            "batch_size": args.batch or "auto",
+            "max_epochs": 1,
+            "loader_workers": args.workers,
+            "device": device.type,
+            "compile": args.compile,
+        }
+    )
+    if config["batch_size"] == "auto" and device.type == "cuda":
+        training.prepare_device(config, device)
+        config["batch_size"] = training.probe_batch_size(config, classes, device)
+    batch = memory.batch_size_for(config, device.type)
+    config["batch_size"] = batch
+    config["oversample_to"] = max(1, args.steps * batch // classes)
+    steps = config["oversample_to"] * classes // batch
+    names = store_patches(args.cells, size)
+    labels = np.arange(args.cells) % classes
+
+    def data(cache: bool):
+        found = pipeline.DiskCache(args.cells, size) if cache else None
+        images = pipeline.StoredPatches(names, size, found)
+        return training.TrainingData(
+            images, labels, list(range(args.cells)), [str(c) for c in range(classes)]
+        )
+
+    figures: dict[str, tuple[float, int]] = {}
+
+    def measure(name: str, how) -> None:
+        reset_peak(device)
+        rate = how()
+        found = figures.get(name, (0.0, 0))
+        figures[name] = (max(rate, found[0]), max(peak_bytes(device), found[1]))
+        print(f"  {name}: {rate:.1f} images/s", flush=True)
+
+    workers = pipeline.workers_for(config, device.type)
+    streamed, cached = data(cache=False), data(cache=True)
+    for position in range(args.cells):  # fill the cache
+        cached.images[position]
+    loops = {
+        "data pipeline (decode + collate, no model)": lambda: pipeline_rate(
+            streamed, config, device, steps
         ),
-    ):
-        rates[name] = images / min(run() for _ in range(args.repeats))
+        "data pipeline, disk cache warm": lambda: pipeline_rate(cached, config, device, steps),
+        "bare loop (synthetic, on the device)": lambda: bare_loop(
+            classes, size, batch, steps, device
+        ),
+        "project loop": lambda: project_loop(streamed, config, device, True),
+        "project loop, no augmentation": lambda: project_loop(streamed, config, device, False),
+    }
+    for _ in range(args.repeats):
+        for name, how in loops.items():
+            measure(name, how)
+    cached.close()
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"CPU, {torch.get_num_threads()} threads"
     )
+    bf16 = "bf16 autocast, " if device.type == "cuda" else "float32, "
     print(
-        f"\nResNeXt-50 32x4d, {args.size} x {args.size} px, batch {args.batch}, "
-        f"{args.steps} steps, {where}; best of {args.repeats}\n"
+        f"\nResNeXt-50 32x4d, {size} x {size} px, batch {batch}, {steps} steps, {bf16}{where}; "
+        f"loader_workers {workers}, {args.cells} stored PNG patches; best of {args.repeats}"
+        + (", torch.compile" if args.compile else "")
+        + "\n"
     )
-    bare = rates["bare PyTorch loop"]
-    for name, rate in rates.items():
-        print(f"{name:32} {rate:9.1f} images/s  {rate / bare:5.2f} x the bare loop")
-    overhead = 1 - rates["project loop, no augmentation"] / bare
-    print(f"\nthe project loop's own overhead: {overhead:.1%} (goal: at most 10 %)")
-    if device.type == "cuda":
-        protocol = 5 * 15 * 15 * 10_000  # folds x epochs x classes x images per class per epoch
-        hours = protocol / rates["project loop"] / 3600
-        print(f"full protocol (5 folds, 15 classes x 10,000, 15 epochs) projected: {hours:.1f} h")
+    bare = figures["bare loop (synthetic, on the device)"][0]
+    memory_kind = "peak GPU memory" if device.type == "cuda" else "peak RSS"
+    for name, (rate, peak) in figures.items():
+        print(
+            f"{name:44} {rate:9.1f} images/s  {rate / bare:6.2f} x the bare loop  "
+            f"{memory_kind} {peak / 2**30:6.2f} GB"
+        )
+    project = figures["project loop"][0]
+    feeding = figures["data pipeline (decode + collate, no model)"][0] / project
+    plain = figures["project loop, no augmentation"][0]
+    print(
+        f"\nthe project loop: {project / bare:.2f} x the bare loop "
+        f"(without augmentation {plain / bare:.2f} x, own overhead {1 - plain / bare:.1%})"
+    )
+    print(
+        f"the pipeline alone delivers {feeding:.1f} x the project loop's rate"
+        + (" (below 1.1: the device waits for data)" if feeding < 1.1 else "")
+    )
+    images = PROTOCOL["folds"] * PROTOCOL["epochs"] * PROTOCOL["images_per_class"] * classes
+    print(
+        f"full protocol ({PROTOCOL['folds']} folds x {PROTOCOL['epochs']} epochs x "
+        f"{PROTOCOL['images_per_class']:,} images x {classes} classes = {images:,} images) "
+        f"projected at the project loop's rate: {images / project / 3600:.1f} h"
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Benchmark: peak resident memory of a training run against the decoded-patch floor.
+"""Benchmark: peak resident memory of a training run against the size of its decoded patches.
 
-A run holds every patch of its split decoded (cells x size x size x 3 bytes: the floor no run
-can go under) plus the network, its optimiser and one pass's activations. This prints, for two
-split sizes, each run's peak RSS beside the floor and beside `mltasks.memory`'s estimate (the
-figure a run is refused by, `TRAINING_MAX_MEMORY_GB`), and checks that the peak does not grow
-with `oversample_to` or `max_epochs`.
+The patches stream from storage (`mltasks.pipeline`), so a run holds a few decoded batches, the
+network, its optimiser and one pass's activations, not its split's patches. This prints, for two
+split sizes, each run's peak RSS beside what every patch decoded would take (cells x size x size
+x 3 bytes: what runs held before the pipeline streamed) and beside `mltasks.memory`'s estimate
+(the figure a run is refused by, `TRAINING_MAX_MEMORY_GB`), and checks that the peak does not
+grow with the cells, `oversample_to` or `max_epochs`.
 
 Each split is the demo study's (`seed_demo`: 3 synthetic scans, gold labels of every planted
 cell, `--cells` per scan), frozen into a data set with the proposed class map and a 5-fold
@@ -176,7 +177,7 @@ def main() -> None:
 def _row(cells: int, floor: int, label: str, figures: dict) -> str:
     return (
         f"{cells:5} cells  {label:42} peak RSS {figures['peak'] / GB:5.2f} GB  "
-        f"floor {floor / GB:5.2f} GB ({figures['peak'] / floor:5.1f} x)  "
+        f"all decoded {floor / GB:5.2f} GB ({figures['peak'] / floor:5.1f} x)  "
         f"estimate {figures['estimate'] / GB:5.2f} GB  pass {figures['pass_size']} images  "
         f"{figures['seconds']:6.0f} s"
     )

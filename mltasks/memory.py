@@ -1,15 +1,17 @@
 """How much memory a training run needs, worked out before it starts, and the size of the
 batches it passes through the network.
 
-A run's resident memory is the decoded patch cache, a fixed number of copies of the network's
-parameters and the activations of one forward/backward pass. It does not depend on
-`oversample_to`, the number of epochs or the number of folds: an epoch is an order of indices
-into the cache, a batch is converted to float when it is used, and each fold's weights leave
-memory once they are stored. On the CPU a batch goes through the network in passes of at most
-`pass_size` images whose gradients add up to the batch's (so `batch_size` stays the number of
-images per optimiser step, as in the original protocol).
+A run's resident memory is the decoded batches in flight, a fixed number of copies of the
+network's parameters and the activations of one forward/backward pass. It does not depend on
+the number of cells, `oversample_to`, the number of epochs or the number of folds: the patches
+stream from storage (`mltasks.pipeline`: an epoch is an order of positions, each loader worker
+holds `prefetch_factor` decoded batches), a batch is converted to float when it is used, and
+each fold's weights leave memory once they are stored. The loader workers are processes of
+their own (forks of the training process), not counted here. On the CPU a batch goes through
+the network in passes of at most `pass_size` images whose gradients add up to the batch's (so
+`batch_size` stays the number of images per optimiser step, as in the original protocol).
 
-    estimate = runtime + cells x image_size^2 x 3          (the uint8 cache)
+    estimate = runtime + batches in flight x batch x image_size^2 x 3   (uint8 batches)
                + PARAMETER_COPIES x 4 B x parameters       (weights, gradients, Adam's two
                                                             moments, the best epoch's copy,
                                                             the stored file's bytes)
@@ -31,6 +33,12 @@ GB = 1024**3
 RUNTIME_BYTES = int(0.85 * GB)
 # A CUDA context costs host memory too.
 CUDA_CONTEXT_BYTES = int(1.0 * GB)
+# The most images per batch a `batch_size: "auto"` probe tries on CUDA; on the CPU "auto" is
+# the original protocol's batch.
+AUTO_BATCH_CAP = 256
+CPU_AUTO_BATCH = 32
+# `loader_workers` assumed for an estimate where the config leaves it to the worker's host.
+ESTIMATED_AUTO_WORKERS = 8
 # ResNeXt-50 32x4d without its classifier layer; the classifier adds 2049 per class.
 BACKBONE_PARAMETERS = 22_979_904
 PARAMETER_COPIES = 6
@@ -47,11 +55,31 @@ def parameters(classes: int, pretrained: bool = False) -> int:
     return BACKBONE_PARAMETERS + 2049 * max(classes, 1000 if pretrained else 0)
 
 
+def batch_size_for(config: dict, device_type: str) -> int:
+    """Images per optimiser step: the config's number; for "auto" on the CPU the protocol's 32,
+    on CUDA (before the run's probe found it) the probe's cap."""
+    batch = config["batch_size"]
+    if batch != "auto":
+        return batch
+    return AUTO_BATCH_CAP if device_type == "cuda" else CPU_AUTO_BATCH
+
+
+def batches_in_flight(config: dict, device_type: str) -> int:
+    """Decoded batches a run holds at most: one training, one being copied, and each loader
+    worker's `prefetch_factor` (the estimate assumes ESTIMATED_AUTO_WORKERS where the config
+    leaves the workers to the host); twice on CUDA, whose batches are also pinned."""
+    workers = config.get("loader_workers")
+    if workers is None:
+        workers = ESTIMATED_AUTO_WORKERS if device_type == "cuda" else 0
+    held = 2 + workers * (config.get("prefetch_factor") or 2)
+    return held * (2 if device_type == "cuda" else 1)
+
+
 def pass_size(config: dict, device_type: str) -> int:
     """Images per forward/backward pass: `micro_batch_size` where the config sets it; else the
     whole batch on CUDA (activations live in device memory) and on the CPU as many as fit in
     `ACTIVATION_BUDGET_BYTES`, at least one."""
-    batch = config["batch_size"]
+    batch = batch_size_for(config, device_type)
     if config.get("micro_batch_size"):
         return min(config["micro_batch_size"], batch)
     if device_type == "cuda":
@@ -68,9 +96,11 @@ class MemoryEstimate:
     image_size: int
     pass_size: int
     runtime: int
-    cache: int
+    cache: int  # the decoded batches in flight
     parameters: int
     activations: int
+    batches: int = 0
+    batch_size: int = 0
 
     @property
     def total(self) -> int:
@@ -79,7 +109,8 @@ class MemoryEstimate:
     def describe(self) -> str:
         return (
             f"{self.total / GB:.1f} GB: decoded patches {self.cache / GB:.2f} GB "
-            f"({self.cells} cells x {self.image_size} x {self.image_size} x 3 bytes), "
+            f"({self.batches} batches in flight x {self.batch_size} x {self.image_size} x "
+            f"{self.image_size} x 3 bytes), "
             f"network and optimiser {self.parameters / GB:.2f} GB, "
             f"activations {self.activations / GB:.2f} GB "
             f"({self.pass_size} images per pass), runtime {self.runtime / GB:.2f} GB"
@@ -87,16 +118,21 @@ class MemoryEstimate:
 
 
 def estimate(cells: int, classes: int, config: dict, device_type: str) -> MemoryEstimate:
-    """The peak resident memory of a run over `cells` patches with `config` on `device_type`."""
+    """The peak resident memory of a run's training process over `cells` patches with `config`
+    on `device_type` (the cells do not count: the patches stream)."""
     size = config["image_size"]
     images = pass_size(config, device_type)
     on_cuda = device_type == "cuda"
+    batch = batch_size_for(config, device_type)
+    flight = batches_in_flight(config, device_type)
     return MemoryEstimate(
         cells=cells,
         image_size=size,
         pass_size=images,
         runtime=RUNTIME_BYTES + (CUDA_CONTEXT_BYTES if on_cuda else 0),
-        cache=cells * size * size * 3,
+        cache=flight * batch * size * size * 3,
+        batches=flight,
+        batch_size=batch,
         # On CUDA only the stored copies (weights on the host, the file's bytes) are host memory.
         parameters=(2 if on_cuda else PARAMETER_COPIES)
         * 4
@@ -110,7 +146,8 @@ def require_within(found: MemoryEstimate, limit_gb: float) -> None:
     if found.total > limit_gb * GB:
         raise DomainError(
             f"This run would need an estimated {found.describe()}; the limit "
-            f"(TRAINING_MAX_MEMORY_GB) is {limit_gb:g} GB. Lower image_size or micro_batch_size, "
-            "train on fewer cells, or raise the limit where the training worker has the memory.",
+            f"(TRAINING_MAX_MEMORY_GB) is {limit_gb:g} GB. Lower image_size, batch_size, "
+            "micro_batch_size or loader_workers, or raise the limit where the training worker "
+            "has the memory.",
             field="config",
         )

@@ -7,7 +7,6 @@ Plots are PNG files in storage (matplotlib `Figure`, no display needed)."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 from django.core.files.storage import default_storage
 from matplotlib.figure import Figure
 
@@ -17,9 +16,8 @@ from core import plots
 from core.plots import confusion_figure
 from core.storage import store_bytes
 
-from .augment import to_float
 from .evaluation import FoldPredictions, fold_summary, group_roc, rater_point
-from .training import load_model
+from .training import load_model, saliency
 
 
 def class_groups(study, classes: list[str], class_map) -> dict[str, set[str]]:
@@ -107,17 +105,15 @@ def roc_figure(group: str, roc: dict, points: list[dict]) -> Figure:
 
 
 def saliency_maps(model, data, index: np.ndarray, device, count: int) -> list[tuple[int, bytes]]:
-    """|d loss / d input| (max over colour channels) beside each patch, for `count` patches."""
-    model = model.to(device).eval()
+    """|d loss / d input| (max over colour channels) beside each patch, for `count` patches,
+    computed in one batch on the device (`training.saliency`)."""
+    positions = [int(p) for p in index[:count]]
+    if not positions:
+        return []
+    images = data.batch(positions)
+    heats = saliency(model, images, data.labels[positions], device)
     made = []
-    for position in index[:count]:
-        images = to_float(data.images[position : position + 1]).to(device).requires_grad_(True)
-        target = torch.tensor([int(data.labels[position])], device=device)
-        loss = torch.nn.functional.cross_entropy(model(images), target)
-        (gradient,) = torch.autograd.grad(loss, images)
-        heat = gradient.abs().amax(dim=1)[0].cpu().numpy()
-        heat = heat / heat.max() if heat.max() > 0 else heat
-        patch = data.images[position].numpy()
+    for position, patch, heat in zip(positions, images.numpy(), heats, strict=True):
         title = f"cell {data.cell_ids[position]}: {data.classes[data.labels[position]]}"
         made.append((data.cell_ids[position], plots.png(saliency_figure(patch, heat, title))))
     return made

@@ -13,7 +13,7 @@ from core.params import SEED_MAX
 
 DEFAULTS = {
     "image_size": 400,  # px: patches are resized to this square (the original: 400 x 400)
-    "batch_size": 32,  # images per optimiser step
+    "batch_size": 32,  # images per optimiser step, or "auto" (a probe on CUDA; 32 on the CPU)
     "micro_batch_size": None,  # images per forward/backward pass (None: mltasks.memory decides)
     "max_epochs": 15,  # the original's loss levelled off after about 15 epochs
     "patience": 3,  # early stopping: epochs without a better validation loss
@@ -29,6 +29,10 @@ DEFAULTS = {
     "device": "auto",  # auto (CUDA when present), cpu or cuda
     "threads": None,  # CPU threads (None: PyTorch's default)
     "saliency_samples": 6,  # test patches with a saliency map in the report
+    "loader_workers": None,  # decoding processes (None: cores - 1 up to 8 on CUDA, 0 on the CPU)
+    "prefetch_factor": 2,  # decoded batches each loader worker holds ready
+    "patch_cache": "none",  # "disk": decoded patches in a memory-mapped file for later epochs
+    "compile": False,  # torch.compile the network for training
 }
 
 
@@ -43,7 +47,10 @@ def _number(value) -> bool:
 # Each key's check, and what the message says it must be.
 CONFIG_CHECKS = {
     "image_size": (lambda v: _whole(v) and 32 <= v <= 4096, "a whole number from 32 to 4096"),
-    "batch_size": (lambda v: _whole(v) and 1 <= v <= 65536, "a whole number of at least 1"),
+    "batch_size": (
+        lambda v: v == "auto" or (_whole(v) and 1 <= v <= 65536),
+        '"auto" or a whole number of at least 1',
+    ),
     "micro_batch_size": (
         lambda v: v is None or (_whole(v) and 1 <= v <= 65536),
         "null or a whole number of at least 1",
@@ -65,6 +72,13 @@ CONFIG_CHECKS = {
     "device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     "threads": (lambda v: v is None or (_whole(v) and 1 <= v <= 1024), "null or a whole number"),
     "saliency_samples": (lambda v: _whole(v) and 0 <= v <= 100, "a whole number from 0 to 100"),
+    "loader_workers": (
+        lambda v: v is None or (_whole(v) and 0 <= v <= 64),
+        "null or a whole number from 0 to 64",
+    ),
+    "prefetch_factor": (lambda v: _whole(v) and 1 <= v <= 64, "a whole number from 1 to 64"),
+    "patch_cache": (lambda v: v in ("none", "disk"), "none or disk"),
+    "compile": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

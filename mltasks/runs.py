@@ -239,12 +239,14 @@ def _train(
     from . import training
 
     stored: list[str] = []
-    progress = None
+    progress = data = None
     try:
         training.check_device(config)
         if config["threads"]:
             torch.set_num_threads(config["threads"])
-        data = training.load_data(run.split, config["image_size"])
+        data = training.load_data(
+            run.split, config["image_size"], config.get("patch_cache", "none")
+        )
         plans = training.fold_plans(run.split, data, config)
         progress = _Progress(run, len(plans), config, lease, tracker)
         results = []
@@ -280,6 +282,9 @@ def _train(
                 failures.describe(exc, "The training run", where),
             )
         _end(run, lease, status, message, stored)
+    finally:
+        if data is not None:
+            data.close()
 
 
 def position(progress: dict) -> str:

@@ -4,16 +4,20 @@ One model per fold (k-fold splits) or one model (holdout): random rotation and f
 the fly to whole batches on the device, every class oversampled towards a target count per
 epoch, early stopping on a validation part carved out of the training folds (stratified, seeded:
 the fold's samples come from `datasets.splits.fold_parts`, which carves by `carve_validation`).
-The patches are decoded once into a uint8 cache in memory, so no epoch waits for image decoding;
-an epoch is an order of indices into it and a batch becomes float only while it is used, in passes
-small enough for the memory (`mltasks.memory`), so memory follows the cache and the pass size.
-Everything is in the config (`mltasks.run_config`, documented in docs/training.md); the seeds
-make a CPU run repeatable.
+The patches stream from storage through `mltasks.pipeline` (a DataLoader with worker processes,
+an oversampling sampler of indices, an optional decoded-patch cache on local disk): an epoch is an
+order of positions, a batch is decoded while the previous one trains and becomes float on the
+device only while it is used, in passes small enough for the memory (`mltasks.memory`), so
+memory follows the batch, the prefetch depth and the pass size, not the data set. On CUDA: bf16
+autocast, channels_last, cuDNN's benchmark, optionally `torch.compile`, and a batch size found by
+a probe (`batch_size: "auto"`). Everything is in the config (`mltasks.run_config`, documented
+in docs/training.md); the seeds make a CPU run repeatable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import json
 import time
@@ -23,14 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from django.core.files.storage import default_storage
-from PIL import Image
 
 from core.errors import DomainError
 from datasets import splits
 from datasets.models import Split
 
+from . import pipeline
 from .augment import augment_batch, to_float
-from .memory import pass_size
+from .memory import AUTO_BATCH_CAP, batch_size_for, pass_size
 from .resnext import load_pretrained, resnext50_32x4d
 
 
@@ -49,37 +53,49 @@ def pick_device(config: dict) -> torch.device:
 
 @dataclass
 class TrainingData:
-    """The split's patches decoded once: uint8 images (N, H, W, 3), class indices, in the
-    manifest's order (a fold's parts come from `splits.fold_parts`); `patches` the patch name
-    of each cell (as `splits.patch_names`)."""
+    """The split's cells in the manifest's order (a fold's parts come from
+    `splits.fold_parts`): `images` gives each one's uint8 pixels (H, W, 3) by position, read
+    from storage when asked for (`pipeline.StoredPatches`) or, in tests and benchmarks, a uint8
+    tensor (N, H, W, 3) in memory; class indices; `patches` the patch name of each cell (as
+    `splits.patch_names`)."""
 
-    images: torch.Tensor
+    images: pipeline.StoredPatches | torch.Tensor
     labels: np.ndarray
     cell_ids: list[int]
     classes: list[str]
     patients: list[str] | None = None
     patches: dict[int, str] = field(default_factory=dict)
 
+    def batch(self, positions) -> torch.Tensor:
+        """The images at `positions` as one uint8 (N, H, W, 3) tensor."""
+        return pipeline.batch(self.images, positions)
+
+    def close(self) -> None:
+        """Remove the decoded-patch cache on disk, if the run made one."""
+        if isinstance(self.images, pipeline.StoredPatches):
+            self.images.close()
+
 
 def decode_patch(name: str, image_size: int) -> np.ndarray:
     """A stored patch as uint8 RGB pixels, resized to `image_size` square."""
-    with default_storage.open(name, "rb") as handle, Image.open(handle) as image:
-        picture = image.convert("RGB")
-        if picture.size != (image_size, image_size):
-            picture = picture.resize((image_size, image_size), Image.BILINEAR)
-        return np.asarray(picture)
+    return pipeline.read_patch(name, image_size)
 
 
-def load_data(split: Split, image_size: int) -> TrainingData:
-    """Decode every patch of the split once, resized to `image_size`."""
+def load_data(split: Split, image_size: int, patch_cache: str = "none") -> TrainingData:
+    """The split's cells and where their patches are; nothing is decoded here. With
+    `patch_cache` "disk" the decoded patches are kept in a memory-mapped file under VAR_DIR for
+    later epochs and folds, removed by `TrainingData.close` (or when the data is forgotten)."""
     names = splits.patch_names(split, needed_by="training")
     every = splits.split_samples(split, names)
+    missing = [sample.patch for sample in every if not default_storage.exists(sample.patch)]
+    if missing:  # found now, not epochs later when the loader first reads it
+        raise FileNotFoundError(
+            errno.ENOENT, f"{len(missing)} patch file(s) are not in storage", missing[0]
+        )
     index = {code: i for i, code in enumerate(split.dataset.classes)}
-    images = np.empty((len(every), image_size, image_size, 3), dtype=np.uint8)
-    for position, sample in enumerate(every):
-        images[position] = decode_patch(sample.patch, image_size)
+    cache = pipeline.DiskCache(len(every), image_size) if patch_cache == "disk" else None
     return TrainingData(
-        images=torch.from_numpy(images),
+        images=pipeline.StoredPatches([sample.patch for sample in every], image_size, cache),
         labels=np.array([index[sample.class_name] for sample in every]),
         cell_ids=[sample.cell for sample in every],
         classes=list(split.dataset.classes),
@@ -172,18 +188,6 @@ def fold_plans(split: Split, data: TrainingData, config: dict) -> list[FoldPlan]
     return [plan for plan in plans if wanted is None or plan.fold in wanted]
 
 
-def oversampled_order(labels: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
-    """One epoch's order: each class present drawn `target` times (with replacement where it
-    has fewer cells, without where it has more), shuffled together."""
-    picks = []
-    for klass in np.unique(labels):
-        members = np.flatnonzero(labels == klass)
-        picks.append(rng.choice(members, size=target, replace=len(members) < target))
-    order = np.concatenate(picks)
-    rng.shuffle(order)
-    return order
-
-
 class Cancelled(Exception):
     """The run was cancelled by its user."""
 
@@ -218,17 +222,99 @@ def _forward(model, images, device, autocast: bool):
         return model(images)
 
 
+def _on_device(images: torch.Tensor, device) -> torch.Tensor:
+    """A uint8 (N, H, W, 3) batch as float (N, 3, H, W) channels_last on `device` (the copy
+    is asynchronous from pinned memory)."""
+    return to_float(images.to(device, non_blocking=True))
+
+
 def predict(model, data: TrainingData, index: np.ndarray, config: dict, device) -> np.ndarray:
-    """Softmax probabilities of the cells at `index`, without augmentation."""
+    """Softmax probabilities of the cells at `index`, without augmentation, in batches on the
+    device."""
+    batches = evaluation_loader(data, index, config, device, persistent=False)
+    try:
+        return _predict(model, batches, device, len(data.classes))
+    finally:
+        pipeline.shut_down(batches)
+
+
+def evaluation_loader(data, index, config, device, *, persistent=True):
+    """The cells at `index` in order, in batches of one pass (`memory.pass_size`)."""
+    size = pass_size({**config, "batch_size": batch_size_for(config, device.type)}, device.type)
+    return pipeline.loader(
+        data.images,
+        data.labels,
+        [int(i) for i in index],
+        size,
+        config,
+        device.type,
+        persistent=persistent,
+    )
+
+
+def _predict(model, batches, device, classes: int) -> np.ndarray:
     model.eval()
     autocast = device.type == "cuda"
     out = []
     with torch.no_grad():
-        for batch in _batches(index, pass_size(config, device.type)):
-            images = to_float(data.images[batch]).to(device, memory_format=torch.channels_last)
-            logits = _forward(model, images, device, autocast).float()
+        for images, _ in batches:
+            logits = _forward(model, _on_device(images, device), device, autocast).float()
             out.append(torch.softmax(logits, dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(data.classes)))
+    return np.concatenate(out) if out else np.zeros((0, classes))
+
+
+def _new_model(config: dict, classes: int, device) -> torch.nn.Module:
+    model = resnext50_32x4d(num_classes=1000 if config["pretrained"] else classes)
+    if config["pretrained"]:
+        load_pretrained(model, config["pretrained"])
+        model.fc = torch.nn.Linear(model.fc.in_features, classes)
+    return model.to(device, memory_format=torch.channels_last)
+
+
+# The share of the device's memory a probed batch may peak at: the rest is for the optimiser's
+# first step, the loader's pinned batches and the allocator's fragmentation.
+PROBE_MEMORY_SHARE = 0.85
+
+
+def probe_batch_size(config: dict, classes: int, device, cap: int = AUTO_BATCH_CAP) -> int:
+    """The largest power of two up to `cap` images whose training step (forward and backward
+    in bf16, on a throw-away model and synthetic images) fits the CUDA device's memory with
+    room to spare, halving on running out of memory; at least 1."""
+    size = config["image_size"]
+    model = _new_model({**config, "pretrained": None}, classes, device).train()
+    total = torch.cuda.get_device_properties(device).total_memory
+    batch = 1 << (max(1, cap).bit_length() - 1)
+    try:
+        while batch > 1:
+            try:
+                torch.cuda.reset_peak_memory_stats(device)
+                images = torch.rand(batch, 3, size, size, device=device)
+                images = images.contiguous(memory_format=torch.channels_last)
+                targets = torch.zeros(batch, dtype=torch.long, device=device)
+                loss = torch.nn.functional.cross_entropy(
+                    _forward(model, images, device, True).float(), targets
+                )
+                loss.backward()
+                torch.cuda.synchronize(device)
+                if torch.cuda.max_memory_allocated(device) <= PROBE_MEMORY_SHARE * total:
+                    return batch
+            except torch.cuda.OutOfMemoryError:
+                pass
+            finally:
+                images = targets = loss = None
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+            batch //= 2
+        return 1
+    finally:
+        del model
+        torch.cuda.empty_cache()
+
+
+def prepare_device(config: dict, device) -> None:
+    """What CUDA runs gain from: cuDNN picks its fastest kernels for the (fixed) input size."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def train_fold(
@@ -242,54 +328,75 @@ def train_fold(
     """Train one model on the plan's training part; keep the epoch with the best validation
     loss; predict the test part."""
     started = time.perf_counter()
+    prepare_device(config, device)
     torch.manual_seed(config["seed"])
     rng = np.random.default_rng(config["seed"])
     generator = torch.Generator(device="cpu").manual_seed(config["seed"])
-    model = resnext50_32x4d(num_classes=1000 if config["pretrained"] else len(data.classes))
-    if config["pretrained"]:
-        load_pretrained(model, config["pretrained"])
-        model.fc = torch.nn.Linear(model.fc.in_features, len(data.classes))
-    model = model.to(device, memory_format=torch.channels_last)
+    model = _new_model(config, len(data.classes), device)
+    if config["batch_size"] == "auto" and device.type == "cuda":
+        config = {**config, "batch_size": probe_batch_size(config, len(data.classes), device)}
+        progress({"fold": plan.fold, "batch_size": config["batch_size"]})
+    batch_size = batch_size_for(config, device.type)
+    config = {**config, "batch_size": batch_size}
+    runs_model = torch.compile(model) if config.get("compile") else model
     optimiser = torch.optim.Adam(
         model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"]
     )
     passes = pass_size(config, device.type)
-    train_labels = data.labels[plan.train]
+    sampler = pipeline.OversampledSampler(
+        plan.train, data.labels[plan.train], config["oversample_to"], rng
+    )
+    training = pipeline.loader(data.images, data.labels, sampler, batch_size, config, device.type)
+    validation = evaluation_loader(data, plan.validation, config, device)
     best_loss, best_state, stale, history = float("inf"), None, 0, []
     epoch = 0
-    for epoch in range(1, config["max_epochs"] + 1):
-        model.train()
-        order = plan.train[oversampled_order(train_labels, config["oversample_to"], rng)]
-        steps = (len(order) + config["batch_size"] - 1) // config["batch_size"]
-        running = 0.0
-        for step, batch in enumerate(_batches(order, config["batch_size"]), start=1):
-            optimiser.zero_grad(set_to_none=True)
-            loss = 0.0
-            for part in _batches(batch, passes):
-                if should_stop():
-                    raise Cancelled()
-                loss += _accumulate(model, data, part, len(batch), config, generator, device)
-            optimiser.step()
-            running += loss
-            progress(
-                {"fold": plan.fold, "epoch": epoch, "step": step, "steps": steps, "loss": loss}
+    try:
+        for epoch in range(1, config["max_epochs"] + 1):
+            runs_model.train()
+            steps = len(training)
+            running = 0.0
+            for step, (images, targets) in enumerate(training, start=1):
+                optimiser.zero_grad(set_to_none=True)
+                loss = 0.0
+                for start in range(0, len(images), passes):
+                    if should_stop():
+                        raise Cancelled()
+                    part = slice(start, start + passes)
+                    loss += _accumulate(
+                        runs_model,
+                        images[part],
+                        targets[part],
+                        len(images),
+                        config,
+                        generator,
+                        device,
+                    )
+                optimiser.step()
+                running += loss
+                progress(
+                    {"fold": plan.fold, "epoch": epoch, "step": step, "steps": steps, "loss": loss}
+                )
+            validation_loss, validation_accuracy = _validate(
+                model, validation, data.labels[plan.validation], device, len(data.classes)
             )
-        validation_loss, validation_accuracy = _validate(model, data, plan, config, device)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": running / max(1, steps),
-                "validation_loss": validation_loss,
-                "validation_accuracy": validation_accuracy,
-            }
-        )
-        progress({"fold": plan.fold, "epoch": epoch, "validation": history[-1]})
-        if validation_loss < best_loss:
-            best_loss, best_state, stale = validation_loss, _keep(model, best_state), 0
-        else:
-            stale += 1
-            if stale >= config["patience"]:
-                break
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": running / max(1, steps),
+                    "validation_loss": validation_loss,
+                    "validation_accuracy": validation_accuracy,
+                }
+            )
+            progress({"fold": plan.fold, "epoch": epoch, "validation": history[-1]})
+            if validation_loss < best_loss:
+                best_loss, best_state, stale = validation_loss, _keep(model, best_state), 0
+            else:
+                stale += 1
+                if stale >= config["patience"]:
+                    break
+    finally:
+        pipeline.shut_down(training)
+        pipeline.shut_down(validation)
     model.load_state_dict(best_state)
     probabilities = predict(model, data, plan.test, config, device)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
@@ -315,27 +422,41 @@ def _keep(model, kept: dict | None) -> dict:
     return kept
 
 
-def _accumulate(model, data, part, batch_images, config, generator, device) -> float:
-    """Forward and backward one pass of a batch, adding its share to the gradients (the summed
-    shares are the gradient of the batch's mean loss); returns its share of that loss."""
-    images = to_float(data.images[part]).to(device, memory_format=torch.channels_last)
-    images = augment_batch(images, generator, rotate=config["rotate"], flip=config["flip"])
-    targets = torch.from_numpy(data.labels[part]).to(device)
+def _accumulate(model, images, targets, batch_images, config, generator, device) -> float:
+    """Forward and backward one pass (uint8 `images` (N, H, W, 3), class indices `targets`) of
+    a batch of `batch_images`, adding its share to the gradients (the summed shares are the
+    gradient of the batch's mean loss); returns its share of that loss."""
+    images = augment_batch(
+        _on_device(images, device), generator, rotate=config["rotate"], flip=config["flip"]
+    )
+    targets = torch.as_tensor(targets).to(device, non_blocking=True)
     logits = _forward(model, images, device, device.type == "cuda").float()
-    share = torch.nn.functional.cross_entropy(logits, targets) * (len(part) / batch_images)
+    share = torch.nn.functional.cross_entropy(logits, targets) * (len(images) / batch_images)
     share.backward()
     return share.item()
 
 
-def _validate(model, data, plan, config, device) -> tuple[float, float]:
-    probabilities = predict(model, data, plan.validation, config, device)
-    labels = data.labels[plan.validation]
+def _validate(model, batches, labels, device, classes: int) -> tuple[float, float]:
+    probabilities = _predict(model, batches, device, classes)
     if not len(labels):
         return 0.0, 0.0
     picked = probabilities[np.arange(len(labels)), labels]
     loss = float(-np.log(np.clip(picked, 1e-12, 1)).mean())
     accuracy = float((probabilities.argmax(axis=1) == labels).mean())
     return loss, accuracy
+
+
+def saliency(model, images: torch.Tensor, labels, device) -> np.ndarray:
+    """|d loss / d input| (max over colour channels), scaled to [0, 1] per image, for a uint8
+    (N, H, W, 3) batch in one pass on the device (float32: gradients of bf16 are too coarse)."""
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    pixels = _on_device(images, device).requires_grad_(True)
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    loss = torch.nn.functional.cross_entropy(model(pixels), targets, reduction="sum")
+    (gradient,) = torch.autograd.grad(loss, pixels)
+    heat = gradient.abs().amax(dim=1)
+    peak = heat.flatten(1).amax(dim=1).clamp_min(torch.finfo(heat.dtype).tiny)
+    return (heat / peak[:, None, None]).cpu().numpy()
 
 
 def state_dict_bytes(state: dict, classes: list[str], config: dict) -> bytes:

@@ -1,6 +1,7 @@
 """A training run's memory: refused before it starts when its estimate exceeds
 TRAINING_MAX_MEMORY_GB, and while it runs bounded by one pass through the network and the
-decoded cache, not by the batch size, images per class per epoch or epochs."""
+decoded batches in flight, not by the batch size, images per class per epoch, epochs or the
+number of cells (the patches stream: tests/test_pipeline.py measures that one)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def test_a_run_estimated_over_the_limit_is_refused_naming_estimate_and_limit(
     )
     assert response.status_code == 400, response.json()
     message = response.json()["config"][0]
-    cells = len(split.dataset.manifest)
-    assert "would need an estimated" in message and f"{cells} cells x 32 x 32" in message
+    assert "would need an estimated" in message
+    assert "decoded patches 0.00 GB (2 batches in flight x 16 x 32 x 32 x 3 bytes)" in message
     assert "limit (TRAINING_MAX_MEMORY_GB) is 0.5 GB" in message
     with pytest.raises(CommandError, match=r"estimated .* GB: decoded patches .* is 0.5 GB"):
         call_command("train", "--split", str(split.pk), "--set", "image_size=32")
@@ -49,15 +50,22 @@ def test_a_run_estimated_over_the_limit_is_refused_naming_estimate_and_limit(
     assert response.status_code == 202, response.json()
 
 
-def test_the_default_config_fits_the_demo_split_and_the_full_data_set_names_its_cache():
+def test_the_estimate_follows_the_batches_in_flight_not_the_cells():
     config = run_config.load_config()
     demo = memory.estimate(300, 15, config, "cpu")
     assert demo.pass_size == 4 and demo.total < 3 * memory.GB
-    assert demo.cache == 300 * 400 * 400 * 3
+    assert demo.cache == 2 * 32 * 400 * 400 * 3  # the batch training and the next, no workers
     full = memory.estimate(18_365, 15, config, "cpu")
-    with pytest.raises(DomainError, match=r"decoded patches 8\.21 GB \(18365 cells x 400"):
-        memory.require_within(full, 8.0)
-    memory.require_within(full, 12.0)
+    assert full.total == demo.total
+    memory.require_within(full, 8.0)
+    # Four workers with 2 batches each ahead, pinned on CUDA too; "auto" on CUDA: the cap.
+    workers = {**config, "loader_workers": 4}
+    assert memory.estimate(300, 15, workers, "cpu").batches == 2 + 4 * 2
+    assert memory.estimate(300, 15, workers, "cuda").batches == 2 * (2 + 4 * 2)
+    auto = memory.estimate(300, 15, {**config, "batch_size": "auto"}, "cuda")
+    assert auto.batch_size == memory.AUTO_BATCH_CAP and auto.batches == 2 * (2 + 8 * 2)
+    with pytest.raises(DomainError, match=r"decoded patches 0\.29 GB \(10 batches in flight"):
+        memory.require_within(memory.estimate(300, 15, {**workers, "batch_size": 64}, "cpu"), 1)
 
 
 def test_the_pass_size_follows_the_config_device_and_image_size():
@@ -150,12 +158,20 @@ def test_passes_add_up_to_the_gradient_of_the_whole_batch():
         classes=["A", "B", "C"],
     )
     config = run_config.load_config({"rotate": False, "flip": False})
-    batch, device = np.arange(count), torch.device("cpu")
+    device = torch.device("cpu")
 
     def gradients(passes: int) -> tuple[float, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         loss = sum(
-            training._accumulate(model, data, batch[i : i + passes], count, config, None, device)
+            training._accumulate(
+                model,
+                data.images[i : i + passes],
+                torch.from_numpy(data.labels[i : i + passes]),
+                count,
+                config,
+                None,
+                device,
+            )
             for i in range(0, count, passes)
         )
         return loss, [p.grad.clone() for p in model.parameters()]
