@@ -33,6 +33,7 @@ DEFAULTS = {
     "prefetch_factor": 2,  # decoded batches each loader worker holds ready
     "patch_cache": "none",  # "disk": decoded patches in a memory-mapped file for later epochs
     "compile": False,  # torch.compile the network for training
+    "export_models": True,  # each fold also as TorchScript and ONNX, with a model card
 }
 
 
@@ -78,6 +79,7 @@ CONFIG_CHECKS = {
     ),
     "prefetch_factor": (lambda v: _whole(v) and 1 <= v <= 64, "a whole number from 1 to 64"),
     "patch_cache": (lambda v: v in ("none", "disk"), "none or disk"),
+    "export_models": (lambda v: isinstance(v, bool), "true or false"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
 }
 

@@ -265,7 +265,9 @@ def _train(
             raise leases.LeaseLost(f"Run {run.pk} is no longer this worker's.")
         report = reports.build_report(run, data, folds, device, saliency_weights=results[0][1])
         stored.extend(report.pop("_files", []))
-        stored.extend(export.export_run(run, [(r.fold, name) for r, name, _ in results], report))
+        if config["export_models"]:
+            exported = export.export_run(run, [(r.fold, name) for r, name, _ in results], report)
+            stored.extend(exported)
         _publish(run, results, report, lease)
     except Exception as exc:  # each end recorded on the run in a sentence, errors logged in full
         where = position(progress.state if progress else {})

@@ -40,6 +40,7 @@ SMOKE = {
     "oversample_to": 8,
     "saliency_samples": 1,
     "threads": 1,
+    "export_models": False,  # the exports have their own tests (tests/test_export.py)
 }
 
 

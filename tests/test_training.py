@@ -31,6 +31,7 @@ SMOKE = {
     "oversample_to": 8,
     "saliency_samples": 2,
     "threads": 2,
+    "export_models": False,  # the exports have their own tests (tests/test_export.py)
 }
 
 
@@ -66,6 +67,7 @@ def test_a_smoke_run_through_the_worker_gives_a_complete_report(
     assert run.status == "done", run.error
     report = run.report
     assert report["classes"] == split.dataset.classes
+    assert "exports" not in report  # export_models false: no TorchScript, ONNX or card
     for row in report["per_class"].values():
         assert {"images", "precision", "sensitivity", "specificity"} <= set(row)
         assert row["sensitivity"]["folds_used"] <= 2

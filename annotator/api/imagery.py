@@ -214,6 +214,17 @@ def tile(request, scan_id: int, level: int, col: int, row: int):
     return response
 
 
+def _visible_cell(request, cell_id: int, what: str):
+    """The cell if the requester may see it, else the 401 or 404 answer to send."""
+    user = request.user
+    if not user.is_authenticated:
+        return _error(401, f"Log in, or send an API token, to see {what}.")
+    cell = access.visible_cells(user).select_related("scan", "study").filter(pk=cell_id).first()
+    if cell is None:
+        return _error(404, f"No cell {cell_id} among the cells of your studies.")
+    return cell
+
+
 @extend_schema(
     operation_id="cells_patch_retrieve",
     summary="A cell's patch",
@@ -236,12 +247,9 @@ def tile(request, scan_id: int, level: int, col: int, row: int):
 @bytes_view(PNGRenderer)
 def cell_patch(request, cell_id: int):
     """A cell's patch as PNG, cut now if missing; headers say what of it is padding."""
-    user = request.user
-    if not user.is_authenticated:
-        return _error(401, "Log in, or send an API token, to see patches.")
-    cell = access.visible_cells(user).select_related("scan", "study").filter(pk=cell_id).first()
-    if cell is None:
-        return _error(404, f"No cell {cell_id} among the cells of your studies.")
+    cell = _visible_cell(request, cell_id, "patches")
+    if isinstance(cell, JsonResponse):
+        return cell
     try:
         patch = patches.ensure_patch(cell)
     except DomainError as exc:
@@ -282,12 +290,9 @@ def cell_patch(request, cell_id: int):
 @bytes_view(PNGRenderer)
 def cell_context(request, cell_id: int):
     """The scan around a cell's patch, for the cells the user may see."""
-    user = request.user
-    if not user.is_authenticated:
-        return _error(401, "Log in, or send an API token, to see the scan around a cell.")
-    cell = access.visible_cells(user).select_related("scan", "study").filter(pk=cell_id).first()
-    if cell is None:
-        return _error(404, f"No cell {cell_id} among the cells of your studies.")
+    cell = _visible_cell(request, cell_id, "the scan around a cell")
+    if isinstance(cell, JsonResponse):
+        return cell
     try:
         data = patches.context_png(cell)
     except DomainError as exc:
