@@ -29,11 +29,13 @@ from core.errors import DomainError
 from core.storage import store_bytes
 from datasets.models import Split
 
-from . import export, memory, run_config, tracking
+from . import export, launch, memory, run_config, tracking
 from .models import FoldModel, TrainingRun
 
 if TYPE_CHECKING:
     import torch
+
+    from .distributed import Ranks
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_SECONDS = 0.5
@@ -198,6 +200,22 @@ class _Progress:
         return not self.lease.held() or self.lease.mine().filter(cancel_requested=True).exists()
 
 
+class _Following:
+    """A follower's progress in a data-parallel run: the leader writes the run's progress and
+    decides when all stop (`mltasks.distributed.end_of_step`)."""
+
+    state: dict = {}
+
+    def next_fold(self, index: int) -> None:
+        pass
+
+    def __call__(self, update: dict) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
 def execute(run_id: int) -> TrainingRun:
     """Run the training of a queued run to its end: done, failed or cancelled.
 
@@ -223,36 +241,111 @@ def execute(run_id: int) -> TrainingRun:
         run.refresh_from_db()
         return run
     with leases.Lease(TrainingRun, run.pk, owner) as lease:
-        tracker = tracking.Tracker.start(run.pk)
-        _train(run, config, device, lease, tracker)
-        tracker.finish()
+        if run_config.distributed(config):
+            _supervise(run, config, lease)
+        else:
+            tracker = tracking.Tracker.start(run.pk)
+            _train(run, config, device, lease, tracker)
+            tracker.finish()
     run.refresh_from_db()
     return run
 
 
+def _supervise(run: TrainingRun, config: dict, lease: leases.Lease) -> None:
+    """A data-parallel run: its ranks (torchrun) train and record its end while this worker
+    renews the lease; they are stopped when the run is cancelled or this worker shuts down. If
+    they end without recording it (killed, or a follower failed), the run ends here."""
+
+    def should_stop() -> bool:
+        if leases.shutdown_reason():
+            return True
+        return not lease.held() or lease.mine().filter(cancel_requested=True).exists()
+
+    command = launch.torchrun_command(run.pk, config, lease.owner)
+    ended = launch.run_ranks(command, config, should_stop)
+    progress = TrainingRun.objects.get(pk=run.pk).progress
+    if reason := leases.shutdown_reason():
+        status, message = TrainingRun.Status.CANCELLED, stopped_message(reason, position(progress))
+    else:
+        status = TrainingRun.Status.FAILED
+        message = ended.error or (
+            f"The training run failed{position(progress)}: its training processes ended with "
+            f"exit code {ended.code}; the training worker's log has their output."
+        )
+    if not lease.finish(status=status, error=message[:4000], finished_at=timezone.now()):
+        run.refresh_from_db()  # the ranks recorded the run's end, or it was cancelled
+    if run.status != TrainingRun.Status.DONE:
+        remove_partials(run)
+
+
+def train_rank(run_id: int, owner: str) -> bool:
+    """One process of a data-parallel run (`manage.py train_rank`, started by torchrun): trains
+    its share; the leader also tracks, stores, reports and records the run's end, under the
+    lease `owner` of the supervising worker (which renews it). Whether the run may go on
+    (False: this rank failed or the leader recorded a failure, and torchrun ends the others)."""
+    from . import distributed
+
+    ranks = distributed.Ranks.from_env()
+    run = TrainingRun.objects.select_related("split__dataset__study").get(pk=run_id)
+    config = run.config
+    device = distributed.device_for(config, ranks)
+    lease = leases.Lease(TrainingRun, run.pk, owner)
+    distributed.start_group(ranks, device)
+    try:
+        if not ranks.leader:
+            _train(run, config, device, lease, None, ranks)
+            return True
+        lease.mine().update(device=f"{ranks.world} x {_describe(device)}, DDP")
+        tracker = tracking.Tracker.start(run.pk)
+        _train(run, config, device, lease, tracker, ranks)
+        tracker.finish()
+        return not TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.FAILED).exists()
+    except Exception as exc:  # a follower's failure: its sentence for the supervising worker
+        log.exception("Rank %s of training run %s failed", ranks.rank, run.pk)
+        distributed.record_error(ranks, failures.describe(exc, "The training run", ""))
+        return False
+    finally:
+        distributed.end_group()
+
+
 def _train(
-    run: TrainingRun, config: dict, device, lease: leases.Lease, tracker: tracking.Tracker
+    run: TrainingRun,
+    config: dict,
+    device,
+    lease: leases.Lease,
+    tracker: tracking.Tracker | None,
+    ranks: Ranks | None = None,
 ) -> None:
+    """Train the run's folds, report, export and publish (the leader of a data-parallel run,
+    or its only process); a follower only trains, and raises what it cannot handle."""
     import torch
 
+    from . import distributed, training
     from . import report as reports
-    from . import training
 
+    ranks = ranks or distributed.SINGLE
     stored: list[str] = []
     progress = data = None
     try:
         training.check_device(config)
-        if config["threads"]:
-            torch.set_num_threads(config["threads"])
+        if threads := distributed.threads_per_process(config):
+            torch.set_num_threads(threads)
         data = training.load_data(
             run.split, config["image_size"], config.get("patch_cache", "none")
         )
         plans = training.fold_plans(run.split, data, config)
-        progress = _Progress(run, len(plans), config, lease, tracker)
+        if ranks.leader:
+            progress = _Progress(run, len(plans), config, lease, tracker)
+        else:
+            progress = _Following()
         results = []
         for index, plan in enumerate(plans):
             progress.next_fold(index)
-            result = training.train_fold(data, plan, config, device, progress, progress.should_stop)
+            result = training.train_fold(
+                data, plan, config, device, progress, progress.should_stop, ranks
+            )
+            if not ranks.leader:
+                continue
             payload = training.state_dict_bytes(result.state_dict, data.classes, config)
             name = f"training/run-{run.pk}/fold-{result.fold}.pt"
             store_bytes(name, payload)
@@ -260,6 +353,8 @@ def _train(
             digest = hashlib.sha256(payload).hexdigest()
             del payload
             results.append((result.without_weights(), name, digest))
+        if not ranks.leader:
+            return
         folds = [r for r, _, _ in results]
         if not lease.held():  # cancelled while the last fold ended: its files are gone
             raise leases.LeaseLost(f"Run {run.pk} is no longer this worker's.")
@@ -270,6 +365,10 @@ def _train(
             stored.extend(exported)
         _publish(run, results, report, lease)
     except Exception as exc:  # each end recorded on the run in a sentence, errors logged in full
+        if not ranks.leader:
+            if isinstance(exc, training.Cancelled):
+                return
+            raise
         where = position(progress.state if progress else {})
         if reason := leases.shutdown_reason():
             # Also an error raised by the shutdown itself (a second Ctrl-C interrupts a step).
