@@ -379,7 +379,7 @@ class _RoundsPageAction(NamedTuple):
 
 def _panel_made(made: Panel) -> str:
     cells = made.design["cells"]
-    raters = f"{len(made.design['raters'])} raters"
+    raters = len(made.design["raters"])
     return f"Panel {made.name} made: {cells} cells for each of {raters} raters."
 
 
