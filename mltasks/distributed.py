@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .launch import ERRORS_ENV
+
 # How long a rank waits for the others at a collective step: the leader alone predicts a fold's
 # test part and builds the report, which takes minutes on a large data set.
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
-# The folder (set by the supervising worker) where a failing rank writes its sentence.
-ERRORS_ENV = "CYTOMARK_RANK_ERRORS"
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,6 @@ def device_for(config: dict, ranks: Ranks) -> torch.device:
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
-
-
-def threads_per_process(config: dict) -> int | None:
-    """CPU threads of each training process: the config's, else the host's cores shared out
-    between its processes (None: PyTorch's default, for a single process)."""
-    if config["threads"] or config["processes"] == 1:
-        return config["threads"]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // config["processes"])
 
 
 def start_group(ranks: Ranks, device: torch.device) -> None:

@@ -32,13 +32,14 @@ from pathlib import Path
 from django.conf import settings
 
 from . import run_config
-from .distributed import ERRORS_ENV
 
 log = logging.getLogger(__name__)
 
 WATCH_EVERY_SECONDS = 0.5
 # After SIGTERM, how long the ranks have to end before they are killed.
 STOP_GRACE_SECONDS = 10
+# The folder (in each rank's environment) where a failing rank writes its sentence.
+ERRORS_ENV = "CYTOMARK_RANK_ERRORS"
 # The kernel's number for prctl's "signal me when my parent dies" (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
 
@@ -153,9 +154,16 @@ def run_ranks(command: list[str], config: dict, should_stop: Callable[[], bool])
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _threads(config: dict) -> int | None:
-    from .distributed import threads_per_process
+def threads_per_process(config: dict) -> int | None:
+    """CPU threads of each training process: the config's, else the host's cores shared out
+    between its processes (None: PyTorch's default, for a single process)."""
+    if config["threads"] or config["processes"] == 1:
+        return config["threads"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // config["processes"])
 
+
+def _threads(config: dict) -> int | None:
     return threads_per_process(config) if run_config.distributed(config) else None
 
 

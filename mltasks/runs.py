@@ -328,7 +328,7 @@ def _train(
     progress = data = None
     try:
         training.check_device(config)
-        if threads := distributed.threads_per_process(config):
+        if threads := launch.threads_per_process(config):
             torch.set_num_threads(threads)
         data = training.load_data(
             run.split, config["image_size"], config.get("patch_cache", "none")
