@@ -34,6 +34,7 @@ DEFAULTS = {
     "patch_cache": "none",  # "disk": decoded patches in a memory-mapped file for later epochs
     "compile": False,  # torch.compile the network for training
     "export_models": True,  # each fold also as TorchScript and ONNX, with a model card
+    "fan_out": False,  # each fold a task of its own, for any training worker (mltasks.fanout)
 }
 
 
@@ -81,6 +82,7 @@ CONFIG_CHECKS = {
     "patch_cache": (lambda v: v in ("none", "disk"), "none or disk"),
     "export_models": (lambda v: isinstance(v, bool), "true or false"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "fan_out": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
