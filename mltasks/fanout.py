@@ -93,11 +93,10 @@ def run_fold_job(job_id: int) -> str:
     if job is None:  # its run was started again meanwhile, with fold jobs of its own
         return "gone"
     owner = leases.new_owner()
-    if leases.claim(FoldJob, job.pk, [FoldJob.Status.QUEUED], owner) is None:
-        return FoldJob.objects.get(pk=job.pk).status
-    with leases.Lease(FoldJob, job.pk, owner) as lease:
-        _train(job, lease)
-    return FoldJob.objects.get(pk=job.pk).status
+    if leases.claim(FoldJob, job.pk, [FoldJob.Status.QUEUED], owner) is not None:
+        with leases.Lease(FoldJob, job.pk, owner) as lease:
+            _train(job, lease)
+    return FoldJob.objects.filter(pk=job.pk).values_list("status", flat=True).first() or "gone"
 
 
 def _train(job: FoldJob, lease: leases.Lease) -> None:
