@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 
-from core.errors import ConflictError, DomainError, InUseError
+from core.errors import ConflictError, DomainError, InUseError, create_or_refuse
 
 from .access import ANNOTATING_ROLES, require_role, visible_rounds
 from .models import Cell, Label, LabelChange, Round, Scan, Study, TaxonNode
@@ -213,22 +213,20 @@ def set_label(
     taxon = None if cannot_classify else _resolve_node(study, node, allow_internal)
     label = Label.objects.select_for_update().filter(cell=cell, round=round_).first()
     if label is None:
-        try:
-            with transaction.atomic():
-                label = Label.objects.create(
-                    cell=cell,
-                    round=round_,
-                    node=taxon,
-                    cannot_classify=cannot_classify,
-                    rater=user,
-                    seconds_spent=seconds_spent,
-                    note=note or "",
-                )
-        except IntegrityError:
-            raise ConflictError(
+        label = create_or_refuse(
+            Label.objects,
+            lambda: ConflictError(
                 f"Cell {cell.pk} was labelled in round {round_.pk} a moment ago; reload it.",
                 current=stored_state(Label.objects.filter(cell=cell, round=round_).first()),
-            ) from None
+            ),
+            cell=cell,
+            round=round_,
+            node=taxon,
+            cannot_classify=cannot_classify,
+            rater=user,
+            seconds_spent=seconds_spent,
+            note=note or "",
+        )
         _history_row(label, LabelChange.Action.CREATE, user.pk, seconds_spent=seconds_spent).save()
         return label, True
     if create_only:

@@ -19,6 +19,30 @@ from core.leases import LeasedJob
 HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
 
 
+def creator_field() -> models.ForeignKey:
+    """Who made a row; the row outlives its author's account, and users get no reverse link."""
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+
+def reference_round_field(help_text: str) -> models.ForeignKey:
+    """The gold round a sample was drawn from, for a panel or a round; losing it clears the link."""
+    return models.ForeignKey(
+        "Round",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text=help_text,
+    )
+
+
+def sample_seed_field(help_text: str) -> models.BigIntegerField:
+    """The seed a panel's or a round's sample was drawn with; blank where nothing was sampled."""
+    return models.BigIntegerField(null=True, blank=True, help_text=help_text)
+
+
 class Taxonomy(models.Model):
     """One version of a cell taxonomy loaded from a YAML file; never edited once labels use it."""
 
@@ -327,9 +351,7 @@ class Cell(models.Model):
         help_text="Storage name of the patch last cut for this cell (annotator.patches).",
     )
     version = models.PositiveIntegerField(default=1, help_text="Raised on every change.")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    created_by = creator_field()
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -369,21 +391,12 @@ class Panel(models.Model):
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="panels")
     name = models.SlugField(max_length=100)
-    reference = models.ForeignKey(
-        "Round",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        help_text="The gold round the sample was drawn from (none for imported ratings).",
+    reference = reference_round_field(
+        "The gold round the sample was drawn from (none for imported ratings)."
     )
-    seed = models.BigIntegerField(
-        null=True, blank=True, help_text="Seed of the sample; each rater's order is derived."
-    )
+    seed = sample_seed_field("Seed of the sample; each rater's order is derived.")
     design = models.JSONField(default=dict, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    created_by = creator_field()
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -426,23 +439,14 @@ class Round(models.Model):
     repeats = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="repeated_by"
     )
-    reference = models.ForeignKey(
-        "self",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        help_text="The gold round the sample was drawn from; the default partner in reports.",
+    reference = reference_round_field(
+        "The gold round the sample was drawn from; the default partner in reports."
     )
-    seed = models.BigIntegerField(
-        null=True, blank=True, help_text="Seed of the sample and of the order of the items."
-    )
+    seed = sample_seed_field("Seed of the sample and of the order of the items.")
     design = models.JSONField(
         default=dict, blank=True, help_text="How the cells were chosen (mode and parameters)."
     )
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    created_by = creator_field()
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

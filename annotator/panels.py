@@ -22,12 +22,12 @@ from datetime import datetime
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from core import params
-from core.errors import DomainError, NotFoundError, check_field
+from core.errors import DomainError, NotFoundError, check_field, create_or_refuse
 
 from . import annotation
 from .access import (
@@ -172,30 +172,26 @@ def create_panel(
         check_blinded_rater(study, rater, reference, cell_ids)
     check_images(study, cell_ids)
     name = _panel_name(study, name)
-    try:
-        with transaction.atomic():
-            panel = Panel.objects.create(
-                study=study,
-                name=name,
-                reference=reference,
-                seed=seed,
-                design={
-                    "mode": mode,
-                    "per_class": per_class,
-                    "fraction": fraction,
-                    "cells": len(cell_ids),
-                    "raters": [rater.get_username() for rater in raters],
-                    "repeat_not_before": (
-                        repeat_not_before.isoformat() if repeat_not_before else None
-                    ),
-                },
-                created_by=user,
-            )
-    except IntegrityError:
-        raise DomainError(
+    panel = create_or_refuse(
+        Panel.objects,
+        lambda: DomainError(
             f"Study {study.name} got a panel named {name!r} a moment ago; choose another name.",
             "name",
-        ) from None
+        ),
+        study=study,
+        name=name,
+        reference=reference,
+        seed=seed,
+        design={
+            "mode": mode,
+            "per_class": per_class,
+            "fraction": fraction,
+            "cells": len(cell_ids),
+            "raters": [rater.get_username() for rater in raters],
+            "repeat_not_before": (repeat_not_before.isoformat() if repeat_not_before else None),
+        },
+        created_by=user,
+    )
     ordered = sorted(cell_ids)
     for rater, rater_seed in zip(raters, _rater_seeds(seed, len(raters)), strict=True):
         round_ = Round.objects.create(

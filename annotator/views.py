@@ -1,15 +1,18 @@
 """HTML pages of the annotator app (thin: query, render)."""
 
+from collections.abc import Callable
 from datetime import UTC
+from typing import NamedTuple
 from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Prefetch
-from django.http import Http404
+from django.http import Http404, QueryDict
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
@@ -20,7 +23,7 @@ from core.pages import guarded
 from core.url_templates import url_template
 
 from . import access, annotation, blinding, panel_reports, panels, reports, rounds
-from .models import Cell, Membership, Panel, Round
+from .models import Cell, Membership, Panel, Round, Study
 from .panel_agreement import CANNOT_CLASSIFY
 from .taxonomy import group_leaf_codes
 
@@ -273,45 +276,22 @@ def rounds_page(request, study_name: str):
     """Coordinators: every round of the study with its progress; create blinded rounds and
     schedule repeats."""
     study = guarded(access.overseen_study, request.user, study_name)
-    create_form, repeat_form = BlindedRoundForm(study), None
-    panel_form, adjudication_form = PanelForm(study, prefix="panel"), None
-    if request.method == "POST":
-        action = request.POST.get("action")
+    shown_forms = {
+        "create_form": BlindedRoundForm(study),
+        "repeat_form": None,
+        "panel_form": PanelForm(study, prefix="panel"),
+        "adjudication_form": None,
+    }
+    action = (
+        _ROUNDS_PAGE_ACTIONS.get(request.POST.get("action")) if request.method == "POST" else None
+    )
+    if action is not None:
         try:
-            if action == "panel":
-                panel_form = PanelForm(study, request.POST, prefix="panel")
-                if panel_form.is_valid():
-                    made = _create_panel(study, request.user, panel_form.cleaned_data)
-                    cells = made.design["cells"]
-                    raters = f"{len(made.design['raters'])} raters"
-                    messages.success(
-                        request,
-                        f"Panel {made.name} made: {cells} cells for each of {raters} raters.",
-                    )
-                    return redirect("rounds", study.name)
-            elif action == "adjudicate":
-                adjudication_form = AdjudicationForm(study, request.POST)
-                if adjudication_form.is_valid():
-                    made = _open_adjudication(study, request.user, adjudication_form.cleaned_data)
-                    messages.success(
-                        request, f"Adjudication {made.name} opened: {made.items.count()} cells."
-                    )
-                    return redirect("rounds", study.name)
-            elif action == "create":
-                create_form = BlindedRoundForm(study, request.POST)
-                if create_form.is_valid():
-                    made = _create_round(study, request.user, create_form.cleaned_data)
-                    messages.success(
-                        request, f"Round {made.name} made: {made.items.count()} cells."
-                    )
-                    return redirect("rounds", study.name)
-            elif action == "repeat":
-                repeat_form = RepeatForm(request.POST)
-                if repeat_form.is_valid():
-                    made = _schedule_repeat(study, request.user, repeat_form.cleaned_data)
-                    opens = f"{made.not_before:%Y-%m-%d %H:%M} UTC"
-                    messages.success(request, f"Repeat {made.name} scheduled, not before {opens}.")
-                    return redirect("rounds", study.name)
+            form = shown_forms[action.form_key] = action.bind(study, request.POST)
+            if form.is_valid():
+                made = action.perform(study, request.user, form.cleaned_data)
+                messages.success(request, action.success(made))
+                return redirect("rounds", study.name)
         except DomainError as exc:
             messages.error(request, str(exc))
     all_rounds = list(study.rounds.select_related("rater", "repeats", "reference").order_by("id"))
@@ -321,10 +301,7 @@ def rounds_page(request, study_name: str):
         {
             "study": study,
             "progress": rounds.progress(all_rounds),
-            "create_form": create_form,
-            "repeat_form": repeat_form,
-            "panel_form": panel_form,
-            "adjudication_form": adjudication_form,
+            **shown_forms,
             "panel_rows": _panel_rows(study),
             "adjudicators": panels.adjudicator_candidates(study),
             "rules": panels.ADJUDICATION_RULES,
@@ -388,6 +365,52 @@ def _schedule_repeat(study, user, data) -> Round:
         seed=data["seed"],
         name=data["name"] or "",
     )
+
+
+class _RoundsPageAction(NamedTuple):
+    """One POST action of the rounds page: its form bound to the request (shown again under
+    form_key when refused), what it does with the cleaned data, and the message on success."""
+
+    form_key: str
+    bind: Callable[[Study, QueryDict], forms.Form]
+    perform: Callable[[Study, AbstractBaseUser, dict], Panel | Round]
+    success: Callable[[Panel | Round], str]
+
+
+def _panel_made(made: Panel) -> str:
+    cells = made.design["cells"]
+    raters = len(made.design["raters"])
+    return f"Panel {made.name} made: {cells} cells for each of {raters} raters."
+
+
+_ROUNDS_PAGE_ACTIONS = {
+    "panel": _RoundsPageAction(
+        "panel_form",
+        lambda study, data: PanelForm(study, data, prefix="panel"),
+        _create_panel,
+        _panel_made,
+    ),
+    "adjudicate": _RoundsPageAction(
+        "adjudication_form",
+        AdjudicationForm,
+        _open_adjudication,
+        lambda made: f"Adjudication {made.name} opened: {made.items.count()} cells.",
+    ),
+    "create": _RoundsPageAction(
+        "create_form",
+        BlindedRoundForm,
+        _create_round,
+        lambda made: f"Round {made.name} made: {made.items.count()} cells.",
+    ),
+    "repeat": _RoundsPageAction(
+        "repeat_form",
+        lambda study, data: RepeatForm(data),
+        _schedule_repeat,
+        lambda made: (
+            f"Repeat {made.name} scheduled, not before {made.not_before:%Y-%m-%d %H:%M} UTC."
+        ),
+    ),
+}
 
 
 @login_required

@@ -13,6 +13,11 @@ Three figures, in one process, on one device (`--device`, CUDA where present):
                    device, rotation 0-359 degrees and flips on the device, progress and cancel
                    checks (and once without augmentation: the loop's own overhead).
 
+With `--ddp N`, two figures instead: the project loop in one process with all the cores (or
+one GPU), and the same loop data-parallel in N processes started by torchrun (gloo on the CPU,
+each with cores / N threads; NCCL on CUDA, one GPU each), on the same global batch; their ratio
+per core (per GPU), where 1.0 is perfect scaling.
+
 Loop rates leave out the first step (model build, cuDNN's benchmark, a compile). The peak memory
 is the device's (`torch.cuda.max_memory_allocated`) or on the CPU this process's peak RSS, per
 figure. The full protocol's time is projected from the project loop's rate: 5 folds x 15 epochs
@@ -22,13 +27,16 @@ media folder, removed at the end.
 
     .venv/bin/python bench/train.py [--device cpu|cuda] [--image-size 400] [--steps 20]
         [--batch N] [--workers N] [--cells 256] [--classes 15] [--compile] [--repeats 1]
+        [--ddp N]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -138,10 +146,11 @@ def bare_loop(classes: int, size: int, batch: int, steps: int, device) -> float:
     return (steps - 1) * batch / (time.perf_counter() - started)
 
 
-def project_loop(data, config, device, augment: bool) -> float:
+def project_loop(data, config, device, augment: bool, ranks=None) -> float:
     """Images per second of `train_fold`'s training steps (one epoch of exactly the config's
-    steps, the first left out; not its validation and test predictions after)."""
-    from mltasks import training
+    steps, the first left out; not its validation and test predictions after); in a
+    data-parallel process (`ranks`), of all the processes together."""
+    from mltasks import distributed, training
 
     config = {**config, "rotate": augment, "flip": augment}
     everything = np.arange(len(data.labels))
@@ -153,7 +162,8 @@ def project_loop(data, config, device, augment: bool) -> float:
             synchronise(device)
             times.append(time.perf_counter())
 
-    training.train_fold(data, plan, config, device, progress, lambda: False)
+    ranks = ranks or distributed.SINGLE
+    training.train_fold(data, plan, config, device, progress, lambda: False, ranks)
     return (len(times) - 1) * config["batch_size"] / (times[-1] - times[0])
 
 
@@ -169,7 +179,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
     parser.add_argument("--compile", action="store_true", help="torch.compile the project loop")
     parser.add_argument("--repeats", type=int, default=1, help="best of, the loops taking turns")
+    parser.add_argument("--ddp", type=int, default=0, help="data-parallel processes to compare")
+    parser.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)  # under torchrun
     args = parser.parse_args()
+    if args.rank:
+        return rank_loop()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: this machine has no CUDA.")
@@ -184,16 +198,16 @@ def main() -> None:
         import django
 
         django.setup()
-        run(args, device)
+        (compare_ddp if args.ddp else run)(args, device)
 
 
-def run(args, device) -> None:
-    from mltasks import memory, pipeline, run_config, training
+def loop_config(args, device, classes: int) -> dict:
+    """The benchmark's run config; on CUDA with batch "auto", the probe's batch."""
+    from mltasks import memory, run_config, training
 
-    size, classes = args.image_size, args.classes
     config = run_config.load_config(
         {
-            "image_size": size,
+            "image_size": args.image_size,
             "batch_size": args.batch or "auto",
             "max_epochs": 1,
             "loader_workers": args.workers,
@@ -204,19 +218,128 @@ def run(args, device) -> None:
     if config["batch_size"] == "auto" and device.type == "cuda":
         training.prepare_device(config, device)
         config["batch_size"] = training.probe_batch_size(config, classes, device)
-    batch = memory.batch_size_for(config, device.type)
-    config["batch_size"] = batch
-    config["oversample_to"] = max(1, args.steps * batch // classes)
+    config["batch_size"] = memory.batch_size_for(config, device.type)
+    config["oversample_to"] = max(1, args.steps * config["batch_size"] // classes)
+    return config
+
+
+def stored_data(names: list[str], classes: int, size: int, cache: bool = False):
+    from mltasks import pipeline, training
+
+    found = pipeline.DiskCache(len(names), size) if cache else None
+    labels = np.arange(len(names)) % classes
+    return training.TrainingData(
+        pipeline.StoredPatches(names, size, found),
+        labels,
+        list(range(len(names))),
+        [str(c) for c in range(classes)],
+    )
+
+
+def compare_ddp(args, device) -> None:
+    """The project loop in one process against the same loop in `--ddp` processes."""
+    cores = len(os.sched_getaffinity(0))
+    processes = args.ddp
+    if device.type == "cuda" and torch.cuda.device_count() < processes:
+        sys.exit(f"--ddp {processes}: this machine has {torch.cuda.device_count()} GPU(s).")
+    config = loop_config(args, device, args.classes)
+    if device.type == "cuda":  # the probe's batch is one GPU's: the global batch is N of them
+        config["batch_size"] *= processes
+        config["oversample_to"] *= processes
+    names = store_patches(args.cells, args.image_size)
+    threads = args.threads or cores
+    single_config = {**config, "batch_size": config["batch_size"] // processes}
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+        single_config = config
+    best_single = best_ddp = 0.0
+    for _ in range(args.repeats):
+        rate = project_loop(
+            stored_data(names, args.classes, args.image_size), single_config, device, True
+        )
+        best_single = max(best_single, rate)
+        print(f"  one process: {rate:.1f} images/s", flush=True)
+        rate = ddp_rate(names, args.classes, config, processes, max(1, threads // processes))
+        best_ddp = max(best_ddp, rate)
+        print(f"  {processes} processes: {rate:.1f} images/s", flush=True)
+    unit = "GPU" if device.type == "cuda" else "core"
+    used = 1 if device.type == "cuda" else threads
+    print(
+        f"\nResNeXt-50 32x4d, {args.image_size} x {args.image_size} px, global batch "
+        f"{config['batch_size']}, {args.steps} steps, best of {args.repeats}; "
+        + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cores} cores")
+    )
+    print(
+        f"one process ({used} {unit}(s)): {best_single:9.1f} images/s, "
+        f"{best_single / used:.1f} per {unit}"
+    )
+    per = processes if device.type == "cuda" else threads
+    print(
+        f"DDP, {processes} processes:    {best_ddp:9.1f} images/s, {best_ddp / per:.1f} per {unit}"
+    )
+    print(f"per {unit}: DDP = {best_ddp / per / (best_single / used):.2f} x one process")
+
+
+def ddp_rate(names, classes: int, config, processes: int, threads: int) -> float:
+    """Images per second of the project loop in `processes` ranks (torchrun), from rank 0."""
+    with tempfile.TemporaryDirectory() as folder:
+        result = Path(folder) / "rate.json"
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "BENCH_DDP": json.dumps(
+                {"names": names, "classes": classes, "config": config, "result": str(result)}
+            ),
+        }
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={processes}",
+                __file__,
+                "--rank",
+            ],
+            env=env,
+            check=True,
+        )
+        return json.loads(result.read_text())["rate"]
+
+
+def rank_loop() -> None:
+    """One rank of `ddp_rate` (under torchrun): the loop, rank 0 writes the rate."""
+    import django
+
+    os.chdir(ROOT)
+    django.setup()
+    from mltasks import distributed
+
+    job = json.loads(os.environ["BENCH_DDP"])
+    config = job["config"]
+    ranks = distributed.Ranks.from_env()
+    device = distributed.device_for(config, ranks)
+    distributed.start_group(ranks, device)
+    try:
+        data = stored_data(job["names"], job["classes"], config["image_size"])
+        rate = project_loop(data, config, device, True, ranks)
+        if ranks.leader:
+            Path(job["result"]).write_text(json.dumps({"rate": rate}))
+    finally:
+        distributed.end_group()
+
+
+def run(args, device) -> None:
+    from mltasks import pipeline
+
+    size, classes = args.image_size, args.classes
+    config = loop_config(args, device, classes)
+    batch = config["batch_size"]
     steps = config["oversample_to"] * classes // batch
     names = store_patches(args.cells, size)
-    labels = np.arange(args.cells) % classes
 
     def data(cache: bool):
-        found = pipeline.DiskCache(args.cells, size) if cache else None
-        images = pipeline.StoredPatches(names, size, found)
-        return training.TrainingData(
-            images, labels, list(range(args.cells)), [str(c) for c in range(classes)]
-        )
+        return stored_data(names, classes, size, cache)
 
     figures: dict[str, tuple[float, int]] = {}
 

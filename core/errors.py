@@ -4,7 +4,10 @@ Each error knows its HTTP status and the body that names the problem, so the API
 handler (core.api.errors) maps every app's errors without knowing any app.
 """
 
+from collections.abc import Callable
+
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 
 
 class DomainError(ValueError):
@@ -69,3 +72,14 @@ def check_field(model, field_name: str, value, what: str) -> None:
         model._meta.get_field(field_name).clean(value, None)
     except ValidationError as exc:
         raise DomainError(f"{what} {value[:40]!r}: {' '.join(exc.messages)}", field_name) from None
+
+
+def create_or_refuse(manager, refusal: Callable[[], DomainError], /, **fields):
+    """`manager.create(**fields)` in a savepoint; when another request made the same unique
+    row a moment ago (IntegrityError), raise `refusal()` instead of a server error. It is
+    called only then, after the rollback, so it may read what the other request stored."""
+    try:
+        with transaction.atomic():
+            return manager.create(**fields)
+    except IntegrityError:
+        raise refusal() from None

@@ -101,14 +101,16 @@ class MemoryEstimate:
     activations: int
     batches: int = 0
     batch_size: int = 0
+    processes: int = 1  # data-parallel processes on the host, each needing the same
 
     @property
     def total(self) -> int:
-        return self.runtime + self.cache + self.parameters + self.activations
+        return self.processes * (self.runtime + self.cache + self.parameters + self.activations)
 
     def describe(self) -> str:
+        each = f" ({self.processes} processes, each)" if self.processes > 1 else ""
         return (
-            f"{self.total / GB:.1f} GB: decoded patches {self.cache / GB:.2f} GB "
+            f"{self.total / GB:.1f} GB{each}: decoded patches {self.cache / GB:.2f} GB "
             f"({self.batches} batches in flight x {self.batch_size} x {self.image_size} x "
             f"{self.image_size} x 3 bytes), "
             f"network and optimiser {self.parameters / GB:.2f} GB, "
@@ -138,6 +140,7 @@ def estimate(cells: int, classes: int, config: dict, device_type: str) -> Memory
         * 4
         * parameters(classes, bool(config.get("pretrained"))),
         activations=0 if on_cuda else images * size * size * ACTIVATION_BYTES_PER_PIXEL,
+        processes=config.get("processes", 1),
     )
 
 

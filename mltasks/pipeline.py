@@ -187,6 +187,35 @@ class OversampledSampler(torch.utils.data.Sampler[int]):
         return iter(order.tolist())
 
 
+def global_batch_sizes(total: int, batch_size: int, world: int = 1) -> list[int]:
+    """The images of each optimiser step of an epoch of `total` positions, across all `world`
+    processes: full batches, then the rest; a rest smaller than `world` is left out in data-
+    parallel training (every process must take part in every step)."""
+    sizes = [batch_size] * (total // batch_size)
+    if total % batch_size and (world == 1 or total % batch_size >= world):
+        sizes.append(total % batch_size)
+    return sizes
+
+
+class RankBatches(torch.utils.data.Sampler[list[int]]):
+    """This process's share of every global batch of a data-parallel epoch: each process walks
+    the same order (its sampler draws from the same seed) and takes its slice of each batch of
+    `batch_size` positions, so `world` processes see exactly the batches one process would."""
+
+    def __init__(self, sampler, batch_size: int, rank: int, world: int):
+        self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+
+    def __len__(self) -> int:
+        return len(global_batch_sizes(len(self.sampler), self.batch_size, self.world))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        start = 0
+        for size in global_batch_sizes(len(order), self.batch_size, self.world):
+            yield np.array_split(order[start : start + size], self.world)[self.rank].tolist()
+            start += size
+
+
 def workers_for(config: dict, device_type: str) -> int:
     """Loader processes: `loader_workers` where set; else on CUDA one per CPU core but one, up to
     MAX_AUTO_WORKERS, on the CPU none (the network needs the cores). None in a daemonic process
@@ -215,18 +244,23 @@ def loader(
     device_type: str,
     *,
     persistent: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of (uint8 images, class indices) batches in the sampler's order (any
-    iterable of positions), decoded by `workers_for` processes."""
+    iterable of positions), decoded by `workers_for` processes; with `shard` (rank, world) of
+    a data-parallel run, this process's share of each batch (`RankBatches`)."""
     workers = workers_for(config, device_type)
     extra = {}
     if workers:
         extra = {"prefetch_factor": config.get("prefetch_factor") or 2}
         extra["persistent_workers"] = persistent
+    rank, world = shard
+    if world > 1:
+        extra["batch_sampler"] = RankBatches(sampler, batch_size, rank, world)
+    else:
+        extra.update(batch_size=batch_size, sampler=sampler)
     return torch.utils.data.DataLoader(
         PatchDataset(images, labels),
-        batch_size=batch_size,
-        sampler=sampler,
         num_workers=workers,
         pin_memory=device_type == "cuda",
         generator=torch.Generator().manual_seed(int(config.get("seed", 0))),

@@ -27,13 +27,15 @@ DEFAULTS = {
     "folds": None,  # which folds to train (None: all)
     "pretrained": None,  # a torchvision-format resnext50_32x4d state dict file, for fine-tuning
     "device": "auto",  # auto (CUDA when present), cpu or cuda
-    "threads": None,  # CPU threads (None: PyTorch's default)
+    "threads": None,  # CPU threads per training process (None: the cores shared out)
     "saliency_samples": 6,  # test patches with a saliency map in the report
     "loader_workers": None,  # decoding processes (None: cores - 1 up to 8 on CUDA, 0 on the CPU)
     "prefetch_factor": 2,  # decoded batches each loader worker holds ready
     "patch_cache": "none",  # "disk": decoded patches in a memory-mapped file for later epochs
     "compile": False,  # torch.compile the network for training
     "export_models": True,  # each fold also as TorchScript and ONNX, with a model card
+    "processes": 1,  # data-parallel training processes per host (DDP; one per GPU on CUDA)
+    "hosts": 1,  # hosts taking part (DDP across hosts; the others join, docs/training.md)
     "fan_out": False,  # each fold a task of its own, for any training worker (mltasks.fanout)
 }
 
@@ -82,6 +84,8 @@ CONFIG_CHECKS = {
     "patch_cache": (lambda v: v in ("none", "disk"), "none or disk"),
     "export_models": (lambda v: isinstance(v, bool), "true or false"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "processes": (lambda v: _whole(v) and 1 <= v <= 64, "a whole number from 1 to 64"),
+    "hosts": (lambda v: _whole(v) and 1 <= v <= 1024, "a whole number from 1 to 1024"),
     "fan_out": (lambda v: isinstance(v, bool), "true or false"),
 }
 
@@ -96,7 +100,18 @@ def load_config(overrides: dict | None = None) -> dict:
     for key, (check, wanted) in CONFIG_CHECKS.items():
         if not check(config[key]):
             raise DomainError(f"{key} must be {wanted}, not {config[key]!r}.", field=key)
+    if config["fan_out"] and distributed(config):
+        raise DomainError(
+            "fan_out trains each fold in one process: it cannot go with processes or hosts "
+            "above 1.",
+            field="fan_out",
+        )
     return config
+
+
+def distributed(config: dict) -> bool:
+    """Whether the run trains in several processes (DDP), launched by torchrun."""
+    return config["processes"] * config["hosts"] > 1
 
 
 def estimated_device_type(config: dict) -> str:

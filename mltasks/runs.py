@@ -29,11 +29,13 @@ from core.errors import DomainError
 from core.storage import store_bytes
 from datasets.models import Split
 
-from . import export, memory, run_config, tracking
+from . import export, launch, memory, run_config, tracking
 from .models import FoldModel, TrainingRun
 
 if TYPE_CHECKING:
     import torch
+
+    from .distributed import Ranks
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_SECONDS = 0.5
@@ -210,6 +212,22 @@ class Progress:
         return not self.lease.held() or self.lease.mine().filter(cancel_requested=True).exists()
 
 
+class _Following:
+    """A follower's progress in a data-parallel run: the leader writes the run's progress and
+    decides when all stop (`mltasks.distributed.end_of_step`)."""
+
+    state: dict = {}
+
+    def next_fold(self, index: int) -> None:
+        pass
+
+    def __call__(self, update: dict) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
 def execute(run_id: int) -> TrainingRun:
     """Run the training of a queued run to its end: done, failed or cancelled; or, with
     `fan_out` and several folds, until its folds are queued as tasks of their own
@@ -237,13 +255,73 @@ def execute(run_id: int) -> TrainingRun:
         run.refresh_from_db()
         return run
     with leases.Lease(TrainingRun, run.pk, owner) as lease:
-        # A run with fan_out is not tracked in MLflow: its folds train in other processes.
-        fanned = config.get("fan_out")
-        tracker = tracking.Tracker(run.pk, "") if fanned else tracking.Tracker.start(run.pk)
-        _train(run, config, device, lease, tracker)
-        tracker.finish()
+        if run_config.distributed(config):
+            _supervise(run, config, lease)
+        else:
+            # A run with fan_out is not tracked in MLflow: its folds train in other processes.
+            fanned = config.get("fan_out")
+            tracker = tracking.Tracker(run.pk, "") if fanned else tracking.Tracker.start(run.pk)
+            _train(run, config, device, lease, tracker)
+            tracker.finish()
     run.refresh_from_db()
     return run
+
+
+def _supervise(run: TrainingRun, config: dict, lease: leases.Lease) -> None:
+    """A data-parallel run: its ranks (torchrun) train and record its end while this worker
+    renews the lease; they are stopped when the run is cancelled or this worker shuts down. If
+    they end without recording it (killed, or a follower failed), the run ends here."""
+
+    def should_stop() -> bool:
+        if leases.shutdown_reason():
+            return True
+        return not lease.held() or lease.mine().filter(cancel_requested=True).exists()
+
+    command = launch.torchrun_command(run.pk, config, lease.owner)
+    ended = launch.run_ranks(command, config, should_stop)
+    progress = TrainingRun.objects.get(pk=run.pk).progress
+    if reason := leases.shutdown_reason():
+        status, message = TrainingRun.Status.CANCELLED, stopped_message(reason, position(progress))
+    else:
+        status = TrainingRun.Status.FAILED
+        message = ended.error or (
+            f"The training run failed{position(progress)}: its training processes ended with "
+            f"exit code {ended.code}; the training worker's log has their output."
+        )
+    if not lease.finish(status=status, error=message[:4000], finished_at=timezone.now()):
+        run.refresh_from_db()  # the ranks recorded the run's end, or it was cancelled
+    if run.status != TrainingRun.Status.DONE:
+        remove_partials(run)
+
+
+def train_rank(run_id: int, owner: str) -> bool:
+    """One process of a data-parallel run (`manage.py train_rank`, started by torchrun): trains
+    its share; the leader also tracks, stores, reports and records the run's end, under the
+    lease `owner` of the supervising worker (which renews it). Whether the run may go on
+    (False: this rank failed or the leader recorded a failure, and torchrun ends the others)."""
+    from . import distributed
+
+    ranks = distributed.Ranks.from_env()
+    run = TrainingRun.objects.select_related("split__dataset__study").get(pk=run_id)
+    config = run.config
+    device = distributed.device_for(config, ranks)
+    lease = leases.Lease(TrainingRun, run.pk, owner)
+    distributed.start_group(ranks, device)
+    try:
+        if not ranks.leader:
+            _train(run, config, device, lease, None, ranks)
+            return True
+        lease.mine().update(device=f"{ranks.world} x {_describe(device)}, DDP")
+        tracker = tracking.Tracker.start(run.pk)
+        _train(run, config, device, lease, tracker, ranks)
+        tracker.finish()
+        return not TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.FAILED).exists()
+    except Exception as exc:  # a follower's failure: its sentence for the supervising worker
+        log.exception("Rank %s of training run %s failed", ranks.rank, run.pk)
+        distributed.record_error(ranks, failures.describe(exc, "The training run", ""))
+        return False
+    finally:
+        distributed.end_group()
 
 
 def prepare(run: TrainingRun, config: dict):
@@ -251,11 +329,11 @@ def prepare(run: TrainingRun, config: dict):
     the same in every process that trains folds of the run)."""
     import torch
 
-    from . import training
+    from . import distributed, training
 
     training.check_device(config)
-    if config["threads"]:
-        torch.set_num_threads(config["threads"])
+    if threads := distributed.threads_per_process(config):
+        torch.set_num_threads(threads)
     data = training.load_data(run.split, config["image_size"], config.get("patch_cache", "none"))
     try:
         return data, training.fold_plans(run.split, data, config)
@@ -264,13 +342,17 @@ def prepare(run: TrainingRun, config: dict):
         raise
 
 
-def train_and_store(run: TrainingRun, data, plan, config: dict, device, progress, should_stop):
-    """Train one fold and store its weights: (the result without weights, storage name,
-    sha256). A fold's training depends on the config and its plan only (`train_fold` seeds
-    everything at its start), not on the folds trained before it in the same process."""
-    from . import training
+def train_and_store(
+    run: TrainingRun, data, plan, config: dict, device, progress, should_stop, ranks=None
+):
+    """Train one fold (the leader of a data-parallel run, or its only process) and store its
+    weights: (the result without weights, storage name, sha256). A fold's training depends on
+    the config and its plan only (`train_fold` seeds everything at its start), not on the
+    folds trained before it in the same process."""
+    from . import distributed, training
 
-    result = training.train_fold(data, plan, config, device, progress, should_stop)
+    ranks = ranks or distributed.SINGLE
+    result = training.train_fold(data, plan, config, device, progress, should_stop, ranks)
     payload = training.state_dict_bytes(result.state_dict, data.classes, config)
     name = f"training/run-{run.pk}/fold-{result.fold}.pt"
     store_bytes(name, payload)
@@ -278,8 +360,19 @@ def train_and_store(run: TrainingRun, data, plan, config: dict, device, progress
 
 
 def _train(
-    run: TrainingRun, config: dict, device, lease: leases.Lease, tracker: tracking.Tracker
+    run: TrainingRun,
+    config: dict,
+    device,
+    lease: leases.Lease,
+    tracker: tracking.Tracker | None,
+    ranks: Ranks | None = None,
 ) -> None:
+    """Train the run's folds, report, export and publish (the leader of a data-parallel run,
+    or its only process); a follower only trains, and raises what it cannot handle. With
+    `fan_out` and several folds, queue them as tasks of their own instead (mltasks.fanout)."""
+    from . import distributed, training
+
+    ranks = ranks or distributed.SINGLE
     stored: list[str] = []
     progress = data = None
     try:
@@ -289,16 +382,31 @@ def _train(
 
             fanout.fan_out(run, plans, lease)
             return
-        progress = Progress(run, len(plans), config, lease, tracker)
+        if ranks.leader:
+            progress = Progress(run, len(plans), config, lease, tracker)
+        else:
+            progress = _Following()
         results = []
         for index, plan in enumerate(plans):
             progress.next_fold(index)
+            if not ranks.leader:
+                training.train_fold(
+                    data, plan, config, device, progress, progress.should_stop, ranks
+                )
+                continue
             results.append(
-                train_and_store(run, data, plan, config, device, progress, progress.should_stop)
+                train_and_store(
+                    run, data, plan, config, device, progress, progress.should_stop, ranks
+                )
             )
             stored.append(results[-1][1])
-        publish_report(run, data, results, device, lease, stored)
+        if ranks.leader:
+            publish_report(run, data, results, device, lease, stored)
     except Exception as exc:  # each end recorded on the run in a sentence, errors logged in full
+        if not ranks.leader:
+            if isinstance(exc, training.Cancelled):
+                return
+            raise
         status, message = ending(run, exc, position(progress.state if progress else {}))
         record_end(run, lease, status, message, stored)
     finally:

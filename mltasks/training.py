@@ -32,7 +32,7 @@ from core.errors import DomainError
 from datasets import splits
 from datasets.models import Split
 
-from . import pipeline
+from . import distributed, pipeline
 from .augment import augment_batch, to_float
 from .memory import AUTO_BATCH_CAP, batch_size_for, pass_size
 from .resnext import load_pretrained, resnext50_32x4d
@@ -324,21 +324,25 @@ def train_fold(
     device: torch.device,
     progress: ProgressFn,
     should_stop: Callable[[], bool],
+    ranks: distributed.Ranks = distributed.SINGLE,
 ) -> FoldResult:
     """Train one model on the plan's training part; keep the epoch with the best validation
-    loss; predict the test part."""
+    loss; predict the test part. In a data-parallel run (`ranks`), this process trains on its
+    share of each batch, and only the leader validates and predicts (`mltasks.distributed`)."""
     started = time.perf_counter()
     prepare_device(config, device)
     torch.manual_seed(config["seed"])
-    rng = np.random.default_rng(config["seed"])
-    generator = torch.Generator(device="cpu").manual_seed(config["seed"])
+    rng = np.random.default_rng(config["seed"])  # the same epochs' order in every process
+    generator = torch.Generator(device="cpu").manual_seed(config["seed"] + ranks.rank)
     model = _new_model(config, len(data.classes), device)
     if config["batch_size"] == "auto" and device.type == "cuda":
-        config = {**config, "batch_size": probe_batch_size(config, len(data.classes), device)}
+        found = probe_batch_size(config, len(data.classes), device)
+        config = {**config, "batch_size": distributed.smallest(ranks, found, device) * ranks.world}
         progress({"fold": plan.fold, "batch_size": config["batch_size"]})
     batch_size = batch_size_for(config, device.type)
     config = {**config, "batch_size": batch_size}
-    runs_model = torch.compile(model) if config.get("compile") else model
+    shared = distributed.wrap(model, ranks, device)
+    runs_model = torch.compile(shared) if config.get("compile") else shared
     optimiser = torch.optim.Adam(
         model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"]
     )
@@ -346,8 +350,17 @@ def train_fold(
     sampler = pipeline.OversampledSampler(
         plan.train, data.labels[plan.train], config["oversample_to"], rng
     )
-    training = pipeline.loader(data.images, data.labels, sampler, batch_size, config, device.type)
-    validation = evaluation_loader(data, plan.validation, config, device)
+    training = pipeline.loader(
+        data.images,
+        data.labels,
+        sampler,
+        batch_size,
+        config,
+        device.type,
+        shard=(ranks.rank, ranks.world),
+    )
+    validation = evaluation_loader(data, plan.validation, config, device) if ranks.leader else None
+    step_images = pipeline.global_batch_sizes(len(sampler), batch_size, ranks.world)
     best_loss, best_state, stale, history = float("inf"), None, 0, []
     epoch = 0
     try:
@@ -358,26 +371,40 @@ def train_fold(
             for step, (images, targets) in enumerate(training, start=1):
                 optimiser.zero_grad(set_to_none=True)
                 loss = 0.0
+                # This process's share of the step's mean loss is its images over the batch's
+                # (times the processes, as DDP averages their gradients).
+                share_of = step_images[step - 1] / ranks.world
                 for start in range(0, len(images), passes):
-                    if should_stop():
+                    if not ranks.distributed and should_stop():
                         raise Cancelled()
                     part = slice(start, start + passes)
-                    loss += _accumulate(
-                        runs_model,
-                        images[part],
-                        targets[part],
-                        len(images),
-                        config,
-                        generator,
-                        device,
-                    )
+                    with distributed.syncing(shared, start + passes >= len(images)):
+                        loss += _accumulate(
+                            runs_model,
+                            images[part],
+                            targets[part],
+                            share_of,
+                            config,
+                            generator,
+                            device,
+                        )
                 optimiser.step()
+                if ranks.distributed:
+                    stop, loss = distributed.end_of_step(ranks, should_stop(), loss, device)
+                    if stop:
+                        raise Cancelled()
                 running += loss
                 progress(
                     {"fold": plan.fold, "epoch": epoch, "step": step, "steps": steps, "loss": loss}
                 )
-            validation_loss, validation_accuracy = _validate(
-                model, validation, data.labels[plan.validation], device, len(data.classes)
+            if ranks.leader:
+                validation_loss, validation_accuracy = _validate(
+                    model, validation, data.labels[plan.validation], device, len(data.classes)
+                )
+            else:
+                validation_loss = validation_accuracy = 0.0
+            validation_loss, validation_accuracy = distributed.from_leader(
+                ranks, [validation_loss, validation_accuracy], device
             )
             history.append(
                 {
@@ -396,8 +423,13 @@ def train_fold(
                     break
     finally:
         pipeline.shut_down(training)
-        pipeline.shut_down(validation)
+        if validation is not None:
+            pipeline.shut_down(validation)
     model.load_state_dict(best_state)
+    if not ranks.leader:  # its weights are the leader's: the leader predicts and stores
+        return FoldResult(
+            plan.fold, {}, plan.test, np.zeros((0, len(data.classes))), epoch, 0.0, history
+        )
     probabilities = predict(model, data, plan.test, config, device)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     return FoldResult(
@@ -424,8 +456,9 @@ def _keep(model, kept: dict | None) -> dict:
 
 def _accumulate(model, images, targets, batch_images, config, generator, device) -> float:
     """Forward and backward one pass (uint8 `images` (N, H, W, 3), class indices `targets`) of
-    a batch of `batch_images`, adding its share to the gradients (the summed shares are the
-    gradient of the batch's mean loss); returns its share of that loss."""
+    a batch of `batch_images` (a data-parallel process: the batch's images per process),
+    adding its share to the gradients (the summed shares are the gradient of the batch's mean
+    loss); returns its share of that loss."""
     images = augment_batch(
         _on_device(images, device), generator, rotate=config["rotate"], flip=config["flip"]
     )

@@ -15,6 +15,7 @@ import torch
 from django.core.files.storage import default_storage
 
 from core import leases
+from core.errors import DomainError
 from mltasks import fanout, runs, tasks, training
 from mltasks.models import FoldJob, FoldModel, TrainingRun
 
@@ -209,6 +210,8 @@ def test_a_failing_fold_fails_the_run_naming_the_fold(three_patients, data_scien
     ]
     assert fanout.run_fold_job(jobs[0].pk) == "cancelled"  # a late delivery trains nothing
     assert runs.execute(run.pk).status == "failed" and not run.models.exists()
+    with pytest.raises(DomainError, match="fan_out trains each fold in one process"):
+        runs.start_run(three_patients, data_scientist, {**FANNED, "processes": 2})
 
 
 @pytest.mark.django_db

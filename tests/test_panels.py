@@ -9,9 +9,9 @@ import pytest
 from django.utils import timezone
 
 from annotator import panels
-from annotator.models import Membership, Round
+from annotator.models import Membership, Panel, Round
 from annotator.panel_agreement import CANNOT_CLASSIFY
-from core.errors import DomainError, ForbiddenError
+from core.errors import DomainError, ForbiddenError, create_or_refuse
 
 from .factories import UserFactory
 
@@ -66,6 +66,22 @@ def test_who_may_make_and_be_in_a_panel(study, curated, coordinator, panel_rater
     with pytest.raises(DomainError, match="sees every label"):
         panels.create_panel(study, [panel_raters[0], coordinator], coordinator)
     assert not study.panels.exists() and not study.rounds.exclude(kind="gold").exists()
+
+
+def test_a_panel_name_taken_a_moment_ago_is_refused_and_the_transaction_goes_on(study):
+    """The savepoint of `create_or_refuse`: the unique clash becomes the refusal, and what the
+    caller's transaction did before and does after still stands."""
+    Panel.objects.create(study=study, name="twin")
+    with pytest.raises(DomainError, match="twin is taken") as refused:
+        create_or_refuse(
+            Panel.objects, lambda: DomainError("twin is taken", "name"), study=study, name="twin"
+        )
+    assert refused.value.field == "name"
+    other = create_or_refuse(
+        Panel.objects, lambda: DomainError("never raised"), study=study, name="other"
+    )
+    assert sorted(study.panels.values_list("name", flat=True)) == ["other", "twin"]
+    assert other.pk is not None
 
 
 def test_the_majority_vote_and_its_tie_rule():

@@ -17,6 +17,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from core.api.fields import filter_by_params, validated
 from core.errors import DomainError
 
 from .. import panels, rounds
@@ -141,10 +142,7 @@ class PanelViewSet(
             )
             .order_by("id")
         )
-        study = self.request.query_params.get("study")
-        if study:
-            queryset = queryset.filter(study__name=study)
-        return queryset
+        return filter_by_params(queryset, self.request, {"study": "study__name"})
 
     @extend_schema(
         parameters=[OpenApiParameter("study", str, description="Only panels of this study.")]
@@ -161,9 +159,7 @@ class PanelViewSet(
 
     @extend_schema(request=s.PanelCreateSerializer, responses={201: s.PanelSerializer})
     def create(self, request, *args, **kwargs):
-        form = s.PanelCreateSerializer(data=request.data, context=self.get_serializer_context())
-        form.is_valid(raise_exception=True)
-        data = form.validated_data
+        data = validated(s.PanelCreateSerializer, request, request.data)
         panel = panels.create_panel(
             data["study"],
             data["raters"],
@@ -221,11 +217,7 @@ class PanelViewSet(
         (two classifying answers differ), `no-majority` (the vote has no winner), or
         `below-share` (the winner has less than `share` of the answers)."""
         panel = self.get_object()
-        form = s.AdjudicationCreateSerializer(
-            data=request.data, context=self.get_serializer_context()
-        )
-        form.is_valid(raise_exception=True)
-        data = form.validated_data
+        data = validated(s.AdjudicationCreateSerializer, request, request.data)
         made = panels.open_adjudication(
             panel,
             data["adjudicator"],
@@ -258,11 +250,9 @@ class AdjudicationViewSet(
 
     def get_queryset(self):
         queryset = panels.visible_adjudications(self.request.user).order_by("id")
-        for name, field in (("study", "study__name"), ("panel", "panel__name")):
-            value = self.request.query_params.get(name)
-            if value:
-                queryset = queryset.filter(**{field: value})
-        return queryset
+        return filter_by_params(
+            queryset, self.request, {"study": "study__name", "panel": "panel__name"}
+        )
 
     @extend_schema(
         parameters=[
@@ -298,9 +288,7 @@ class AdjudicationViewSet(
         """Record (or change) the consensus of one cell: a leaf code or cannot_classify, a
         note, and the version of the consensus label you saw when changing one."""
         round_ = self.get_object()
-        form = s.ConsensusWriteSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        data = form.validated_data
+        data = validated(s.ConsensusWriteSerializer, request, request.data)
         panels.record_consensus(
             round_,
             int(cell_id),

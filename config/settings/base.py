@@ -220,6 +220,10 @@ TRAINING_MAX_MEMORY_GB = env.float("TRAINING_MAX_MEMORY_GB", default=8.0)
 # when set, is the MLflow UI the run's page links to (docs/training.md, "Tracking with MLflow").
 MLFLOW_TRACKING_URI = env.str("MLFLOW_TRACKING_URI", default=f"file:{VAR_DIR / 'mlruns'}")
 MLFLOW_UI_URL = env.str("MLFLOW_UI_URL", default="")
+# A data-parallel run across hosts (config "hosts" > 1) meets at this host:port: the training
+# worker that takes the run serves it, `manage.py join_training` on the other hosts connects
+# (docs/training.md, "Several hosts").
+TRAINING_RENDEZVOUS = env.str("TRAINING_RENDEZVOUS", default="127.0.0.1:29400")
 
 # The file-system transport ignores the host; naming one keeps kombu from warning on every start
 # that none was given.

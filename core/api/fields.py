@@ -1,4 +1,5 @@
-"""Inputs every API reads the same way: ids of related objects and integer query parameters."""
+"""Inputs every API reads the same way: ids of related objects, integer query parameters,
+filters by query parameter and validated request bodies."""
 
 from __future__ import annotations
 
@@ -31,3 +32,21 @@ def int_param(request, name: str, *, required: bool = False) -> int | None:
     if value < 0:
         raise ValidationError({name: ["Must not be negative."]})
     return value
+
+
+def filter_by_params(queryset, request, lookups: dict[str, str]):
+    """The queryset narrowed by each query parameter given, through its lookup (`study` ->
+    `study__name`); a parameter absent or empty narrows nothing."""
+    for name, lookup in lookups.items():
+        value = request.query_params.get(name)
+        if value:
+            queryset = queryset.filter(**{lookup: value})
+    return queryset
+
+
+def validated(serializer_class, request, data) -> dict:
+    """The data validated by the serializer (a 400 naming each bad field otherwise), whose
+    related-object choices are what the requesting user may see (`core.api.scoping`)."""
+    form = serializer_class(data=data, context={"request": request})
+    form.is_valid(raise_exception=True)
+    return form.validated_data

@@ -16,6 +16,14 @@ from ..models import ClassMap, DatasetVersion, Export, Split
 from ..splits import K_RANGE, describe
 
 
+def _optional_text(max_length: int | None = None, help_text: str | None = None):
+    """A text field a request may leave out or blank; either reads as "", which the domain
+    function takes as its default (the study's latest panel, no notes)."""
+    return serializers.CharField(
+        max_length=max_length, required=False, allow_blank=True, default="", help_text=help_text
+    )
+
+
 class CodesField(serializers.ListField):
     """Node codes as a JSON list or one comma-separated string."""
 
@@ -42,7 +50,7 @@ class ProposalQuerySerializer(ScopedSerializer):
 
 class ClassMapCreateSerializer(ProposalQuerySerializer):
     name = serializers.SlugField(max_length=100)
-    notes = serializers.CharField(required=False, allow_blank=True, default="")
+    notes = _optional_text()
 
 
 class ClassMapSerializer(ScopedModelSerializer):
@@ -72,34 +80,24 @@ class DatasetCreateSerializer(ScopedSerializer):
 
     study = serializers.SlugRelatedField(slug_field="name", queryset=Study.objects.all())
     name = serializers.SlugField(max_length=100)
-    classmap = serializers.CharField(
-        required=False, allow_blank=True, default="", help_text="NAME or NAME@VERSION."
-    )
+    classmap = _optional_text(help_text="NAME or NAME@VERSION.")
     source = serializers.CharField(
         max_length=200,
         default="gold",
         help_text="gold, a round's name, or a panel's consensus: majority or adjudicated.",
     )
-    panel = serializers.CharField(
-        max_length=100,
-        required=False,
-        allow_blank=True,
-        default="",
-        help_text="majority / adjudicated: the panel's name (default: the study's latest panel).",
+    panel = _optional_text(
+        100, "majority / adjudicated: the panel's name (default: the study's latest panel)."
     )
-    adjudication = serializers.CharField(
-        max_length=200,
-        required=False,
-        allow_blank=True,
-        default="",
-        help_text="adjudicated: the adjudication round's name (default: the panel's latest).",
+    adjudication = _optional_text(
+        200, "adjudicated: the adjudication round's name (default: the panel's latest)."
     )
     exclude_cannot_classify = serializers.BooleanField(default=True)
     scans = serializers.ListField(child=serializers.IntegerField(min_value=1), default=list)
     exclude_patients = serializers.ListField(
         child=serializers.CharField(max_length=64), default=list
     )
-    notes = serializers.CharField(required=False, allow_blank=True, default="")
+    notes = _optional_text()
 
 
 class DatasetSerializer(ScopedModelSerializer):

@@ -17,7 +17,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from core.api.fields import int_param
+from core.api.fields import filter_by_params, int_param, validated
 
 from .. import classmaps, exports, splits, versions
 from ..access import visible_class_maps, visible_datasets, visible_exports, visible_splits
@@ -25,23 +25,7 @@ from ..models import Export
 from ..tasks import start_export
 from . import serializers as s
 
-
-def _validated(serializer_class, request, data):
-    """Validate input; its related-object choices are what the user may see (scoping)."""
-    form = serializer_class(data=data, context={"request": request})
-    form.is_valid(raise_exception=True)
-    return form.validated_data
-
-
 STUDY_PARAMETER = OpenApiParameter("study", str, description="Only this study (its name).")
-
-
-class StudyFilterMixin:
-    study_lookup = "study__name"
-
-    def filter_study(self, queryset):
-        study = self.request.query_params.get("study")
-        return queryset.filter(**{self.study_lookup: study}) if study else queryset
 
 
 @extend_schema_view(
@@ -50,9 +34,7 @@ class StudyFilterMixin:
     retrieve=extend_schema(summary="Get a class map"),
     propose=extend_schema(summary="Propose a class map from the label counts"),
 )
-class ClassMapViewSet(
-    StudyFilterMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
+class ClassMapViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Saved class maps (each version frozen); `propose/` shows counts and the proposed merge;
     POST saves a proposal (adjusted by `collapse` / `expand`) as the next version of `name`."""
 
@@ -60,7 +42,8 @@ class ClassMapViewSet(
 
     def get_queryset(self):
         maps = visible_class_maps(self.request.user)
-        return self.filter_study(maps.select_related("study", "taxonomy", "created_by"))
+        maps = maps.select_related("study", "taxonomy", "created_by")
+        return filter_by_params(maps, self.request, {"study": "study__name"})
 
     @extend_schema(parameters=[STUDY_PARAMETER])
     def list(self, request, *args, **kwargs):
@@ -70,7 +53,7 @@ class ClassMapViewSet(
     @action(detail=False)
     def propose(self, request):
         """Counts per node, the collapsed nodes and the resulting classes (nothing is saved)."""
-        data = _validated(
+        data = validated(
             s.ProposalQuerySerializer,
             request,
             request.query_params,
@@ -85,7 +68,7 @@ class ClassMapViewSet(
 
     @extend_schema(request=s.ClassMapCreateSerializer, responses={201: s.ClassMapSerializer})
     def create(self, request):
-        data = _validated(s.ClassMapCreateSerializer, request, request.data)
+        data = validated(s.ClassMapCreateSerializer, request, request.data)
         proposal = classmaps.propose(
             data["study"],
             threshold=data["threshold"],
@@ -107,9 +90,7 @@ class ClassMapViewSet(
     retrieve=extend_schema(summary="Get a data set version"),
     diff=extend_schema(summary="Compare two data set versions"),
 )
-class DatasetViewSet(
-    StudyFilterMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
+class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Frozen data set versions. POST makes the next version of `name` (or answers 200 with
     the latest one when nothing changed); versions are never changed or deleted."""
 
@@ -118,7 +99,7 @@ class DatasetViewSet(
         found = found.select_related("study", "class_map", "panel", "created_by").order_by("-id")
         if self.action == "list":
             found = found.defer("manifest")
-        return self.filter_study(found)
+        return filter_by_params(found, self.request, {"study": "study__name"})
 
     def get_serializer_class(self):
         return s.DatasetDetailSerializer if self.action == "retrieve" else s.DatasetSerializer
@@ -129,7 +110,7 @@ class DatasetViewSet(
 
     @extend_schema(request=s.DatasetCreateSerializer, responses={201: s.DatasetSerializer})
     def create(self, request):
-        data = _validated(s.DatasetCreateSerializer, request, request.data)
+        data = validated(s.DatasetCreateSerializer, request, request.data)
         study = data["study"]
         class_map = classmaps.find_class_map(study, data["classmap"]) if data["classmap"] else None
         made, created = versions.make_dataset(
@@ -190,7 +171,7 @@ class SplitViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     @extend_schema(request=s.SplitCreateSerializer, responses={201: s.SplitSerializer})
     def create(self, request):
-        data = _validated(s.SplitCreateSerializer, request, request.data)
+        data = validated(s.SplitCreateSerializer, request, request.data)
         made, created = splits.make_split(
             data["dataset"],
             data["strategy"],
@@ -231,7 +212,7 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     @extend_schema(request=s.ExportCreateSerializer, responses={202: s.ExportSerializer})
     @transaction.atomic
     def create(self, request):
-        data = _validated(s.ExportCreateSerializer, request, request.data)
+        data = validated(s.ExportCreateSerializer, request, request.data)
         export = exports.request_export(data["split"], data["format"], request.user)
         start_export(export)
         return Response(s.ExportSerializer(export).data, status=status.HTTP_202_ACCEPTED)
