@@ -11,7 +11,8 @@ How a fanned-out run lives, and why it can never stay `running` for ever:
   (core.leases): its worker's beat renews its lease, the sweep recovers it when its worker dies
   (queued again while attempts are left, else failed). A fold job is created with a lease of
   one length in the coordinator's name, so that if the coordinator dies before its task is
-  sent, the sweep sends it (a task sent twice trains once: the claim decides).
+  sent, the sweep sends it (a task sent twice trains once: the claim decides); a fold that
+  waits longer than that for a free worker is sent once more, which costs one spare message.
 - Every way a fold job ends settles the run: failed (an error, or its worker gone for good) or
   stopped by its worker's shutdown, it ends the run failed with a sentence naming the fold (or
   cancelled with the shutdown's sentence) and its other fold jobs are cancelled; done, it
