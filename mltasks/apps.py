@@ -19,6 +19,18 @@ def _stopped_message(run, reason: str) -> str:
     return stopped_message(reason, position(run.progress or {}))
 
 
+def _queue_fold_again(job_id: int) -> None:
+    from .tasks import train_fold
+
+    train_fold.delay(job_id)
+
+
+def _fold_released(job) -> None:
+    from .fanout import released
+
+    released(job)
+
+
 class MltasksConfig(AppConfig):
     """Training and inference (depends on datasets and annotator)."""
 
@@ -30,15 +42,20 @@ class MltasksConfig(AppConfig):
         from core.visibility import register_visibility
 
         from .access import RULES
-        from .models import TrainingRun
+        from .models import FoldJob, TrainingRun
 
-        leases.register(
-            leases.JobKind(
-                label="training run",
-                model=TrainingRun,
-                requeue=_queue_again,
-                remove_partials=_remove_partials,
-                stopped_message=_stopped_message,
-            )
+        kinds = (
+            ("training run", TrainingRun, _queue_again, _remove_partials),
+            ("fold of a training run", FoldJob, _queue_fold_again, _fold_released),
         )
+        for label, model, requeue, remove_partials in kinds:
+            leases.register(
+                leases.JobKind(
+                    label=label,
+                    model=model,
+                    requeue=requeue,
+                    remove_partials=remove_partials,
+                    stopped_message=_stopped_message,
+                )
+            )
         register_visibility(RULES)

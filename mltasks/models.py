@@ -75,3 +75,36 @@ class FoldModel(models.Model):
 
     def __str__(self) -> str:
         return f"model of fold {self.fold} of run {self.run_id}"
+
+
+class FoldJob(LeasedJob):
+    """One fold of a fanned-out run (config `fan_out`), trained by whichever training worker
+    takes its task (mltasks.fanout); it holds a lease of its own while it trains. Its result
+    (test predictions, history) waits in storage until the last fold gathers the report."""
+
+    Status = TrainingRun.Status
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="fold_jobs")
+    fold = models.CharField(max_length=20)
+    position = models.PositiveSmallIntegerField(help_text="The fold's place in the run's plans.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    result = models.CharField(
+        max_length=500, blank=True, help_text="Storage name of the fold's result (.npz)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "fold"], name="fold_job_once"),
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "done", "failed", "cancelled"]),
+                name="fold_job_status_known",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"fold {self.fold} of training run {self.run_id} ({self.status})"

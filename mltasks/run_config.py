@@ -36,6 +36,7 @@ DEFAULTS = {
     "export_models": True,  # each fold also as TorchScript and ONNX, with a model card
     "processes": 1,  # data-parallel training processes per host (DDP; one per GPU on CUDA)
     "hosts": 1,  # hosts taking part (DDP across hosts; the others join, docs/training.md)
+    "fan_out": False,  # each fold a task of its own, for any training worker (mltasks.fanout)
 }
 
 
@@ -85,6 +86,7 @@ CONFIG_CHECKS = {
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "processes": (lambda v: _whole(v) and 1 <= v <= 64, "a whole number from 1 to 64"),
     "hosts": (lambda v: _whole(v) and 1 <= v <= 1024, "a whole number from 1 to 1024"),
+    "fan_out": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -98,6 +100,12 @@ def load_config(overrides: dict | None = None) -> dict:
     for key, (check, wanted) in CONFIG_CHECKS.items():
         if not check(config[key]):
             raise DomainError(f"{key} must be {wanted}, not {config[key]!r}.", field=key)
+    if config["fan_out"] and distributed(config):
+        raise DomainError(
+            "fan_out trains each fold in one process: it cannot go with processes or hosts "
+            "above 1.",
+            field="fan_out",
+        )
     return config
 
 

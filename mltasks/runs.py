@@ -99,7 +99,11 @@ def request_cancel(run: TrainingRun) -> TrainingRun:
 
 
 def remove_partials(run: TrainingRun) -> None:
-    """Delete what attempts of an unpublished run stored (weights, plots, partial files)."""
+    """Delete what attempts of an unpublished run stored (weights, plots, partial files), once
+    its fold jobs (a fanned-out run's) are cancelled, so that their workers stop writing."""
+    from . import fanout
+
+    fanout.cancel_fold_jobs(run)
     if not run.models.exists():
         leases.remove_tree(f"training/run-{run.pk}")
 
@@ -128,7 +132,7 @@ class StepTimes:
         return self.measured_seconds / measured * max(0, steps_left)
 
 
-class _Progress:
+class Progress:
     """Writes progress to the run at most every half second, with the time left."""
 
     def __init__(
@@ -170,8 +174,12 @@ class _Progress:
             left = self.step_times.remaining(self._steps_left())
             self.state["eta_seconds"] = None if left is None else round(left, 1)
         if now - self.last_write >= PROGRESS_EVERY_SECONDS or "validation" in update:
-            self.lease.mine().update(progress=dict(self.state))
+            self.write()
             self.last_write = now
+
+    def write(self) -> None:
+        """The progress onto the job's row (a fanned-out fold also sums it up on its run)."""
+        self.lease.mine().update(progress=dict(self.state))
 
     def _steps_done_and_total(self) -> tuple[int, int]:
         """Steps of the run done and in all, at the current fold's steps per epoch and the
@@ -197,6 +205,10 @@ class _Progress:
         if now - self.last_check < PROGRESS_EVERY_SECONDS:
             return False
         self.last_check = now
+        return self.cancelled()
+
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled or is not this worker's any more (one query)."""
         return not self.lease.held() or self.lease.mine().filter(cancel_requested=True).exists()
 
 
@@ -217,7 +229,9 @@ class _Following:
 
 
 def execute(run_id: int) -> TrainingRun:
-    """Run the training of a queued run to its end: done, failed or cancelled.
+    """Run the training of a queued run to its end: done, failed or cancelled; or, with
+    `fan_out` and several folds, until its folds are queued as tasks of their own
+    (mltasks.fanout), the last of which ends it.
 
     Claimed in one statement (core.leases): a task delivered twice trains once, and one
     delivered again after its worker died trains from the start.
@@ -244,7 +258,9 @@ def execute(run_id: int) -> TrainingRun:
         if run_config.distributed(config):
             _supervise(run, config, lease)
         else:
-            tracker = tracking.Tracker.start(run.pk)
+            # A run with fan_out is not tracked in MLflow: its folds train in other processes.
+            fanned = config.get("fan_out")
+            tracker = tracking.Tracker(run.pk, "") if fanned else tracking.Tracker.start(run.pk)
             _train(run, config, device, lease, tracker)
             tracker.finish()
     run.refresh_from_db()
@@ -308,6 +324,41 @@ def train_rank(run_id: int, owner: str) -> bool:
         distributed.end_group()
 
 
+def prepare(run: TrainingRun, config: dict):
+    """The run's data and fold plans, on a device the config allows (a worker's first steps,
+    the same in every process that trains folds of the run)."""
+    import torch
+
+    from . import training
+
+    training.check_device(config)
+    if threads := launch.threads_per_process(config):
+        torch.set_num_threads(threads)
+    data = training.load_data(run.split, config["image_size"], config.get("patch_cache", "none"))
+    try:
+        return data, training.fold_plans(run.split, data, config)
+    except Exception:
+        data.close()
+        raise
+
+
+def train_and_store(
+    run: TrainingRun, data, plan, config: dict, device, progress, should_stop, ranks=None
+):
+    """Train one fold (the leader of a data-parallel run, or its only process) and store its
+    weights: (the result without weights, storage name, sha256). A fold's training depends on
+    the config and its plan only (`train_fold` seeds everything at its start), not on the
+    folds trained before it in the same process."""
+    from . import distributed, training
+
+    ranks = ranks or distributed.SINGLE
+    result = training.train_fold(data, plan, config, device, progress, should_stop, ranks)
+    payload = training.state_dict_bytes(result.state_dict, data.classes, config)
+    name = f"training/run-{run.pk}/fold-{result.fold}.pt"
+    store_bytes(name, payload)
+    return result.without_weights(), name, hashlib.sha256(payload).hexdigest()
+
+
 def _train(
     run: TrainingRun,
     config: dict,
@@ -317,75 +368,81 @@ def _train(
     ranks: Ranks | None = None,
 ) -> None:
     """Train the run's folds, report, export and publish (the leader of a data-parallel run,
-    or its only process); a follower only trains, and raises what it cannot handle."""
-    import torch
-
+    or its only process); a follower only trains, and raises what it cannot handle. With
+    `fan_out` and several folds, queue them as tasks of their own instead (mltasks.fanout)."""
     from . import distributed, training
-    from . import report as reports
 
     ranks = ranks or distributed.SINGLE
     stored: list[str] = []
     progress = data = None
     try:
-        training.check_device(config)
-        if threads := launch.threads_per_process(config):
-            torch.set_num_threads(threads)
-        data = training.load_data(
-            run.split, config["image_size"], config.get("patch_cache", "none")
-        )
-        plans = training.fold_plans(run.split, data, config)
+        data, plans = prepare(run, config)
+        if config.get("fan_out") and len(plans) > 1:
+            from . import fanout
+
+            fanout.fan_out(run, plans, lease)
+            return
         if ranks.leader:
-            progress = _Progress(run, len(plans), config, lease, tracker)
+            progress = Progress(run, len(plans), config, lease, tracker)
         else:
             progress = _Following()
         results = []
         for index, plan in enumerate(plans):
             progress.next_fold(index)
-            result = training.train_fold(
-                data, plan, config, device, progress, progress.should_stop, ranks
-            )
             if not ranks.leader:
+                training.train_fold(
+                    data, plan, config, device, progress, progress.should_stop, ranks
+                )
                 continue
-            payload = training.state_dict_bytes(result.state_dict, data.classes, config)
-            name = f"training/run-{run.pk}/fold-{result.fold}.pt"
-            store_bytes(name, payload)
-            stored.append(name)
-            digest = hashlib.sha256(payload).hexdigest()
-            del payload
-            results.append((result.without_weights(), name, digest))
-        if not ranks.leader:
-            return
-        folds = [r for r, _, _ in results]
-        if not lease.held():  # cancelled while the last fold ended: its files are gone
-            raise leases.LeaseLost(f"Run {run.pk} is no longer this worker's.")
-        report = reports.build_report(run, data, folds, device, saliency_weights=results[0][1])
-        stored.extend(report.pop("_files", []))
-        if config["export_models"]:
-            exported = export.export_run(run, [(r.fold, name) for r, name, _ in results], report)
-            stored.extend(exported)
-        _publish(run, results, report, lease)
+            results.append(
+                train_and_store(
+                    run, data, plan, config, device, progress, progress.should_stop, ranks
+                )
+            )
+            stored.append(results[-1][1])
+        if ranks.leader:
+            publish_report(run, data, results, device, lease, stored)
     except Exception as exc:  # each end recorded on the run in a sentence, errors logged in full
         if not ranks.leader:
             if isinstance(exc, training.Cancelled):
                 return
             raise
-        where = position(progress.state if progress else {})
-        if reason := leases.shutdown_reason():
-            # Also an error raised by the shutdown itself (a second Ctrl-C interrupts a step).
-            log.info("Training run %s stopped: %s", run.pk, reason, exc_info=True)
-            status, message = TrainingRun.Status.CANCELLED, stopped_message(reason, where)
-        elif isinstance(exc, training.Cancelled | leases.LeaseLost):
-            status, message = TrainingRun.Status.CANCELLED, "Cancelled by its user."
-        else:
-            log.exception("Training run %s failed", run.pk)
-            status, message = (
-                TrainingRun.Status.FAILED,
-                failures.describe(exc, "The training run", where),
-            )
-        _end(run, lease, status, message, stored)
+        status, message = ending(run, exc, position(progress.state if progress else {}))
+        record_end(run, lease, status, message, stored)
     finally:
         if data is not None:
             data.close()
+
+
+def publish_report(run: TrainingRun, data, results, device, lease, stored: list[str]) -> None:
+    """The report of the trained folds (`train_and_store`'s results, in the plans' order), the
+    exports, and their publication with the run's end; what it stores is added to `stored`."""
+    from . import report as reports
+
+    if not lease.held():  # cancelled while the last fold ended: its files are gone
+        raise leases.LeaseLost(f"Run {run.pk} is no longer this worker's.")
+    folds = [result for result, _, _ in results]
+    report = reports.build_report(run, data, folds, device, saliency_weights=results[0][1])
+    stored.extend(report.pop("_files", []))
+    if run.config["export_models"]:
+        exported = export.export_run(run, [(r.fold, name) for r, name, _ in results], report)
+        stored.extend(exported)
+    _publish(run, results, report, lease)
+
+
+def ending(run: TrainingRun, exc: Exception, where: str, what: str = "The training run"):
+    """The status and sentence a run (or a fold of it: `what`) ends with after `exc`, raised
+    `where` in it (`position`); called from the `except` block (errors are logged in full)."""
+    from . import training
+
+    if reason := leases.shutdown_reason():
+        # Also an error raised by the shutdown itself (a second Ctrl-C interrupts a step).
+        log.info("Training run %s stopped: %s", run.pk, reason, exc_info=True)
+        return TrainingRun.Status.CANCELLED, stopped_message(reason, where)
+    if isinstance(exc, training.Cancelled | leases.LeaseLost):
+        return TrainingRun.Status.CANCELLED, "Cancelled by its user."
+    log.exception("Training run %s failed", run.pk)
+    return TrainingRun.Status.FAILED, failures.describe(exc, what, where)
 
 
 def position(progress: dict) -> str:
@@ -435,7 +492,7 @@ def _publish(run: TrainingRun, results, report: dict, lease: leases.Lease) -> No
         )
 
 
-def _end(
+def record_end(
     run: TrainingRun, lease: leases.Lease, status: str, message: str, stored: list[str]
 ) -> None:
     """Record the run's end and remove what this attempt stored, while the run is still this

@@ -20,6 +20,14 @@ def train(run_id: int) -> str:
 
 
 @shared_task
+def train_fold(job_id: int) -> str:
+    """Train one fold of a fanned-out run (mltasks.fanout); the last fold gathers the report."""
+    from . import fanout
+
+    return fanout.run_fold_job(job_id)
+
+
+@shared_task
 def preannotate(run_id: int) -> int:
     """Suggest classes for the study's unlabelled cells with a finished run's models."""
     from .inference import preannotate as suggest
