@@ -113,9 +113,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_ranks(command: list[str], config: dict, should_stop: Callable[[], bool]) -> Ended:
-    """Run `command` (torchrun) to its end, stopping it when `should_stop` says so."""
-    folder = Path(tempfile.mkdtemp(prefix="ranks-", dir=_ranks_root()))
+def run_ranks(
+    run_id: int, command: list[str], config: dict, should_stop: Callable[[], bool]
+) -> Ended:
+    """Run `command` (torchrun) of the run to its end, stopping it when `should_stop` says so.
+    Its output and the ranks' sentences go to a folder under VAR_DIR/ranks, removed at the
+    end; one an earlier attempt's killed worker left is removed when the run starts again."""
+    root = _ranks_root()
+    for earlier in root.glob(f"run-{run_id}-*"):
+        shutil.rmtree(earlier, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"run-{run_id}-", dir=root))
     env = {**os.environ, ERRORS_ENV: str(folder)}
     if threads := _threads(config):
         env["OMP_NUM_THREADS"] = str(threads)

@@ -278,7 +278,7 @@ def _supervise(run: TrainingRun, config: dict, lease: leases.Lease) -> None:
         return not lease.held() or lease.mine().filter(cancel_requested=True).exists()
 
     command = launch.torchrun_command(run.pk, config, lease.owner)
-    ended = launch.run_ranks(command, config, should_stop)
+    ended = launch.run_ranks(run.pk, command, config, should_stop)
     progress = TrainingRun.objects.get(pk=run.pk).progress
     if reason := leases.shutdown_reason():
         status, message = TrainingRun.Status.CANCELLED, stopped_message(reason, position(progress))
