@@ -4,6 +4,7 @@ run; an unreadable file is refused with a sentence naming it."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import openslide
 import pytest
 
+from annotator import synthetic
 from annotator.detection import (
     DEFAULT_SETTINGS,
     DETECTOR_VERSION,
@@ -78,6 +80,29 @@ def test_one_proposal_per_leukocyte_segmented_neutrophils_included(scan):
             assert inside <= 1, cell
 
 
+def test_touching_leukocytes_are_split_one_proposal_each(tmp_path):
+    """Lymphocytes and blasts planted touching in pairs: nuclei (and a blast's stained
+    cytoplasm) run together after the closing, and only the watershed keeps them apart."""
+    mpp, rng = 0.0725, np.random.default_rng(9)
+    cells = synthetic.plant_leukocytes(
+        3000, 3000, 24, mpp, ("LYT", "MYON", "EBO"), rng, touching_share=1.0
+    )
+    touching = [
+        (a, b)
+        for a, b in itertools.combinations(cells, 2)
+        if math.hypot(a["x"] - b["x"], a["y"] - b["y"]) <= a["radius"] + b["radius"] + 1 / mpp
+    ]
+    assert len(touching) >= 10
+    image = synthetic.render_smear(3000, 3000, cells, mpp, rng)
+    path = tmp_path / "touching.tiff"
+    synthetic.write_pyramid_tiff(path, synthetic.pyramid_levels(image), mpp, "touching")
+
+    proposals = detect_leukocytes(path)
+    for cell in cells:
+        inside = (distances(proposals, cell["x"], cell["y"], mpp) <= cell["radius"] * mpp).sum()
+        assert inside == 1, cell
+
+
 def test_proposals_lie_inside_the_scan_and_carry_a_confidence(scan):
     _, _, proposals = scan
     assert proposals
@@ -117,3 +142,8 @@ def test_a_bad_file_is_refused_with_a_sentence_naming_it(name, problem):
     with pytest.raises(DomainError, match=problem) as refused:
         detect_leukocytes(FIXTURES / name)
     assert name in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["small.svs", "boxes.tiff", "boxes_0.dcm"])
+def test_scanner_formats_are_read_and_boxes_are_not_leukocytes(name):
+    assert detect_leukocytes(FIXTURES / name) == []
