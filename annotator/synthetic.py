@@ -5,6 +5,13 @@ Demos and tests need slides without patient data. This module paints a smear at 
 class), writes it as a pyramidal JPEG-tiled TIFF that OpenSlide's generic-tiff driver reads,
 and records where each leukocyte was planted in a JSON manifest beside it.
 
+So that a detector can be measured on them, scans also carry distractors that are not
+leukocytes (platelet clumps, stain precipitate, overlapping red cells), recorded in the
+manifest with their kind and centre, and each scan has its own stain intensity, share of
+touching leukocytes and fall of leukocyte density away from the feathered edge, drawn from its
+seed. Smudge cells (KSC) are leukocytes here, not distractors: the AML taxonomy has a leaf for
+them and the examiner labels them, so a detector must find them.
+
 Speed comes from stamping pre-rendered red-cell sprites into one uint8 array with integer
 arithmetic, rendering only the few leukocytes individually, halving with Pillow and letting
 tifffile encode JPEG tiles on several threads. Output is byte-identical for the same arguments.
@@ -49,7 +56,7 @@ AML_LEAF_CODES: tuple[str, ...] = (
     "KSC",
 )
 
-GENERATOR = "cytomark-synthetic-1"
+GENERATOR = "cytomark-synthetic-2"
 EDGE_MARGIN_PX = 250
 TILE_PX = 256
 JPEG_QUALITY = 82
@@ -64,6 +71,28 @@ RED_CELL_AREA_FRACTION = 0.45
 RED_CELL_MIN_GAP = 0.9
 PLATELETS_PER_RED_CELL = 1 / 18
 LEUKOCYTE_GAP_PX = 40
+
+# Per-scan variation, each drawn uniformly from its range by the scan's seed.
+STAIN_INTENSITY = (0.75, 1.3)  # factor on the optical density of everything the stain colours
+EOSIN_INTENSITY = (0.85, 1.15)  # the same for red cells
+TOUCHING_SHARE = (0.05, 0.3)  # leukocytes placed touching one planted before
+FEATHERED_EDGE = (0.0, 0.8)  # density fall from one side to the opposite one
+
+# Distractors: not leukocytes, but stained or dark, which a careless detector would take for one.
+DISTRACTORS_PER_MM2: dict[str, tuple[float, float]] = {
+    "platelet_clump": (4.0, 12.0),
+    "precipitate": (6.0, 16.0),
+    "overlapping_red_cells": (10.0, 25.0),
+}
+DISTRACTOR_RADIUS_UM: dict[str, tuple[float, float]] = {
+    "platelet_clump": (3.0, 5.5),
+    "precipitate": (2.0, 5.0),
+    "overlapping_red_cells": (6.0, 7.5),
+}
+MIN_DISTRACTORS_PER_KIND = 3
+# Free space between a distractor and any leukocyte or other distractor, so that a proposal
+# near one can be told from a proposal on its neighbour.
+DISTRACTOR_CLEARANCE_UM = 12.0
 
 _RED_CELL_SPRITES = 32
 _PLATELET_SPRITES = 12
@@ -80,6 +109,7 @@ def _optical_density(rgb: tuple[float, float, float]) -> np.ndarray:
 
 OD_RED_CELL = _optical_density((212, 132, 140))
 OD_PLATELET = _optical_density((150, 100, 170))
+OD_PRECIPITATE = _optical_density((70, 48, 105))
 
 
 # --- small numeric helpers -------------------------------------------------------------------
@@ -732,7 +762,7 @@ def _render_smudge(
 # --- red cells, platelets, background --------------------------------------------------------
 
 
-def _red_cell_sprite(diameter: float, rng: np.random.Generator) -> np.ndarray:
+def _red_cell_sprite(diameter: float, rng: np.random.Generator, eosin: float = 1.0) -> np.ndarray:
     """One biconcave red cell as a uint16 transmission multiplier (256 = unchanged)."""
     half = math.ceil(diameter * 0.56) + 2
     axis = np.arange(-half, half + 1, dtype=np.float32)
@@ -751,11 +781,11 @@ def _red_cell_sprite(diameter: float, rng: np.random.Generator) -> np.ndarray:
     density = (body + rim) * edge * rng.uniform(0.85, 1.1)
     density = density * (1.0 + 0.04 * _value_noise(rho.shape, 6.0, rng))
     tone = OD_RED_CELL * np.array([1.0, rng.uniform(0.95, 1.05), rng.uniform(0.92, 1.08)])
-    transmission = np.exp(-density[..., None] * tone.astype(np.float32))
+    transmission = np.exp(-eosin * density[..., None] * tone.astype(np.float32))
     return np.round(256 * transmission).astype(np.uint16)
 
 
-def _platelet_sprite(diameter: float, rng: np.random.Generator) -> np.ndarray:
+def _platelet_sprite(diameter: float, rng: np.random.Generator, stain: float = 1.0) -> np.ndarray:
     """A small purple granular platelet as a uint16 transmission multiplier."""
     half = math.ceil(diameter * 0.75) + 2
     axis = np.arange(-half, half + 1, dtype=np.float32)
@@ -765,7 +795,7 @@ def _platelet_sprite(diameter: float, rng: np.random.Generator) -> np.ndarray:
     halo = _coverage(outline, 2.0)
     granules = 0.6 + 0.5 * _value_noise(x.shape, 2.5, rng)
     density = halo * (0.25 + granules * _smoothstep(0.0, -0.25 * diameter, outline))
-    transmission = np.exp(-density[..., None] * OD_PLATELET)
+    transmission = np.exp(-stain * density[..., None] * OD_PLATELET)
     return np.round(256 * transmission).astype(np.uint16)
 
 
@@ -900,34 +930,105 @@ def plant_leukocytes(
     mpp: float,
     codes: Sequence[str],
     rng: np.random.Generator,
+    *,
+    touching_share: float = 0.0,
+    feathered_edge: float = 0.0,
 ) -> list[dict]:
     """Choose class, size and a non-overlapping position for each leukocyte.
 
     Classes cycle through ``codes`` in a seeded order, so each appears once ``cells`` reaches
-    ``len(codes)``. Centres keep ``EDGE_MARGIN_PX`` from every edge.
+    ``len(codes)``. Centres keep ``EDGE_MARGIN_PX`` from every edge. About ``touching_share``
+    of the cells touch one planted before (outlines at most 1 µm apart), the rest keep
+    ``LEUKOCYTE_GAP_PX`` from all; ``feathered_edge`` (0-1) is how much rarer cells are on one
+    side of the scan than on the opposite one, as towards and away from a smear's feathered edge.
     """
     if cells and not codes:
         raise ValueError("codes must not be empty when cells > 0")
     if width < 2 * EDGE_MARGIN_PX + 1 or height < 2 * EDGE_MARGIN_PX + 1:
         raise ValueError(f"scan must be larger than {2 * EDGE_MARGIN_PX} px each side")
     order = [codes[i] for i in rng.permutation(len(codes))] if codes else []
+    heading = rng.uniform(0, 2 * math.pi)
+    towards = (math.cos(heading), math.sin(heading))
+    corners = [x * towards[0] + y * towards[1] for x in (0, width) for y in (0, height)]
+    nearest, reach = min(corners), max(corners) - min(corners)
     planted: list[dict] = []
+
+    def fits(x: int, y: int, radius: int, partner: dict | None = None) -> bool:
+        if not (
+            EDGE_MARGIN_PX <= x <= width - EDGE_MARGIN_PX
+            and EDGE_MARGIN_PX <= y <= height - EDGE_MARGIN_PX
+        ):
+            return False
+        return all(
+            (x - c["x"]) ** 2 + (y - c["y"]) ** 2
+            >= (radius + c["radius"] + (0 if c is partner else LEUKOCYTE_GAP_PX)) ** 2
+            for c in planted
+        )
+
+    def beside_another(radius: int) -> tuple[int, int] | None:
+        for _ in range(50):
+            partner = planted[int(rng.integers(len(planted)))]
+            angle = rng.uniform(0, 2 * math.pi)
+            distance = radius + partner["radius"] + rng.uniform(0.0, 1.0) / mpp
+            x = round(partner["x"] + distance * math.cos(angle))
+            y = round(partner["y"] + distance * math.sin(angle))
+            if math.hypot(x - partner["x"], y - partner["y"]) < radius + partner["radius"]:
+                continue
+            if fits(x, y, radius, partner):
+                return x, y
+        return None
+
     for index in range(cells):
         code = order[index % len(order)]
         low, high = LOOKS.get(code, GENERIC_LOOK).diameter_um
         radius = round(0.5 * rng.uniform(low, high) / mpp)
-        for _ in range(5000):
+        spot = beside_another(radius) if planted and rng.uniform() < touching_share else None
+        for _ in range(5000 if spot is None else 0):
             x = int(rng.integers(EDGE_MARGIN_PX, width - EDGE_MARGIN_PX + 1))
             y = int(rng.integers(EDGE_MARGIN_PX, height - EDGE_MARGIN_PX + 1))
-            if all(
-                (x - c["x"]) ** 2 + (y - c["y"]) ** 2
-                >= (radius + c["radius"] + LEUKOCYTE_GAP_PX) ** 2
-                for c in planted
-            ):
-                planted.append({"x": x, "y": y, "code": code, "radius": radius})
+            along = (x * towards[0] + y * towards[1] - nearest) / reach
+            if rng.uniform() < feathered_edge * (1.0 - along):
+                continue
+            if fits(x, y, radius):
+                spot = x, y
                 break
-        else:
+        if spot is None:
             raise ValueError(f"cannot fit {cells} leukocytes into a {width} x {height} scan")
+        planted.append({"x": spot[0], "y": spot[1], "code": code, "radius": radius})
+    return planted
+
+
+def plant_distractors(
+    width: int,
+    height: int,
+    leukocytes: Sequence[dict],
+    mpp: float,
+    rng: np.random.Generator,
+) -> list[dict]:
+    """Choose kind, extent and centre of each distractor, clear of leukocytes and each other.
+
+    Counts follow ``DISTRACTORS_PER_MM2`` for the scan's area (at least
+    ``MIN_DISTRACTORS_PER_KIND`` of each kind); a distractor that finds no free place in a
+    crowded scan is left out, so the list holds exactly what is painted.
+    """
+    area_mm2 = width * height * (mpp / 1000.0) ** 2
+    clearance = DISTRACTOR_CLEARANCE_UM / mpp
+    taken = [(c["x"], c["y"], c["radius"]) for c in leukocytes]
+    planted: list[dict] = []
+    for kind, (low, high) in DISTRACTORS_PER_MM2.items():
+        count = max(MIN_DISTRACTORS_PER_KIND, round(rng.uniform(low, high) * area_mm2))
+        for _ in range(count):
+            radius = round(rng.uniform(*DISTRACTOR_RADIUS_UM[kind]) / mpp)
+            for _ in range(200):
+                x = int(rng.integers(EDGE_MARGIN_PX, width - EDGE_MARGIN_PX + 1))
+                y = int(rng.integers(EDGE_MARGIN_PX, height - EDGE_MARGIN_PX + 1))
+                if all(
+                    (x - ox) ** 2 + (y - oy) ** 2 >= (radius + other + clearance) ** 2
+                    for ox, oy, other in taken
+                ):
+                    planted.append({"kind": kind, "x": x, "y": y, "radius": radius})
+                    taken.append((x, y, radius))
+                    break
     return planted
 
 
@@ -938,14 +1039,20 @@ def render_smear(
     mpp: float,
     rng: np.random.Generator,
     scratch: Scratch | None = None,
+    *,
+    distractors: Sequence[dict] = (),
+    stain: float = 1.0,
+    eosin: float = 1.0,
 ) -> np.ndarray:
-    """Paint the level-0 RGB image: background, red cells, platelets, then the leukocytes."""
-    red_rng, platelet_rng, leukocyte_rng = rng.spawn(3)
+    """Paint the level-0 RGB image: background, red cells, platelets, distractors, then the
+    leukocytes. ``stain`` and ``eosin`` scale the optical density of stained cells and of red
+    cells."""
+    red_rng, platelet_rng, leukocyte_rng, distractor_rng = rng.spawn(4)
     image = (scratch or Scratch()).image("level-0", height, width)
     _fill_background(image)
 
     diameters = red_rng.uniform(*RED_CELL_DIAMETER_UM, _RED_CELL_SPRITES) / mpp
-    sprites = [_red_cell_sprite(d, red_rng) for d in diameters]
+    sprites = [_red_cell_sprite(d, red_rng, eosin) for d in diameters]
     mean_area = float(np.mean(math.pi * (diameters / 2) ** 2))
     target = int(RED_CELL_AREA_FRACTION * width * height / mean_area)
     blocked = [(c["x"], c["y"], c["radius"]) for c in leukocytes]
@@ -961,7 +1068,7 @@ def render_smear(
         _multiply_stamp(image, variants[4 * kind + flip], x, y)
 
     platelet_sprites = [
-        _platelet_sprite(d / mpp, platelet_rng)
+        _platelet_sprite(d / mpp, platelet_rng, stain)
         for d in platelet_rng.uniform(1.8, 3.2, _PLATELET_SPRITES)
     ]
     platelets = int(len(red_cells) * PLATELETS_PER_RED_CELL)
@@ -973,10 +1080,74 @@ def render_smear(
     for x, y, kind in zip(xs, ys, kinds, strict=True):
         _multiply_stamp(image, platelet_sprites[kind], x, y)
 
+    for spot, spot_rng in zip(distractors, distractor_rng.spawn(len(distractors)), strict=True):
+        if spot["kind"] == "platelet_clump":
+            _paint_platelet_clump(image, spot, platelet_sprites, spot_rng)
+        elif spot["kind"] == "precipitate":
+            _paint_precipitate(image, spot, mpp, stain, spot_rng)
+        else:
+            _paint_overlapping_red_cells(image, spot, variants, spot_rng)
+
     for cell, cell_rng in zip(leukocytes, leukocyte_rng.spawn(len(leukocytes)), strict=True):
         alpha, transmission = render_leukocyte(cell["code"], cell["radius"], mpp, cell_rng)
-        _overlay(image, alpha, transmission, cell["x"], cell["y"])
+        _overlay(image, alpha, transmission**stain, cell["x"], cell["y"])
     return image
+
+
+def _paint_platelet_clump(
+    image: np.ndarray, spot: dict, sprites: Sequence[np.ndarray], rng: np.random.Generator
+) -> None:
+    """Platelets heaped within ``spot``'s radius, touching and partly overlapping."""
+    count = int(rng.integers(5, 13))
+    reach = spot["radius"] - max(sprite.shape[0] for sprite in sprites) // 4
+    for _ in range(count):
+        angle, distance = rng.uniform(0, 2 * math.pi), reach * math.sqrt(rng.uniform())
+        x = round(spot["x"] + distance * math.cos(angle))
+        y = round(spot["y"] + distance * math.sin(angle))
+        _multiply_stamp(image, sprites[int(rng.integers(len(sprites)))], x, y)
+
+
+def _paint_precipitate(
+    image: np.ndarray, spot: dict, mpp: float, stain: float, rng: np.random.Generator
+) -> None:
+    """Stain precipitate: a few dark, sharp-edged specks and needle-like crystals."""
+    radius = spot["radius"]
+    half = radius + 4
+    axis = np.arange(-half, half + 1, dtype=np.float32)
+    x, y = np.meshgrid(axis, axis)
+    shape = np.full_like(x, np.inf)
+    for _ in range(int(rng.integers(4, 13))):
+        angle, distance = rng.uniform(0, 2 * math.pi), 0.8 * radius * math.sqrt(rng.uniform())
+        cx, cy = distance * math.cos(angle), distance * math.sin(angle)
+        if rng.uniform() < 0.4:
+            length = rng.uniform(0.8, 3.5) / mpp
+            turn = rng.uniform(0, math.pi)
+            dx, dy = 0.5 * length * math.cos(turn), 0.5 * length * math.sin(turn)
+            width = rng.uniform(0.15, 0.35) / mpp
+            piece = _capsule(x, y, cx - dx, cy - dy, cx + dx, cy + dy, width)
+        else:
+            a, b = rng.uniform(0.2, 0.7, 2) / mpp
+            theta = np.arctan2(y - cy, x - cx)
+            piece = _ellipse(x, y, cx, cy, a, b, rng.uniform(0, math.pi))
+            piece = piece + min(a, b) * _wobble(theta, 0.3, rng)
+        shape = np.minimum(shape, piece)
+    density = _coverage(shape, 1.2) * rng.uniform(1.1, 1.8) * stain
+    transmission = np.exp(-density[..., None] * OD_PRECIPITATE)
+    _multiply_stamp(image, np.round(256 * transmission).astype(np.uint16), spot["x"], spot["y"])
+
+
+def _paint_overlapping_red_cells(
+    image: np.ndarray, spot: dict, variants: Sequence[np.ndarray], rng: np.random.Generator
+) -> None:
+    """Two or three red cells stacked over each other, darker where they overlap."""
+    count = int(rng.integers(2, 4))
+    for index in range(count):
+        sprite = variants[int(rng.integers(len(variants)))]
+        angle = rng.uniform(0, 2 * math.pi)
+        distance = 0 if index == 0 else rng.uniform(0.25, 0.5) * sprite.shape[0]
+        x = round(spot["x"] + distance * math.cos(angle))
+        y = round(spot["y"] + distance * math.sin(angle))
+        _multiply_stamp(image, sprite, x, y)
 
 
 def _overlay(
@@ -1110,13 +1281,48 @@ def render_scan(
     mpp: float = 0.0725,
     codes: Sequence[str] = AML_LEAF_CODES,
     scratch: Scratch | None = None,
-) -> tuple[list[dict], np.ndarray]:
-    """The planted leukocytes and the level-0 pixels of a scan, without writing anything."""
+) -> tuple[dict, np.ndarray]:
+    """What a scan holds and its level-0 pixels, without writing anything.
+
+    The first item is the ground truth as the manifest records it: ``cells`` (the planted
+    leukocytes), ``distractors`` (planted things that are not leukocytes) and ``style`` (this
+    scan's stain intensity, touching share and feathered-edge fall).
+    """
     if width <= 0 or height <= 0 or cells < 0 or mpp <= 0:
         raise ValueError("width, height and mpp must be positive and cells not negative")
-    layout_rng, paint_rng = np.random.default_rng(seed).spawn(2)
-    leukocytes = plant_leukocytes(width, height, cells, mpp, tuple(codes), layout_rng)
-    return leukocytes, render_smear(width, height, leukocytes, mpp, paint_rng, scratch)
+    layout_rng, paint_rng, style_rng = np.random.default_rng(seed).spawn(3)
+    style = {
+        name: round(float(style_rng.uniform(*limits)), 3)
+        for name, limits in (
+            ("stain", STAIN_INTENSITY),
+            ("eosin", EOSIN_INTENSITY),
+            ("touching_share", TOUCHING_SHARE),
+            ("feathered_edge", FEATHERED_EDGE),
+        )
+    }
+    leukocytes = plant_leukocytes(
+        width,
+        height,
+        cells,
+        mpp,
+        tuple(codes),
+        layout_rng,
+        touching_share=style["touching_share"],
+        feathered_edge=style["feathered_edge"],
+    )
+    distractors = plant_distractors(width, height, leukocytes, mpp, layout_rng)
+    image = render_smear(
+        width,
+        height,
+        leukocytes,
+        mpp,
+        paint_rng,
+        scratch,
+        distractors=distractors,
+        stain=style["stain"],
+        eosin=style["eosin"],
+    )
+    return {"cells": leukocytes, "distractors": distractors, "style": style}, image
 
 
 def make_synthetic_scan(
@@ -1132,14 +1338,15 @@ def make_synthetic_scan(
 ) -> dict:
     """Write one synthetic smear scan to ``path`` and its manifest beside it (``.json``).
 
-    The manifest lists every planted leukocyte's level-0 centre, class code and radius. The
+    The manifest lists every planted leukocyte's level-0 centre, class code and radius, every
+    distractor's kind, centre and radius, and the scan's style (``render_scan``). The
     TIFF and JSON are each written atomically, TIFF first, so a manifest only ever describes a
     complete scan. Same arguments, same bytes. ``scratch`` lets a series reuse its buffers.
     """
     tiff_path = Path(path)
     json_path = tiff_path.with_suffix(".json")
     scratch = scratch or Scratch()
-    leukocytes, image = render_scan(
+    truth, image = render_scan(
         width=width, height=height, cells=cells, seed=seed, mpp=mpp, codes=codes, scratch=scratch
     )
     levels = pyramid_levels(image, scratch)
@@ -1157,7 +1364,9 @@ def make_synthetic_scan(
         "height": height,
         "mpp": mpp,
         "seed": seed,
-        "cells": leukocytes,
+        "cells": truth["cells"],
+        "distractors": truth["distractors"],
+        "style": truth["style"],
         "generator": GENERATOR,
         "bytes": tiff_path.stat().st_size,
     }

@@ -1,5 +1,6 @@
 """Synthetic smear scans: OpenSlide reads them, they are reproducible, the manifest is true
-to the pixels, and a series reuses finished scans and never leaves half-written ones."""
+to the pixels (leukocytes and distractors), each scan has its own style, and a series reuses
+finished scans and never leaves half-written ones."""
 
 from __future__ import annotations
 
@@ -91,10 +92,67 @@ def test_manifest_is_written_beside_the_tiff_and_returned(scan):
     assert stored == manifest
     assert manifest["file"] == path.name
     assert (manifest["width"], manifest["height"], manifest["seed"]) == (WIDTH, HEIGHT, 11)
-    assert manifest["generator"] == "cytomark-synthetic-1"
+    assert manifest["generator"] == "cytomark-synthetic-2"
     assert manifest["bytes"] == path.stat().st_size
     assert len(manifest["cells"]) == CELLS
     assert all(set(cell) == {"x", "y", "code", "radius"} for cell in manifest["cells"])
+    assert all(set(spot) == {"kind", "x", "y", "radius"} for spot in manifest["distractors"])
+    assert set(manifest["style"]) == {"stain", "eosin", "touching_share", "feathered_edge"}
+
+
+def test_every_kind_of_distractor_is_planted_inside_the_scan_clear_of_leukocytes(scan):
+    _, manifest = scan
+    kinds = Counter(spot["kind"] for spot in manifest["distractors"])
+    assert set(kinds) == set(synthetic.DISTRACTORS_PER_MM2)
+    assert min(kinds.values()) >= synthetic.MIN_DISTRACTORS_PER_KIND
+    clearance = synthetic.DISTRACTOR_CLEARANCE_UM / manifest["mpp"]
+    for spot in manifest["distractors"]:
+        assert EDGE_MARGIN_PX <= spot["x"] <= WIDTH - EDGE_MARGIN_PX
+        assert EDGE_MARGIN_PX <= spot["y"] <= HEIGHT - EDGE_MARGIN_PX
+        for cell in manifest["cells"]:
+            distance = math.hypot(spot["x"] - cell["x"], spot["y"] - cell["y"])
+            assert distance >= spot["radius"] + cell["radius"] + clearance
+
+
+def test_distractors_are_drawn_where_the_manifest_says(scan):
+    """Clumps and precipitate are stained specks (a dark pixel near the centre); overlapping red
+    cells are redder than a single red cell's rim."""
+    path, manifest = scan
+    pixels = read_rgb(path)
+    for spot in manifest["distractors"]:
+        half = spot["radius"]
+        box = pixels[spot["y"] - half : spot["y"] + half, spot["x"] - half : spot["x"] + half]
+        if spot["kind"] == "overlapping_red_cells":
+            assert (box[..., 1] < 110).mean() > 0.05, spot
+        else:
+            assert box.sum(axis=2).min() < 450, spot
+
+
+def test_scans_vary_in_stain_and_layout_by_seed(tmp_path):
+    styles = [
+        synthetic.render_scan(width=1200, height=1100, cells=2, seed=seed)[0]["style"]
+        for seed in (1, 2, 3)
+    ]
+    for name, (low, high) in [
+        ("stain", synthetic.STAIN_INTENSITY),
+        ("touching_share", synthetic.TOUCHING_SHARE),
+        ("feathered_edge", synthetic.FEATHERED_EDGE),
+    ]:
+        values = [style[name] for style in styles]
+        assert all(low <= value <= high for value in values)
+        assert len(set(values)) == 3
+
+
+def test_touching_leukocytes_are_planted_when_the_scan_asks_for_them():
+    rng = np.random.default_rng(4)
+    cells = synthetic.plant_leukocytes(
+        4000, 4000, 40, 0.0725, AML_LEAF_CODES, rng, touching_share=1.0
+    )
+    touching = sum(
+        math.hypot(a["x"] - b["x"], a["y"] - b["y"]) < a["radius"] + b["radius"] + 20
+        for a, b in combinations(cells, 2)
+    )
+    assert touching >= 20
 
 
 def test_same_arguments_give_identical_bytes_and_another_seed_differs(scan, tmp_path):
@@ -157,9 +215,10 @@ def test_leukocytes_are_drawn_where_the_manifest_says(scan):
 
     rng = np.random.default_rng(0)
     checked = 0
+    planted = manifest["cells"] + manifest["distractors"]
     while checked < 200:
         x, y = int(rng.integers(60, WIDTH - 60)), int(rng.integers(60, HEIGHT - 60))
-        if all(math.hypot(x - c["x"], y - c["y"]) > c["radius"] + 90 for c in manifest["cells"]):
+        if all(math.hypot(x - c["x"], y - c["y"]) > c["radius"] + 90 for c in planted):
             darker, purpler = darkness_and_purpleness(x, y, 50)
             assert purpler < 15 and darker < 50, (x, y)
             checked += 1
