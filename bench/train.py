@@ -13,10 +13,10 @@ Three figures, in one process, on one device (`--device`, CUDA where present):
                    device, rotation 0-359 degrees and flips on the device, progress and cancel
                    checks (and once without augmentation: the loop's own overhead).
 
-With `--ddp N`, two figures instead: the project loop in one process with all the cores (or
-one GPU), and the same loop data-parallel in N processes started by torchrun (gloo on the CPU,
-each with cores / N threads; NCCL on CUDA, one GPU each), on the same global batch; their ratio
-per core (per GPU), where 1.0 is perfect scaling.
+With `--ddp N`, two figures instead: the project loop in one process (with `--threads`, default
+cores / N, threads; or one GPU), and the same loop data-parallel in N processes started by
+torchrun (gloo on the CPU, each with as many threads; NCCL on CUDA, one GPU each), on the same
+global batch; their ratio per core (per GPU), where 1.0 is perfect scaling.
 
 Loop rates leave out the first step (model build, cuDNN's benchmark, a compile). The peak memory
 is the device's (`torch.cuda.max_memory_allocated`) or on the CPU this process's peak RSS, per
@@ -247,7 +247,8 @@ def compare_ddp(args, device) -> None:
         config["batch_size"] *= processes
         config["oversample_to"] *= processes
     names = store_patches(args.cells, args.image_size)
-    threads = args.threads or cores
+    # Per process: `--threads`, else the cores shared out; one process uses as many.
+    threads = args.threads or max(1, cores // processes)
     single_config = {**config, "batch_size": config["batch_size"] // processes}
     if device.type == "cpu":
         torch.set_num_threads(threads)
@@ -259,7 +260,7 @@ def compare_ddp(args, device) -> None:
         )
         best_single = max(best_single, rate)
         print(f"  one process: {rate:.1f} images/s", flush=True)
-        rate = ddp_rate(names, args.classes, config, processes, max(1, threads // processes))
+        rate = ddp_rate(names, args.classes, config, processes, threads)
         best_ddp = max(best_ddp, rate)
         print(f"  {processes} processes: {rate:.1f} images/s", flush=True)
     unit = "GPU" if device.type == "cuda" else "core"
@@ -268,14 +269,16 @@ def compare_ddp(args, device) -> None:
         f"\nResNeXt-50 32x4d, {args.image_size} x {args.image_size} px, global batch "
         f"{config['batch_size']}, {args.steps} steps, best of {args.repeats}; "
         + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cores} cores")
+        + f"; {threads} thread(s) per process"
     )
     print(
         f"one process ({used} {unit}(s)): {best_single:9.1f} images/s, "
         f"{best_single / used:.1f} per {unit}"
     )
-    per = processes if device.type == "cuda" else threads
+    per = processes * used
     print(
-        f"DDP, {processes} processes:    {best_ddp:9.1f} images/s, {best_ddp / per:.1f} per {unit}"
+        f"DDP, {processes} processes ({per} {unit}s): {best_ddp:9.1f} images/s, "
+        f"{best_ddp / per:.1f} per {unit}"
     )
     print(f"per {unit}: DDP = {best_ddp / per / (best_single / used):.2f} x one process")
 
