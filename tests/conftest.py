@@ -18,7 +18,7 @@ from django.core.files.storage import default_storage
 from PIL import Image
 from rest_framework.test import APIClient
 
-from annotator.annotation import bulk_import_labels, gold_round_for, set_label
+from annotator.annotation import bulk_import_labels, gold_round_for
 from annotator.models import Cell, Membership, Patient, Study, Taxonomy
 from annotator.scans import ingest_scan
 from annotator.synthetic import make_synthetic_scan
@@ -338,24 +338,27 @@ def panel_raters(study):
 def answered_panel(study, curated, coordinator, panel_raters):
     """A 3-rater panel over 2 curated cells per class, answered: pia says the gold class
     everywhere, quinn too except LYT for the first two cells, ruth the gold class except
-    MON for the first cell and cannot classify for the last."""
+    MON for the first cell and cannot classify for the last. The answers are written in bulk
+    (`bulk_import_labels`), as `set_label` would write them."""
     from annotator import panels
 
     panel = panels.create_panel(
         study, panel_raters, coordinator, name="trio", mode="per-class", per_class=2, seed=11
     )
     gold = panels.round_answers(curated)
+    nodes = {node.code: node for node in study.taxonomy.nodes.all()}
     rounds = list(panels.first_rounds(panel))
     cells = sorted(rounds[0].items.values_list("cell_id", flat=True))
     for round_ in rounds:
+        answers = {}
         for position, cell_id in enumerate(cells):
-            cell = Cell.objects.get(pk=cell_id)
-            answer = {"node": gold[cell_id]}
+            code = gold[cell_id]
             if round_.rater.username == "quinn" and position < 2:
-                answer = {"node": "LYT" if gold[cell_id] != "LYT" else "NGS"}
+                code = "LYT" if gold[cell_id] != "LYT" else "NGS"
             if round_.rater.username == "ruth" and position == 0:
-                answer = {"node": "MON" if gold[cell_id] != "MON" else "NGS"}
+                code = "MON" if gold[cell_id] != "MON" else "NGS"
             if round_.rater.username == "ruth" and position == len(cells) - 1:
-                answer = {"cannot_classify": True}
-            set_label(cell, round_, round_.rater, **answer)
+                code = None  # cannot classify
+            answers[cell_id] = nodes[code] if code else None
+        bulk_import_labels(round_, answers)
     return panel
