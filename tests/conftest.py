@@ -4,6 +4,7 @@ scans inside the test import root, and API clients logged in as each role."""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
 import random
@@ -17,11 +18,16 @@ from django.core.files.storage import default_storage
 from PIL import Image
 from rest_framework.test import APIClient
 
-from annotator.annotation import gold_round_for, set_label
-from annotator.models import Cell, Membership, Patient, Study
+from annotator.annotation import bulk_import_labels, gold_round_for
+from annotator.models import Cell, Membership, Patient, Study, Taxonomy
 from annotator.scans import ingest_scan
 from annotator.synthetic import make_synthetic_scan
-from annotator.taxonomy import DEFAULT_TAXONOMY_FILE, load_taxonomy_file
+from annotator.taxonomy import (
+    DEFAULT_TAXONOMY_FILE,
+    TaxonomySpec,
+    load_taxonomy,
+    read_taxonomy_file,
+)
 
 from .factories import StudyFactory, UserFactory
 
@@ -69,9 +75,22 @@ def synthetic_scan_files(import_root) -> list[tuple[Path, dict]]:
     return made
 
 
+@functools.cache
+def _default_taxonomy_spec() -> TaxonomySpec:
+    """The default taxonomy file read and validated once per session (the spec is frozen)."""
+    return read_taxonomy_file(DEFAULT_TAXONOMY_FILE)
+
+
+def load_default_taxonomy() -> Taxonomy:
+    """The default taxonomy stored as `load_taxonomy_file` stores it, without reading the file
+    again for every test."""
+    spec = _default_taxonomy_spec()
+    return load_taxonomy(spec, source_file=DEFAULT_TAXONOMY_FILE.name).taxonomy
+
+
 @pytest.fixture
 def aml_taxonomy(db):
-    return load_taxonomy_file(DEFAULT_TAXONOMY_FILE).taxonomy
+    return load_default_taxonomy()
 
 
 @pytest.fixture
@@ -79,7 +98,7 @@ def study(aml_taxonomy) -> Study:
     return StudyFactory(name="munich", taxonomy=aml_taxonomy)
 
 
-def _member(study: Study, role: str, username: str):
+def add_member(study: Study, role: str, username: str):
     user = UserFactory(username=username)
     Membership.objects.create(study=study, user=user, role=role)
     return user
@@ -87,34 +106,40 @@ def _member(study: Study, role: str, username: str):
 
 @pytest.fixture
 def annotator(study):
-    return _member(study, Membership.Role.ANNOTATOR, "anna")
+    return add_member(study, Membership.Role.ANNOTATOR, "anna")
 
 
 @pytest.fixture
 def second_annotator(study):
-    return _member(study, Membership.Role.ANNOTATOR, "bert")
+    return add_member(study, Membership.Role.ANNOTATOR, "bert")
 
 
 @pytest.fixture
 def coordinator(study):
-    return _member(study, Membership.Role.COORDINATOR, "cora")
+    return add_member(study, Membership.Role.COORDINATOR, "cora")
+
+
+def make_outsider():
+    """Olga, an annotator of the study "elsewhere" only."""
+    other = StudyFactory(name="elsewhere", taxonomy=load_default_taxonomy())
+    return add_member(other, Membership.Role.ANNOTATOR, "olga")
 
 
 @pytest.fixture
 def outsider(db):
     """A user of another study only."""
-    other = StudyFactory(
-        name="elsewhere", taxonomy=load_taxonomy_file(DEFAULT_TAXONOMY_FILE).taxonomy
-    )
-    user = UserFactory(username="olga")
-    Membership.objects.create(study=other, user=user, role=Membership.Role.ANNOTATOR)
-    return user
+    return make_outsider()
+
+
+def ingest_first_scan(study: Study, coordinator, scan_files: list[tuple[Path, dict]]):
+    """The first synthetic scan registered in the study by its coordinator."""
+    path, _ = scan_files[0]
+    return ingest_scan(path, study=study, patient_code="P-001", cohort="AML", user=coordinator).scan
 
 
 @pytest.fixture
 def scan(study, coordinator, synthetic_scan_files):
-    path, _ = synthetic_scan_files[0]
-    return ingest_scan(path, study=study, patient_code="P-001", cohort="AML", user=coordinator).scan
+    return ingest_first_scan(study, coordinator, synthetic_scan_files)
 
 
 @pytest.fixture
@@ -144,12 +169,11 @@ def api_as():
 @pytest.fixture
 def rater(study):
     """An annotator who will rate blinded rounds."""
-    return _member(study, Membership.Role.ANNOTATOR, "rita")
+    return add_member(study, Membership.Role.ANNOTATOR, "rita")
 
 
-@pytest.fixture
-def gold_cells(study, scan, annotator, planted):
-    """The planted cells of the scan, clicked and labelled in anna's gold round."""
+def label_planted_cells(study: Study, scan, annotator, planted: list[dict]) -> list[Cell]:
+    """The planted cells clicked on the scan and labelled in the annotator's gold round."""
     from annotator import annotation
 
     gold = annotation.gold_round_for(study, annotator)
@@ -159,6 +183,12 @@ def gold_cells(study, scan, annotator, planted):
         annotation.set_label(cell, gold, annotator, node=spot["code"])
         cells.append(cell)
     return cells
+
+
+@pytest.fixture
+def gold_cells(study, scan, annotator, planted):
+    """The planted cells of the scan, clicked and labelled in anna's gold round."""
+    return label_planted_cells(study, scan, annotator, planted)
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -206,6 +236,25 @@ def log_in(page, base_url: str, username: str, password: str = "pass-word-123") 
     page.wait_for_url(base_url + "/")
 
 
+def answer_queue(page, keys: list[str], check_item=None) -> None:
+    """Answer every item of the blinded queue open on `page`, the n-th with keys[n] (the last
+    key after that); `check_item(page)`, when given, runs on each item once its patch shows."""
+    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20000)
+    total = int(page.locator("#progress").get_attribute("max"))
+    for index in range(total):
+        page.wait_for_function("document.body.dataset.imageShown === 'true'", timeout=15000)
+        if check_item is not None:
+            check_item(page)
+        before = page.locator("#progress").get_attribute("value")
+        page.keyboard.press(keys[min(index, len(keys) - 1)])
+        page.wait_for_function(
+            f"document.getElementById('progress').value > {before}"
+            " || !document.getElementById('finished').hidden",
+            timeout=15000,
+        )
+    page.wait_for_selector("#finished:not([hidden])", timeout=15000)
+
+
 # Cells per gold class, far apart as in real studies; MYOA and PMOA are under the threshold of
 # 10, so their parents MYO and PMO are merged; EBO is just above it.
 CURATED_CLASS_SIZES = {
@@ -230,19 +279,22 @@ def data_scientist(study):
 
 @pytest.fixture
 def curated(study, annotator):
-    """Patch-only cells with tiny PNGs, one patient each of twelve, labelled in a gold round."""
+    """Patch-only cells with tiny PNGs, one patient each of twelve, labelled in a gold round.
+    Cells and labels are written in bulk (`bulk_import_labels`: the same labels and history
+    rows as `set_label` makes, without a round trip per cell)."""
     rng = random.Random(5)
     patients = [
         Patient.objects.create(code=f"P-{n:02d}", cohort="AML") for n in range(CURATED_PATIENTS)
     ]
     gold = gold_round_for(study, annotator)
-    colours = {
-        code: (index * 30, 100, 200 - index * 20) for index, code in enumerate(CURATED_CLASS_SIZES)
-    }
-    for code, size in CURATED_CLASS_SIZES.items():
+    nodes = {node.code: node for node in study.taxonomy.nodes.filter(code__in=CURATED_CLASS_SIZES)}
+    cells, codes = [], []
+    for class_index, (code, size) in enumerate(CURATED_CLASS_SIZES.items()):
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), (class_index * 30, 100, 200 - class_index * 20)).save(
+            buffer, "PNG"
+        )
         for index in range(size):
-            buffer = io.BytesIO()
-            Image.new("RGB", (16, 16), colours[code]).save(buffer, "PNG")
             name = default_storage.save(
                 f"patch-cells/test/{code}_{index}.png", ContentFile(buffer.getvalue())
             )
@@ -251,10 +303,12 @@ def curated(study, annotator):
                 if size >= CURATED_PATIENTS
                 else rng.choice(patients[:3])
             )
-            cell = Cell.objects.create(
-                study=study, patch=name, patient=patient, external_id=f"{code}/{index}"
+            cells.append(
+                Cell(study=study, patch=name, patient=patient, external_id=f"{code}/{index}")
             )
-            set_label(cell, gold, annotator, node=code)
+            codes.append(code)
+    made = Cell.objects.bulk_create(cells)
+    bulk_import_labels(gold, {cell.pk: nodes[code] for cell, code in zip(made, codes, strict=True)})
     return gold
 
 
@@ -277,31 +331,34 @@ PANEL_RATERS = ("pia", "quinn", "ruth")
 @pytest.fixture
 def panel_raters(study):
     """Three annotators who will rate a panel."""
-    return [_member(study, Membership.Role.ANNOTATOR, name) for name in PANEL_RATERS]
+    return [add_member(study, Membership.Role.ANNOTATOR, name) for name in PANEL_RATERS]
 
 
 @pytest.fixture
 def answered_panel(study, curated, coordinator, panel_raters):
     """A 3-rater panel over 2 curated cells per class, answered: pia says the gold class
     everywhere, quinn too except LYT for the first two cells, ruth the gold class except
-    MON for the first cell and cannot classify for the last."""
+    MON for the first cell and cannot classify for the last. The answers are written in bulk
+    (`bulk_import_labels`), as `set_label` would write them."""
     from annotator import panels
 
     panel = panels.create_panel(
         study, panel_raters, coordinator, name="trio", mode="per-class", per_class=2, seed=11
     )
     gold = panels.round_answers(curated)
+    nodes = {node.code: node for node in study.taxonomy.nodes.all()}
     rounds = list(panels.first_rounds(panel))
     cells = sorted(rounds[0].items.values_list("cell_id", flat=True))
     for round_ in rounds:
+        answers = {}
         for position, cell_id in enumerate(cells):
-            cell = Cell.objects.get(pk=cell_id)
-            answer = {"node": gold[cell_id]}
+            code = gold[cell_id]
             if round_.rater.username == "quinn" and position < 2:
-                answer = {"node": "LYT" if gold[cell_id] != "LYT" else "NGS"}
+                code = "LYT" if gold[cell_id] != "LYT" else "NGS"
             if round_.rater.username == "ruth" and position == 0:
-                answer = {"node": "MON" if gold[cell_id] != "MON" else "NGS"}
+                code = "MON" if gold[cell_id] != "MON" else "NGS"
             if round_.rater.username == "ruth" and position == len(cells) - 1:
-                answer = {"cannot_classify": True}
-            set_label(cell, round_, round_.rater, **answer)
+                code = None  # cannot classify
+            answers[cell_id] = nodes[code] if code else None
+        bulk_import_labels(round_, answers)
     return panel

@@ -8,6 +8,7 @@ may name a cell's scan, position or patient, or any label but her own answer in 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -15,16 +16,34 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.test import Client
+from django.db import transaction
+from django.test import Client, override_settings
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from PIL import Image
 from rest_framework.test import APIClient
 
 from annotator import annotation, panels, rounds, tile_links, uploads
-from annotator.models import Cell, Label, LabelChange, Panel, Round, RoundItem, ScanUpload
+from annotator.models import (
+    Cell,
+    Label,
+    LabelChange,
+    Membership,
+    Panel,
+    Round,
+    RoundItem,
+    ScanUpload,
+)
 
-from .conftest import tus_metadata
+from .conftest import (
+    add_member,
+    ingest_first_scan,
+    label_planted_cells,
+    load_default_taxonomy,
+    make_outsider,
+    tus_metadata,
+)
+from .factories import StudyFactory
 
 
 def _logged_in(user) -> APIClient:
@@ -43,8 +62,7 @@ WRITE_BODIES = [
 ]
 
 
-@pytest.fixture
-def blinded(study, scan, gold_cells, annotator, rater, second_annotator, coordinator):
+def _make_blinded(study, scan, gold_cells, rater, second_annotator, coordinator) -> dict:
     """Rita's round (half answered) and its repeat, Bert's round, Rita's own gold label."""
     own = annotation.create_cell(study, scan, 40, 40, rater)
     annotation.set_label(own, annotation.gold_round_for(study, rater), rater, node="NGS")
@@ -73,11 +91,15 @@ def blinded(study, scan, gold_cells, annotator, rater, second_annotator, coordin
     }
 
 
+@pytest.fixture
+def blinded(study, scan, gold_cells, annotator, rater, second_annotator, coordinator):
+    return _make_blinded(study, scan, gold_cells, rater, second_annotator, coordinator)
+
+
 SECRET_NOTE = "consensus-secret-note"
 
 
-@pytest.fixture
-def panelled(blinded, study, rater, second_annotator, coordinator):
+def _add_panel(blinded, study, rater, second_annotator, coordinator) -> dict:
     """Rita and Bert also rate a panel over the gold cells (answered, disagreeing on two),
     and Cora has settled one disputed cell of its adjudication with a note."""
     panel = panels.create_panel(
@@ -93,6 +115,11 @@ def panelled(blinded, study, rater, second_annotator, coordinator):
     first = adjudication.items.order_by("position").first()
     panels.record_consensus(adjudication, first.cell_id, coordinator, node="MON", note=SECRET_NOTE)
     return {**blinded, "panel": panel, "adjudication": adjudication}
+
+
+@pytest.fixture
+def panelled(blinded, study, rater, second_annotator, coordinator):
+    return _add_panel(blinded, study, rater, second_annotator, coordinator)
 
 
 def _forbidden_strings(scan) -> list[str]:
@@ -129,20 +156,26 @@ def _assert_clean(response, scan, where: str, allow_answer: bool = False) -> Non
             assert allow_answer and path[0] == "answer", f"{where} has key {'.'.join(path)}"
 
 
-def _schema_operations():
+@functools.cache
+def _schema_operations() -> tuple[tuple[str, str, list[str]], ...]:
+    """(path, method, query parameter names) of every operation, generated once: the schema
+    follows the code alone."""
     schema = SchemaGenerator().get_schema(request=None, public=True)
-    for path, methods in schema["paths"].items():
-        for method, operation in methods.items():
-            params = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
-            yield path, method.upper(), params
+    return tuple(
+        (path, method.upper(), [p["name"] for p in op.get("parameters", []) if p["in"] == "query"])
+        for path, methods in schema["paths"].items()
+        for method, op in methods.items()
+    )
 
 
 def _fill(path: str, values: dict[str, list]) -> list[str]:
+    """The path with every combination of values for its parameters, each URL once (ids of
+    different kinds of object can be the same number)."""
     names = re.findall(r"{(\w+)}", path)
     urls = [path]
     for name in names:
         urls = [u.replace("{" + name + "}", str(v), 1) for u in urls for v in values[name]]
-    return urls
+    return list(dict.fromkeys(urls))
 
 
 def _state():
@@ -157,8 +190,7 @@ def _state():
     )
 
 
-@pytest.fixture
-def curation(study, blinded, coordinator):
+def _make_curation(study, coordinator):
     """A data set, split, export and training run of the study: what an overseer's forms
     would list (their names carry the study's cells and classes)."""
     from datasets import exports, splits, versions
@@ -172,12 +204,11 @@ def curation(study, blinded, coordinator):
     return dataset
 
 
-@pytest.fixture
-def second_hat(rater, aml_taxonomy):
+def _give_second_hat(rater, taxonomy):
     """Rita also coordinates a study of her own: overseeing powers there, none here."""
     from annotator.models import Membership, Study
 
-    own = Study.objects.create(name="ritas-own", title="Rita's own", taxonomy=aml_taxonomy)
+    own = Study.objects.create(name="ritas-own", title="Rita's own", taxonomy=taxonomy)
     Membership.objects.create(study=own, user=rater, role=Membership.Role.COORDINATOR)
     return own
 
@@ -319,37 +350,74 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
 SWEEP_ACCEPTS = ["application/json", "text/html"]
 
 
-@pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
-def test_every_api_endpoint_hides_scan_position_patient_and_labels(
-    panelled, curation, scan, rater, accept
-):
-    hidden = _hidden_strings(panelled, curation, scan, _own_rounds(rater))
-    tried = _sweep(_logged_in(rater), panelled, scan, accept=accept, hidden=hidden, check_keys=True)
-    assert tried > 150
+@pytest.fixture(scope="class")
+def sweep_world(django_db_setup, django_db_blocker, synthetic_scan_files, tmp_path_factory):
+    """The world the sweeps walk (the `panelled` and `curation` fixtures' world), built once
+    for all of them inside a transaction that is rolled back after the last: the sweeps only
+    read it (each asserts that nothing changed), and each test's own additions are undone
+    with the test's savepoint. Its files lie in one folder of its own."""
+    folder = tmp_path_factory.mktemp("sweep-world")
+    media = override_settings(MEDIA_ROOT=folder / "media", TILE_DIR=folder / "tiles")
+    with django_db_blocker.unblock(), media, transaction.atomic():
+        study = StudyFactory(name="munich", taxonomy=load_default_taxonomy())
+        cora = add_member(study, Membership.Role.COORDINATOR, "cora")
+        scan = ingest_first_scan(study, cora, synthetic_scan_files)
+        anna = add_member(study, Membership.Role.ANNOTATOR, "anna")
+        gold_cells = label_planted_cells(study, scan, anna, synthetic_scan_files[0][1]["cells"])
+        rita = add_member(study, Membership.Role.ANNOTATOR, "rita")
+        bert = add_member(study, Membership.Role.ANNOTATOR, "bert")
+        blinded = _make_blinded(study, scan, gold_cells, rita, bert, cora)
+        panelled = _add_panel(blinded, study, rita, bert, cora)
+        curation = _make_curation(study, cora)
+        yield {"panelled": panelled, "curation": curation, "scan": scan, "rita": rita}
+        transaction.set_rollback(True)
 
 
-@pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
-def test_a_blinded_rater_who_coordinates_another_study_learns_nothing_more(
-    panelled, curation, scan, rater, second_hat, accept
-):
-    hidden = _hidden_strings(panelled, curation, scan, _own_rounds(rater))
-    tried = _sweep(_logged_in(rater), panelled, scan, accept=accept, hidden=hidden, check_keys=True)
-    assert tried > 150
+@pytest.mark.usefixtures("db")
+class TestLeakSweep:
+    """Every endpoint walked as each user who must learn nothing, with JSON and with the
+    browsable API's HTML (whose forms list what related fields offer)."""
 
+    @pytest.fixture(autouse=True)
+    def _isolated_media(self):
+        """The sweeps share the world's media folders (set by `sweep_world`)."""
 
-@pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
-def test_a_member_of_another_study_learns_nothing_of_this_one(
-    panelled, curation, scan, outsider, accept
-):
-    from annotator.models import Membership
+    @pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
+    def test_every_api_endpoint_hides_scan_position_patient_and_labels(self, sweep_world, accept):
+        panelled, curation, scan, rita = (
+            sweep_world[key] for key in ("panelled", "curation", "scan", "rita")
+        )
+        hidden = _hidden_strings(panelled, curation, scan, _own_rounds(rita))
+        tried = _sweep(
+            _logged_in(rita), panelled, scan, accept=accept, hidden=hidden, check_keys=True
+        )
+        assert tried > 150
 
-    elsewhere = outsider.memberships.get().study
-    Membership.objects.create(study=elsewhere, user=outsider, role=Membership.Role.COORDINATOR)
-    hidden = [*_hidden_strings(panelled, curation, scan), "sweep-settle", "sweep-panel-"]
-    tried = _sweep(
-        _logged_in(outsider), panelled, scan, accept=accept, hidden=hidden, check_keys=False
-    )
-    assert tried > 150
+    @pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
+    def test_a_blinded_rater_who_coordinates_another_study_learns_nothing_more(
+        self, sweep_world, accept
+    ):
+        panelled, curation, scan, rita = (
+            sweep_world[key] for key in ("panelled", "curation", "scan", "rita")
+        )
+        _give_second_hat(rita, scan.studies.get().taxonomy)
+        hidden = _hidden_strings(panelled, curation, scan, _own_rounds(rita))
+        tried = _sweep(
+            _logged_in(rita), panelled, scan, accept=accept, hidden=hidden, check_keys=True
+        )
+        assert tried > 150
+
+    @pytest.mark.parametrize("accept", SWEEP_ACCEPTS)
+    def test_a_member_of_another_study_learns_nothing_of_this_one(self, sweep_world, accept):
+        panelled, curation, scan = (sweep_world[key] for key in ("panelled", "curation", "scan"))
+        outsider = make_outsider()
+        elsewhere = outsider.memberships.get().study
+        Membership.objects.create(study=elsewhere, user=outsider, role=Membership.Role.COORDINATOR)
+        hidden = [*_hidden_strings(panelled, curation, scan), "sweep-settle", "sweep-panel-"]
+        tried = _sweep(
+            _logged_in(outsider), panelled, scan, accept=accept, hidden=hidden, check_keys=False
+        )
+        assert tried > 150
 
 
 def test_lists_show_none_of_the_study_cells_scans_or_labels(blinded, scan, rater):

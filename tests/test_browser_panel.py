@@ -18,25 +18,9 @@ from annotator import panels
 from annotator.models import Label, Panel, Round, TaxonNode
 from datasets.models import DatasetVersion
 
-from .conftest import log_in, new_page
+from .conftest import answer_queue, log_in, new_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _answer_queue(page, keys: list[str]) -> None:
-    """Answer every item of the open queue, the n-th with keys[n] (the last key after that)."""
-    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20000)
-    total = int(page.locator("#progress").get_attribute("max"))
-    for index in range(total):
-        page.wait_for_function("document.body.dataset.imageShown === 'true'", timeout=15000)
-        before = page.locator("#progress").get_attribute("value")
-        page.keyboard.press(keys[min(index, len(keys) - 1)])
-        page.wait_for_function(
-            f"document.getElementById('progress').value > {before}"
-            " || !document.getElementById('finished').hidden",
-            timeout=15000,
-        )
-    page.wait_for_selector("#finished:not([hidden])", timeout=15000)
 
 
 def test_a_panel_answered_and_adjudicated_end_to_end(
@@ -83,7 +67,7 @@ def test_a_panel_answered_and_adjudicated_end_to_end(
         log_in(page, live_server.url, round_.rater.username)
         assert "smear_" not in page.content()
         page.click(f"text={round_.name}")
-        _answer_queue(page, answers[round_.rater.username])
+        answer_queue(page, answers[round_.rater.username])
         assert Label.objects.filter(round=round_).count() == total
         page.context.close()
 

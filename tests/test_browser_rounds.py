@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from annotator.models import Label, Round, TaxonNode
 
-from .conftest import log_in, new_page
+from .conftest import answer_queue, log_in, new_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,20 +32,13 @@ def _wait_for_patch(page, round_) -> None:
 
 
 def _answer_all(page, round_, hotkeys: list[str]) -> None:
-    """Answer every item of the open queue: hotkeys in turn, 'x' (cannot classify) for one."""
-    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20000)
-    total = int(page.locator("#progress").get_attribute("max"))
-    for index in range(total):
-        _wait_for_patch(page, round_)
-        key = "x" if index == 1 else hotkeys[index % len(hotkeys)]
-        before = page.locator("#progress").get_attribute("value")
-        page.keyboard.press(key)
-        page.wait_for_function(
-            f"document.getElementById('progress').value > {before}"
-            " || !document.getElementById('finished').hidden",
-            timeout=15000,
-        )
-    page.wait_for_selector("#finished:not([hidden])", timeout=15000)
+    """Answer every item of the open queue: hotkeys in turn, 'x' (cannot classify) for one,
+    checking that each patch shown is the one of its item."""
+    keys = [
+        "x" if index == 1 else hotkeys[index % len(hotkeys)]
+        for index in range(round_.items.count())
+    ]
+    answer_queue(page, keys, check_item=lambda shown: _wait_for_patch(shown, round_))
 
 
 def test_a_blinded_round_and_its_repeat_end_to_end(
