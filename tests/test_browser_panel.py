@@ -97,7 +97,8 @@ def test_a_panel_answered_and_adjudicated_end_to_end(
     cora.screenshot(path=str(screenshots / "adjudication.png"), full_page=True)
     notes = []
     for step in range(2):
-        assert cora.evaluate("document.getElementById('patch').naturalWidth") > 0
+        # The patch loads (it may still be in flight on a loaded machine): fails if it never does.
+        cora.wait_for_function("document.getElementById('patch').naturalWidth > 0")
         cora.click("#context-view summary")
         cora.wait_for_function("document.getElementById('context').naturalWidth === 600")
         assert cora.inner_text("tr[data-rater=pia] .answer").startswith(agreed.code)
