@@ -129,14 +129,17 @@ class _Progress:
             self.lease.mine().update(progress=state)
 
 
-def run_detection(job_id: int) -> DetectionJob:
-    """Run a queued job to its end: done (its proposals written), failed or cancelled.
+def run_detection(job_id: int) -> DetectionJob | None:
+    """Run a queued job to its end: done (its proposals written), failed or cancelled; None
+    when the job is gone (its scan was deleted meanwhile).
 
     Claimed in one statement (core.leases): a task delivered twice detects once, one delivered
     again after its worker died detects from the start. The detector is asked to stop before
     each tile once the job is cancelled or the worker shuts down.
     """
-    job = DetectionJob.objects.select_related("scan").get(pk=job_id)
+    job = DetectionJob.objects.select_related("scan").filter(pk=job_id).first()
+    if job is None:
+        return None
     owner = leases.new_owner()
     claimed = leases.claim(
         DetectionJob, job.pk, [Status.QUEUED], owner, started_at=timezone.now(), progress={}

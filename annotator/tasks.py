@@ -69,7 +69,8 @@ def schedule_patches(scan_id: int) -> None:
 @shared_task
 def detect_cells(job_id: int) -> str:
     """Run a queued detection job (annotator.screening); one not queued any more is left."""
-    return screening.run_detection(job_id).status
+    job = screening.run_detection(job_id)
+    return job.status if job else "gone"
 
 
 def queue_detection(job: DetectionJob) -> None:

@@ -115,6 +115,8 @@ def test_a_cancelled_job_writes_nothing_and_asking_again_starts_a_new_one(scan, 
     assert not ProposedCell.objects.exists()
     again, created = screening.start_detection(scan, coordinator)
     assert created and again.pk != job.pk
+    DetectionJob.objects.filter(pk=again.pk).delete()  # as when its scan is deleted
+    assert annotator_tasks.detect_cells(again.pk) == "gone"
 
 
 def test_who_may_start_watch_cancel_and_read_a_detection(
