@@ -10,7 +10,17 @@ from django.db.models.functions import Coalesce
 
 from core.errors import ForbiddenError, NotFoundError
 
-from .models import Cell, Label, Membership, Round, Scan, Study, Taxonomy
+from .models import (
+    Cell,
+    DetectionJob,
+    Label,
+    Membership,
+    ProposedCell,
+    Round,
+    Scan,
+    Study,
+    Taxonomy,
+)
 
 Role = Membership.Role
 # Roles that see every label of a study (the agreement and curation work needs them).
@@ -156,6 +166,18 @@ def visible_cells(user) -> QuerySet[Cell]:
     )
 
 
+def visible_detection_jobs(user) -> QuerySet[DetectionJob]:
+    """Detection jobs of the scans the user sees whole (none of a scan in a study they rate
+    blinded: its proposals are positions on that scan)."""
+    return DetectionJob.objects.filter(scan__in=visible_scans(user))
+
+
+def visible_proposals(user) -> QuerySet[ProposedCell]:
+    """Proposed cells of the scans the user sees whole, as for `visible_cells`: never on a
+    scan of a study the user rates blinded."""
+    return ProposedCell.objects.filter(scan__in=visible_scans(user))
+
+
 def visible_rounds(user) -> QuerySet[Round]:
     """A rater sees their own rounds; coordinators, data scientists and admins see all."""
     if not user.is_authenticated:
@@ -196,4 +218,6 @@ RULES: dict[type[Model], Callable[[object], QuerySet]] = {
     Round: visible_rounds,
     Label: visible_labels,
     Taxonomy: visible_taxonomies,
+    DetectionJob: visible_detection_jobs,
+    ProposedCell: visible_proposals,
 }

@@ -14,17 +14,29 @@ class AnnotatorConfig(AppConfig):
         from core import leases, schema  # noqa: F401
         from core.visibility import register_visibility
 
-        from . import patches, signals, tasks
+        from . import patches, screening, signals, tasks
         from .access import RULES, visible_users
-        from .models import PatchBatch
+        from .models import DetectionJob, PatchBatch
 
-        leases.register(
-            leases.JobKind(
-                label="patch batch",
-                model=PatchBatch,
-                requeue=tasks.queue_batch_again,
-                remove_partials=patches.remove_partials,
-            )
+        kinds = (
+            ("patch batch", PatchBatch, tasks.queue_batch_again, patches.remove_partials, None),
+            (
+                "detection",
+                DetectionJob,
+                tasks.queue_detection_again,
+                screening.remove_partials,
+                screening.stopped_message,
+            ),
         )
+        for label, model, requeue, remove_partials, stopped_message in kinds:
+            leases.register(
+                leases.JobKind(
+                    label=label,
+                    model=model,
+                    requeue=requeue,
+                    remove_partials=remove_partials,
+                    stopped_message=stopped_message,
+                )
+            )
         register_visibility({**RULES, get_user_model(): visible_users})
         signals.connect()

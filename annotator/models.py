@@ -642,3 +642,105 @@ class PatchBatch(LeasedJob):
 
     def __str__(self) -> str:
         return f"patch batch {self.pk} of scan {self.scan_id} ({self.status})"
+
+
+class DetectionJob(LeasedJob):
+    """One run of the leukocyte detector (annotator.detection) over a scan, held by a lease
+    while it runs (core.leases). Its proposals are written when it ends done, all at once."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="detection_jobs")
+    detector_version = models.CharField(max_length=40)
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.QUEUED)
+    progress = models.JSONField(
+        default=dict, blank=True, help_text="Tiles done and in all, while it runs."
+    )
+    error = models.TextField(blank=True)
+    found_count = models.PositiveIntegerField(
+        default=0, help_text="Leukocytes the detector found on the scan."
+    )
+    new_count = models.PositiveIntegerField(
+        default=0, help_text="Of these, the ones not proposed before for this scan and detector."
+    )
+    created_by = creator_field()
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "done", "failed", "cancelled"]),
+                name="detection_job_status",
+            ),
+            # Asking twice while one runs gets that one (annotator.screening.start_detection).
+            models.UniqueConstraint(
+                fields=["scan", "detector_version"],
+                condition=Q(status__in=["queued", "running"]),
+                name="one_unfinished_detection_per_scan_and_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"detection {self.pk} of scan {self.scan_id} ({self.status})"
+
+
+class ProposedCell(models.Model):
+    """A leukocyte the detector proposes on a scan: not a cell until someone accepts it. A
+    rejected one is kept, so that the same detector never proposes it again on that scan."""
+
+    class Status(models.TextChoices):
+        PROPOSED = "proposed", "proposed"
+        ACCEPTED = "accepted", "accepted"
+        REJECTED = "rejected", "rejected"
+
+    scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="proposed_cells")
+    job = models.ForeignKey(DetectionJob, on_delete=models.CASCADE, related_name="proposals")
+    detector_version = models.CharField(max_length=40)
+    x = models.PositiveIntegerField(help_text="Level-0 pixel column of the centre.")
+    y = models.PositiveIntegerField(help_text="Level-0 pixel row of the centre.")
+    confidence = models.FloatField(
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+    )
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PROPOSED)
+    cell = models.ForeignKey(
+        Cell,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The cell it became once accepted.",
+    )
+    decided_by = creator_field()
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["scan", "y", "x"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scan", "detector_version", "x", "y"], name="one_proposal_per_spot"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["proposed", "accepted", "rejected"]),
+                name="proposed_cell_status",
+            ),
+            models.CheckConstraint(
+                condition=Q(confidence__gte=0.0) & Q(confidence__lte=1.0),
+                name="proposed_cell_confidence",
+            ),
+            models.CheckConstraint(
+                condition=Q(cell__isnull=True) | Q(status="accepted"),
+                name="only_accepted_proposals_become_cells",
+            ),
+        ]
+        indexes = [models.Index(fields=["scan", "status"], name="proposal_scan_status")]
+
+    def __str__(self) -> str:
+        return f"proposal ({self.x}, {self.y}) on scan {self.scan_id} ({self.status})"

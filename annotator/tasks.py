@@ -8,12 +8,13 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.utils import timezone
 
 from core.leases import lease_length
 
-from . import patches
-from .models import PatchBatch
+from . import patches, screening
+from .models import DetectionJob, PatchBatch
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +64,34 @@ def schedule_patches(scan_id: int) -> None:
         batch.delete()
         cache.delete(batch_key(scan_id))
         log.warning("Could not queue the patches of scan %s", scan_id, exc_info=True)
+
+
+@shared_task
+def detect_cells(job_id: int) -> str:
+    """Run a queued detection job (annotator.screening); one not queued any more is left."""
+    job = screening.run_detection(job_id)
+    return job.status if job else "gone"
+
+
+def queue_detection(job: DetectionJob) -> None:
+    """Send the job to its queue once committed; an unreachable broker fails the job with the
+    reason instead of leaving it queued for ever."""
+
+    def send() -> None:
+        try:
+            detect_cells.delay(job.pk)
+        except Exception:  # any broker error: recorded on the job, in full in the log
+            log.warning("Could not queue detection %s", job.pk, exc_info=True)
+            DetectionJob.objects.filter(pk=job.pk, status=DetectionJob.Status.QUEUED).update(
+                status=DetectionJob.Status.FAILED,
+                finished_at=timezone.now(),
+                error="Could not queue the detection: the task broker did not answer. Start it "
+                "again once the broker is back; the details are in the web server's log.",
+            )
+
+    transaction.on_commit(send)
+
+
+def queue_detection_again(job_id: int) -> None:
+    """Send a recovered detection's task again."""
+    detect_cells.delay(job_id)

@@ -22,7 +22,8 @@ from core.errors import DomainError
 from core.pages import guarded
 from core.url_templates import url_template
 
-from . import access, annotation, blinding, panel_reports, panels, reports, rounds
+from . import access, annotation, blinding, panel_reports, panels, reports, rounds, screening
+from .api.serializers import DetectionJobSerializer
 from .models import Cell, Membership, Panel, Round, Study
 from .panel_agreement import CANNOT_CLASSIFY
 from .taxonomy import group_leaf_codes
@@ -117,8 +118,20 @@ def annotate(request, study_name: str, scan_id: int):
             "osdImages": static("vendor/openseadragon/images/"),
         },
     }
+    can_detect = bool(access.roles_in(request.user, study) & access.MANAGING_ROLES)
+    if can_detect:
+        last = screening.latest_job(scan)
+        config["detection"] = {
+            "last": DetectionJobSerializer(last).data if last else None,
+            "urls": {
+                "detect": reverse("scan-detect", args=[scan.pk]),
+                "job": url_template("detection-job-detail", "{id}"),
+            },
+        }
     return render(
-        request, "annotator/annotate.html", {"study": study, "scan": scan, "config": config}
+        request,
+        "annotator/annotate.html",
+        {"study": study, "scan": scan, "config": config, "can_detect": can_detect},
     )
 
 

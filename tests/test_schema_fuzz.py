@@ -25,7 +25,7 @@ from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from annotator import annotation, panels, rounds, tile_links, uploads
+from annotator import annotation, panels, rounds, screening, tile_links, uploads
 from annotator.models import Membership
 from datasets import classmaps, exports, splits, versions
 from mltasks import runs
@@ -59,7 +59,7 @@ def world(
 ):
     """One of everything: labels, a blinded round answered in part and its repeat, a panel
     answered with an adjudication and a consensus, a class map, a data set version, a split,
-    an export and a training run."""
+    an export, a training run and a done detection with its proposed cells."""
     Membership.objects.create(study=study, user=coordinator, role=Membership.Role.DATA_SCIENTIST)
     blinded = rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
     for item in blinded.items.order_by("position")[:3]:
@@ -84,6 +84,7 @@ def world(
     export = exports.request_export(split, "csv", coordinator)
     run = runs.start_run(split, coordinator, {})
     TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED, error="test")
+    detected = screening.run_detection(screening.start_detection(scan, coordinator)[0].pk)
     label = gold_cells[0].labels.first()
     upload = uploads.create_upload(
         coordinator, "10", tus_metadata(filename="a.svs", study=study.name)
@@ -107,6 +108,7 @@ def world(
         "splits": [split.pk],
         "exports": [export.pk],
         "training-runs": [run.pk],
+        "detection-jobs": [detected.pk],
         # The other path parameters, by name.
         "scan_id": [scan.pk],
         "cell_id": [gold_cells[0].pk, settled],

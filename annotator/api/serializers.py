@@ -19,9 +19,11 @@ from ..access import (
 )
 from ..models import (
     Cell,
+    DetectionJob,
     Label,
     LabelChange,
     Membership,
+    ProposedCell,
     Round,
     Scan,
     Study,
@@ -202,6 +204,46 @@ class ScanSerializer(ScopedModelSerializer):
     def get_studies(self, scan: Scan) -> list[str]:
         visible = self.context.get("visible_study_ids")
         return sorted(s.name for s in scan.studies.all() if visible is None or s.pk in visible)
+
+
+class DetectionJobSerializer(ScopedModelSerializer):
+    """A detection job of a scan: its state, progress (tiles done and in all) and counts."""
+
+    class Meta:
+        model = DetectionJob
+        fields = [
+            "id",
+            "scan",
+            "detector_version",
+            "status",
+            "progress",
+            "error",
+            "found_count",
+            "new_count",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class DetectRequestSerializer(ScopedSerializer):
+    rerun = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Detect again although a done job of this detector version exists (rejected "
+        "proposals stay rejected).",
+    )
+
+
+class ProposedCellSerializer(ScopedModelSerializer):
+    """A cell the detector proposes: level-0 centre and confidence; not a cell until accepted."""
+
+    class Meta:
+        model = ProposedCell
+        fields = ["id", "scan", "x", "y", "confidence", "status", "detector_version", "job"]
+        read_only_fields = fields
 
 
 class ScanCreateSerializer(ScopedSerializer):

@@ -21,10 +21,10 @@ from core.api.fields import int_param
 from core.http import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
 from core.params import SEED_MAX
 
-from .. import access, annotation, panel_reports, reports
+from .. import access, annotation, panel_reports, reports, screening
 from ..models import LabelChange, Membership, Taxonomy
 from ..scans import import_roots_for, ingest_folder, ingest_scan, safe_file_name
-from ..tasks import schedule_patches
+from ..tasks import queue_detection, schedule_patches
 from ..uploads import consume as consume_uploads
 from . import serializers as s
 
@@ -189,6 +189,8 @@ class TaxonomyViewSet(viewsets.ReadOnlyModelViewSet):
     list=extend_schema(summary="List the scans of your studies"),
     create=extend_schema(summary="Register a scan (an upload or a file on the server)"),
     retrieve=extend_schema(summary="Get a scan"),
+    detect=extend_schema(summary="Find the cells of a scan (start detection)"),
+    proposals=extend_schema(summary="Cells the detector proposes on a scan"),
 )
 class ScanViewSet(
     mixins.ListModelMixin,
@@ -256,6 +258,37 @@ class ScanViewSet(
             body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         )
 
+    @extend_schema(
+        request=s.DetectRequestSerializer,
+        responses={202: s.DetectionJobSerializer, 200: s.DetectionJobSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    @transaction.atomic
+    def detect(self, request, pk=None):
+        """Start the leukocyte detector on the scan (coordinators and admins of its study): a
+        new job is 202, the scan's job of this detector version that is unfinished or done
+        (unless `rerun`) is 200. Poll it at `/api/v1/detection-jobs/ID/`."""
+        form = s.DetectRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        job, created = screening.start_detection(
+            self.get_object(), request.user, rerun=form.validated_data["rerun"]
+        )
+        if created:
+            queue_detection(job)
+        return Response(
+            s.DetectionJobSerializer(job).data,
+            status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        )
+
+    @extend_schema(responses=s.ProposedCellSerializer(many=True))
+    @action(detail=True)
+    def proposals(self, request, pk=None):
+        """The cells the detector proposes on the scan and nobody accepted or rejected yet, in
+        reading order, each with its confidence."""
+        found = screening.proposals(self.get_object(), request.user)
+        page = self.paginate_queryset(found)
+        return self.get_paginated_response(s.ProposedCellSerializer(page, many=True).data)
+
     @staticmethod
     def _ingest_upload(upload, options):
         name = safe_file_name(upload.name)
@@ -265,6 +298,26 @@ class ScanViewSet(
                 for chunk in upload.chunks():
                     handle.write(chunk)
             return ingest_scan(target, display_name=name, check_roots=False, **options)
+
+
+@extend_schema_view(
+    retrieve=extend_schema(summary="Get a detection job and its progress"),
+    cancel=extend_schema(summary="Cancel a detection job"),
+)
+class DetectionJobViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Detection jobs of the scans you see whole; `cancel/` stops one (coordinators, admins)."""
+
+    serializer_class = s.DetectionJobSerializer
+
+    def get_queryset(self):
+        return access.visible_detection_jobs(self.request.user).order_by("id")
+
+    @extend_schema(request=None, responses=s.DetectionJobSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Stop the job at its next tile; it proposes nothing."""
+        job = screening.cancel_detection(self.get_object(), request.user)
+        return Response(s.DetectionJobSerializer(job).data)
 
 
 @extend_schema_view(

@@ -205,6 +205,9 @@ SCAN_ZIP_MAX_ENTRIES = env.int("SCAN_ZIP_MAX_ENTRIES", default=10_000)
 PATCH_BACKGROUND = env.str("PATCH_BACKGROUND", default="#ffffff")
 # Seconds to gather label saves before one task cuts the patches of a scan's new cells.
 PATCH_BATCH_DELAY = env.float("PATCH_BATCH_DELAY", default=5.0)
+# Side of the tiles the leukocyte detector reads, in working pixels: bounds its memory (about
+# 15 MB at 1024), never what it finds (docs/screening.md).
+DETECTION_TILE_PX = env.int("DETECTION_TILE_PX", default=1024)
 # Uploads are streamed to disk, never held in memory whole.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

@@ -7,6 +7,7 @@
  * Markers are drawn on one canvas rather than as OpenSeadragon overlays (one DOM element each):
  * redrawing 2,000 circles per frame on a canvas is cheap, moving 2,000 elements is not.
  */
+import { detectionPanel } from "./lib/detection.js";
 import { staleState } from "./lib/http.js";
 import { ANNOTATE, actionFor } from "./lib/keys.js";
 import { noFocusOnMouse, pageClient, pageConfig, showKeyHelp } from "./lib/page.js";
@@ -18,6 +19,11 @@ import { TileLinkKeeper } from "./lib/tile-links.js";
 import { TILE_LOADING } from "./lib/viewer-options.js";
 
 const config = pageConfig("annotate-config");
+detectionPanel(
+  config.detection,
+  document.getElementById("find-cells"),
+  document.getElementById("detection-status"),
+);
 const scan = config.scan;
 const taxonomy = new Taxonomy(config.taxonomy);
 const blastCodes = taxonomy.group("blast");

@@ -1,0 +1,226 @@
+"""Detection as a job: start the leukocyte detector on a scan, run it under a lease, cancel it,
+and read the cells it proposes.
+
+A scan has at most one unfinished detection per detector version, and asking again for a scan
+already detected with the current version returns that job (nothing is detected again) unless
+a re-run is asked for. The detector's proposals are written in one transaction when the job
+ends done; a failed or cancelled job writes none. A proposal is not a cell: it becomes one only
+when someone accepts it, and a rejected one stays rejected when the same detector runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import openslide
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from core import failures, leases
+from core.errors import DomainError, ForbiddenError, NotFoundError
+
+from . import access, detection
+from .models import DetectionJob, ProposedCell, Scan
+from .scans import local_path
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_SECONDS = 0.5
+Status = DetectionJob.Status
+
+
+def detector_settings() -> detection.DetectorSettings:
+    """The detector's defaults with the tile size of this deployment (`DETECTION_TILE_PX`):
+    the tile bounds the memory a detection takes and does not change what it finds."""
+    return dataclasses.replace(detection.DEFAULT_SETTINGS, tile_px=settings.DETECTION_TILE_PX)
+
+
+def check_readable(scan: Scan) -> None:
+    """Raise DomainError naming the problem when the detector could not read the scan: a file
+    missing from storage or one OpenSlide cannot open, or a scan without microns per pixel."""
+    name = scan.original_name
+    try:
+        slide = openslide.open_slide(str(local_path(scan)))
+    except (openslide.OpenSlideError, OSError) as exc:
+        raise DomainError(
+            f"{name}: the scan's file cannot be opened for detection ({type(exc).__name__})",
+            "scan",
+        ) from None
+    with slide:
+        try:
+            detection.working_grid(slide, name)
+        except DomainError as exc:
+            raise DomainError(str(exc), "scan") from None
+
+
+def require_managing(scan: Scan, user, action: str) -> None:
+    """Raise ForbiddenError unless the user coordinates (or administers) a study of the scan."""
+    if user is not None and not access.managed_studies(user).filter(scans=scan).exists():
+        raise ForbiddenError(f"Only coordinators and admins of the scan's study {action}.")
+
+
+def start_detection(scan: Scan, user, *, rerun: bool = False) -> tuple[DetectionJob, bool]:
+    """The scan's detection job with the current detector, and whether it is new (the caller
+    queues a new one once committed).
+
+    A coordinator or admin of one of the scan's studies may start it. A queued or running job
+    is returned as it is; so is the last done one unless `rerun`. After a failed or cancelled
+    job, or with `rerun`, a new job is made.
+    """
+    require_managing(scan, user, "find its cells")
+    version = detection.DETECTOR_VERSION
+    jobs = DetectionJob.objects.filter(scan=scan, detector_version=version)
+    unfinished = jobs.filter(status__in=[Status.QUEUED, Status.RUNNING]).first()
+    if unfinished is not None:
+        return unfinished, False
+    done = jobs.filter(status=Status.DONE).order_by("-finished_at", "-pk").first()
+    if done is not None and not rerun:
+        return done, False
+    check_readable(scan)
+    try:
+        with transaction.atomic():
+            job = DetectionJob.objects.create(scan=scan, detector_version=version, created_by=user)
+    except IntegrityError:  # another request made one at the same moment: that one it is
+        return jobs.get(status__in=[Status.QUEUED, Status.RUNNING]), False
+    return job, True
+
+
+def latest_job(scan: Scan) -> DetectionJob | None:
+    """The scan's last detection job with the current detector, if any."""
+    return (
+        DetectionJob.objects.filter(scan=scan, detector_version=detection.DETECTOR_VERSION)
+        .order_by("-pk")
+        .first()
+    )
+
+
+def cancel_detection(job: DetectionJob, user) -> DetectionJob:
+    """End a queued, running or orphaned job at once (cancelled); a worker running it stops at
+    its next tile and writes nothing."""
+    require_managing(job.scan, user, "cancel its detection")
+    if not leases.cancel(DetectionJob, job.pk, Status.CANCELLED, error="Cancelled by its user."):
+        job.refresh_from_db()
+        raise DomainError(f"Detection {job.pk} has ended ({job.status}); nothing to cancel.")
+    job.refresh_from_db()
+    return job
+
+
+class _Progress:
+    """Tiles done and in all onto the job's row, at most every half second (and at the end)."""
+
+    def __init__(self, lease: leases.Lease):
+        self.lease = lease
+        self.last_write = 0.0
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_write >= PROGRESS_EVERY_SECONDS or done == total:
+            self.last_write = now
+            state = {
+                "tiles_done": done,
+                "tiles": total,
+                "fraction": round(done / total, 4) if total else 1.0,
+                "elapsed_seconds": round(now - self.started, 1),
+            }
+            self.lease.mine().update(progress=state)
+
+
+def run_detection(job_id: int) -> DetectionJob | None:
+    """Run a queued job to its end: done (its proposals written), failed or cancelled; None
+    when the job is gone (its scan was deleted meanwhile).
+
+    Claimed in one statement (core.leases): a task delivered twice detects once, one delivered
+    again after its worker died detects from the start. The detector is asked to stop before
+    each tile once the job is cancelled or the worker shuts down.
+    """
+    job = DetectionJob.objects.select_related("scan").filter(pk=job_id).first()
+    if job is None:
+        return None
+    owner = leases.new_owner()
+    claimed = leases.claim(
+        DetectionJob, job.pk, [Status.QUEUED], owner, started_at=timezone.now(), progress={}
+    )
+    if claimed is None:
+        job.refresh_from_db()
+        return job
+    with leases.Lease(DetectionJob, job.pk, owner) as lease:
+
+        def should_stop() -> bool:
+            return bool(leases.shutdown_reason()) or not lease.held()
+
+        try:
+            found = detection.detect_leukocytes(
+                local_path(job.scan),
+                settings=detector_settings(),
+                progress=_Progress(lease),
+                should_stop=should_stop,
+            )
+        except detection.DetectionStopped:
+            if reason := leases.shutdown_reason():
+                leases.end_stopped(leases.kind_of(DetectionJob), job.pk, owner, reason)
+        except Exception as exc:  # recorded on the job; the log has the traceback
+            log.exception("Detection %s of scan %s failed", job.pk, job.scan_id)
+            lease.finish(
+                status=Status.FAILED,
+                error=failures.describe(exc, "The detection")[:4000],
+                finished_at=timezone.now(),
+            )
+        else:
+            _publish(job, lease, found)
+    job.refresh_from_db()
+    return job
+
+
+def _publish(job: DetectionJob, lease: leases.Lease, found: list[detection.Proposal]) -> None:
+    """Write the proposals and end the job done, in one transaction, if the job is still this
+    worker's; a spot proposed before (rejected or accepted included) is kept as it is."""
+    rows = [
+        ProposedCell(
+            scan_id=job.scan_id,
+            job=job,
+            detector_version=job.detector_version,
+            x=proposal.x,
+            y=proposal.y,
+            confidence=proposal.confidence,
+        )
+        for proposal in found
+    ]
+    scan_proposals = ProposedCell.objects.filter(
+        scan_id=job.scan_id, detector_version=job.detector_version
+    )
+    with transaction.atomic():
+        before = scan_proposals.count()
+        ProposedCell.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+        ended = lease.finish(
+            status=Status.DONE,
+            found_count=len(rows),
+            new_count=scan_proposals.count() - before,
+            finished_at=timezone.now(),
+        )
+        if not ended:  # cancelled or taken over meanwhile: nothing written
+            transaction.set_rollback(True)
+
+
+def stopped_message(job: DetectionJob, reason: str) -> str:
+    """The sentence of a job stopped because its worker shut down."""
+    progress = job.progress or {}
+    where = ""
+    if progress.get("tiles"):
+        where = f" after {progress.get('tiles_done', 0)} of {progress['tiles']} tiles"
+    return f"Stopped because {reason}{where}; start it again to find the scan's cells."
+
+
+def remove_partials(job: DetectionJob) -> None:
+    """Nothing to remove: a detection writes its proposals only when it ends done."""
+
+
+def proposals(scan: Scan, user) -> QuerySet[ProposedCell]:
+    """The scan's cells still proposed, for a user who sees the scan whole (NotFoundError
+    otherwise, alike for a scan that does not exist and one in a study rated blind)."""
+    if not access.visible_scans(user).filter(pk=scan.pk).exists():
+        raise NotFoundError(f"No scan {scan.pk} among the scans of your studies.")
+    return access.visible_proposals(user).filter(scan=scan, status=ProposedCell.Status.PROPOSED)
