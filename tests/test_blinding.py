@@ -213,10 +213,37 @@ def _give_second_hat(rater, taxonomy):
     return own
 
 
+# A proposed cell's confidence, found nowhere else: a response showing it shows the proposal.
+PROPOSAL_CONFIDENCE = 0.7654321
+
+
+def _add_detection(scan, coordinator) -> None:
+    """A finished detection on the scan with one proposed cell still to review."""
+    from annotator.detection import DETECTOR_VERSION
+    from annotator.models import DetectionJob, ProposedCell
+
+    job = DetectionJob.objects.create(
+        scan=scan,
+        detector_version=DETECTOR_VERSION,
+        status=DetectionJob.Status.DONE,
+        created_by=coordinator,
+        found_count=1,
+        new_count=1,
+    )
+    ProposedCell.objects.create(
+        scan=scan,
+        job=job,
+        detector_version=DETECTOR_VERSION,
+        x=4321,
+        y=1234,
+        confidence=PROPOSAL_CONFIDENCE,
+    )
+
+
 def _hidden_strings(blinded, curation, scan, mine=()) -> list[str]:
     """What the browsable API's forms would show of the study: cells by position, other
-    raters' rounds, the data set's name, the scan."""
-    strings = [*_forbidden_strings(scan), curation.name, SECRET_NOTE]
+    raters' rounds, the data set's name, the scan, its proposed cells."""
+    strings = [*_forbidden_strings(scan), curation.name, SECRET_NOTE, str(PROPOSAL_CONFIDENCE)]
     strings += [f"({cell.x}, {cell.y})" for cell in blinded["cells"]]
     strings += [str(cell) for cell in blinded["cells"]]
     strings += [str(r) for r in Round.objects.exclude(pk__in=mine)]
@@ -239,6 +266,7 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
     tokens = list(blinded["bert"].items.values_list("token", flat=True)[:2]) + list(
         blinded["repeat"].items.values_list("token", flat=True)[:2]
     )
+    from annotator.models import DetectionJob
     from datasets.models import DatasetVersion, Export, Split
     from mltasks.models import TrainingRun
 
@@ -248,6 +276,7 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
         *Split.objects.values_list("pk", flat=True),
         *Export.objects.values_list("pk", flat=True),
         *TrainingRun.objects.values_list("pk", flat=True),
+        *DetectionJob.objects.values_list("pk", flat=True),
     ]
     values = {
         "id": [
@@ -369,6 +398,7 @@ def sweep_world(django_db_setup, django_db_blocker, synthetic_scan_files, tmp_pa
         blinded = _make_blinded(study, scan, gold_cells, rita, bert, cora)
         panelled = _add_panel(blinded, study, rita, bert, cora)
         curation = _make_curation(study, cora)
+        _add_detection(scan, cora)
         yield {"panelled": panelled, "curation": curation, "scan": scan, "rita": rita}
         transaction.set_rollback(True)
 
