@@ -4,7 +4,10 @@ accepting all in a view makes unlabelled cells; who may decide, through the API.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from django.conf import settings
 
 from annotator import rounds, screening
 from annotator.detection import DETECTOR_VERSION
@@ -199,6 +202,9 @@ def test_in_the_viewer_a_hotkey_accepts_a_proposal_and_delete_rejects_one(
     page.wait_for_function("window.cytomark.viewer.world.getItemAt(0).getFullyLoaded()")
     assert page.locator("#proposal-count").inner_text() == "3 proposed"
     assert not page.locator("#accept-in-view").is_disabled()
+    screenshots = Path(settings.TEST_RUN_DIR) / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "proposals.png"))
 
     labelled, rejected = spots[0], spots[1]
     point = _screen_point(page, labelled["x"], labelled["y"])
