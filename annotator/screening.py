@@ -21,10 +21,10 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from core import failures, leases
-from core.errors import DomainError, ForbiddenError, NotFoundError
+from core.errors import ConflictError, DomainError, ForbiddenError, NotFoundError
 
-from . import access, detection
-from .models import DetectionJob, ProposedCell, Scan
+from . import access, annotation, detection
+from .models import Cell, DetectionJob, Label, ProposedCell, Scan, Study, TaxonNode
 from .scans import local_path
 
 log = logging.getLogger(__name__)
@@ -224,3 +224,143 @@ def proposals(scan: Scan, user) -> QuerySet[ProposedCell]:
     if not access.visible_scans(user).filter(pk=scan.pk).exists():
         raise NotFoundError(f"No scan {scan.pk} among the scans of your studies.")
     return access.visible_proposals(user).filter(scan=scan, status=ProposedCell.Status.PROPOSED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    """What accepting a proposal made: the new cell and, unless accepted unlabelled, its gold
+    label."""
+
+    proposal: ProposedCell
+    cell: Cell
+    label: Label | None
+
+
+def _annotated_study(scan: Scan, user, study: Study | None) -> Study:
+    """The study whose gold round an accepted proposal goes into: the named one, or the one
+    study of the scan in which the user annotates (ForbiddenError where there is none,
+    DomainError where several leave the choice open)."""
+    studies = scan.studies.filter(
+        pk__in=access.visible_studies(user).exclude(pk__in=access.blinded_studies(user))
+    ).order_by("name")
+    annotating = [s for s in studies if access.roles_in(user, s) & access.ANNOTATING_ROLES]
+    if study is not None:
+        if not scan.studies.filter(pk=study.pk).exists():
+            raise DomainError(f"Scan {scan.pk} is not part of study {study.name}.", "study")
+        if not any(s.pk == study.pk for s in annotating):
+            raise ForbiddenError(
+                f"To accept proposed cells on scan {scan.pk} in study {study.name} you need the "
+                "role admin or annotator there."
+            )
+        return study
+    if not annotating:
+        raise ForbiddenError(
+            f"To accept proposed cells on scan {scan.pk} you need the role admin or annotator "
+            "in one of its studies."
+        )
+    if len(annotating) > 1:
+        names = ", ".join(s.name for s in annotating)
+        raise DomainError(
+            f"Scan {scan.pk} is in several studies you annotate ({names}); name the study.",
+            "study",
+        )
+    return annotating[0]
+
+
+def _open_proposal(proposal: ProposedCell, user) -> ProposedCell:
+    """The proposal locked for a decision: NotFoundError where the user does not see it,
+    ConflictError where someone decided it already."""
+    locked = access.visible_proposals(user).select_for_update().filter(pk=proposal.pk).first()
+    if locked is None:
+        raise NotFoundError(f"No proposed cell {proposal.pk} on the scans you see.")
+    if locked.status != ProposedCell.Status.PROPOSED:
+        raise ConflictError(
+            f"Proposed cell {locked.pk} was {locked.status} already"
+            + (f" (cell {locked.cell_id})" if locked.cell_id else "")
+            + "; reload the scan's proposals."
+        )
+    return locked
+
+
+def _decide(proposal: ProposedCell, user, status: str, cell: Cell | None = None) -> None:
+    proposal.status = status
+    proposal.cell = cell
+    proposal.decided_by = user
+    proposal.decided_at = timezone.now()
+    proposal.save(update_fields=["status", "cell", "decided_by", "decided_at"])
+
+
+@transaction.atomic
+def accept_proposal(
+    proposal: ProposedCell,
+    user,
+    node: TaxonNode | str | None = None,
+    cannot_classify: bool = False,
+    *,
+    seconds_spent: float = 0.0,
+    study: Study | None = None,
+    labelled: bool = True,
+) -> Accepted:
+    """Make the proposal a cell of the study (the scan's one the user annotates) at its
+    position and give it the user's gold label (`node` or `cannot_classify`), in one
+    transaction; `labelled=False` makes an unlabelled cell."""
+    proposal = _open_proposal(proposal, user)
+    target = _annotated_study(proposal.scan, user, study)
+    cell = annotation.create_cell(target, proposal.scan, proposal.x, proposal.y, user)
+    label = None
+    if labelled:
+        label, _ = annotation.set_label(
+            cell,
+            annotation.gold_round_for_member(target, user),
+            user,
+            node=node,
+            cannot_classify=cannot_classify,
+            seconds_spent=seconds_spent,
+            create_only=True,
+        )
+    _decide(proposal, user, ProposedCell.Status.ACCEPTED, cell)
+    return Accepted(proposal, cell, label)
+
+
+@transaction.atomic
+def reject_proposal(proposal: ProposedCell, user, *, study: Study | None = None) -> ProposedCell:
+    """Reject the proposal: it stays rejected, also when the same detector runs again."""
+    proposal = _open_proposal(proposal, user)
+    _annotated_study(proposal.scan, user, study)
+    _decide(proposal, user, ProposedCell.Status.REJECTED)
+    return proposal
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceptedInView:
+    """What `accept_in_view` did: how many proposals became cells, and which became which
+    (`{"proposal": id, "cell": id}` in reading order)."""
+
+    accepted: int
+    cells: list[dict[str, int]]
+
+
+@transaction.atomic
+def accept_in_view(
+    scan: Scan, user, x0: int, y0: int, x1: int, y1: int, *, study: Study | None = None
+) -> AcceptedInView:
+    """Accept every still-proposed cell inside the rectangle (level-0 pixels, edges included)
+    as an unlabelled cell of the user's study; the examiner labels them later."""
+    if x1 < x0 or y1 < y0:
+        raise DomainError(f"The view ({x0}, {y0})-({x1}, {y1}) is empty: x1 >= x0, y1 >= y0.")
+    inside = proposals(scan, user).filter(
+        x__gte=x0, x__lte=x1, y__gte=y0, y__lte=y1, x__lt=scan.width, y__lt=scan.height
+    )
+    target = _annotated_study(scan, user, study)
+    locked = list(inside.select_for_update(of=("self",)))
+    # One INSERT and one UPDATE for the whole view (a view may hold hundreds of proposals).
+    made = Cell.objects.bulk_create(
+        [Cell(study=target, scan=scan, x=p.x, y=p.y, created_by=user) for p in locked]
+    )
+    now = timezone.now()
+    for proposal, cell in zip(locked, made, strict=True):
+        proposal.status, proposal.cell = ProposedCell.Status.ACCEPTED, cell
+        proposal.decided_by, proposal.decided_at = user, now
+    ProposedCell.objects.bulk_update(locked, ["status", "cell", "decided_by", "decided_at"])
+    cells = [{"proposal": p.pk, "cell": c.pk} for p, c in zip(locked, made, strict=True)]
+    return AcceptedInView(len(cells), cells)

@@ -115,6 +115,10 @@ def annotate(request, study_name: str, scan_id: int):
             "cell": url_template("cell-detail", "{id}"),
             "labels": reverse("label-list"),
             "label": url_template("label-detail", "{id}"),
+            "proposals": reverse("scan-proposals", args=[scan.pk]),
+            "acceptProposal": url_template("proposal-accept", "{id}"),
+            "rejectProposal": url_template("proposal-reject", "{id}"),
+            "acceptInView": reverse("scan-accept-proposals", args=[scan.pk]),
             "osdImages": static("vendor/openseadragon/images/"),
         },
     }

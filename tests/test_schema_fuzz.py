@@ -109,6 +109,7 @@ def world(
         "exports": [export.pk],
         "training-runs": [run.pk],
         "detection-jobs": [detected.pk],
+        "proposals": list(detected.proposals.values_list("pk", flat=True)[:1]),
         # The other path parameters, by name.
         "scan_id": [scan.pk],
         "cell_id": [gold_cells[0].pk, settled],

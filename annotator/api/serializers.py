@@ -246,6 +246,62 @@ class ProposedCellSerializer(ScopedModelSerializer):
         read_only_fields = fields
 
 
+def _annotated_studies(user):
+    """Studies in which the user may accept proposals: theirs, none they rate blinded."""
+    return visible_studies(user).exclude(pk__in=blinded_studies(user))
+
+
+class ProposalAcceptSerializer(ScopedSerializer):
+    """The gold label a proposed cell gets when accepted: a node code or cannot_classify."""
+
+    visible_querysets = {"study": _annotated_studies}
+
+    node = serializers.CharField(required=False, allow_null=True, max_length=16)
+    cannot_classify = serializers.BooleanField(default=False)
+    seconds_spent = serializers.FloatField(min_value=0, max_value=86400, default=0)
+    study = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Study.objects.all(),
+        required=False,
+        help_text="The study whose gold round takes the cell; needed only when the scan is in "
+        "several studies you annotate.",
+    )
+
+
+class ProposalDecisionSerializer(ScopedSerializer):
+    """Optional study of a rejection (as for accepting)."""
+
+    visible_querysets = {"study": _annotated_studies}
+
+    study = serializers.SlugRelatedField(
+        slug_field="name", queryset=Study.objects.all(), required=False
+    )
+
+
+class AcceptInViewSerializer(ProposalDecisionSerializer):
+    """A rectangle in level-0 pixels, edges included: the examiner's viewport."""
+
+    x0 = serializers.IntegerField(min_value=0, max_value=10_000_000)
+    y0 = serializers.IntegerField(min_value=0, max_value=10_000_000)
+    x1 = serializers.IntegerField(min_value=0, max_value=10_000_000)
+    y1 = serializers.IntegerField(min_value=0, max_value=10_000_000)
+
+    def validate(self, attrs):
+        if attrs["x1"] < attrs["x0"] or attrs["y1"] < attrs["y0"]:
+            raise serializers.ValidationError("The view is empty: give x1 >= x0 and y1 >= y0.")
+        return attrs
+
+
+class ProposalBecameSerializer(ScopedSerializer):
+    proposal = serializers.IntegerField(help_text="The accepted proposal's id.")
+    cell = serializers.IntegerField(help_text="The id of the cell it became.")
+
+
+class AcceptedInViewSerializer(ScopedSerializer):
+    accepted = serializers.IntegerField(help_text="Proposals made unlabelled cells.")
+    cells = ProposalBecameSerializer(many=True)
+
+
 class ScanCreateSerializer(ScopedSerializer):
     """Register a scan: send the file, name finished tus uploads, or name a file under a server
     import root (docs/scans.md)."""
@@ -661,3 +717,11 @@ class ConsensusWriteSerializer(ScopedSerializer):
     version = serializers.IntegerField(
         required=False, min_value=1, help_text="The version you saw; omit for a first label."
     )
+
+
+class AcceptedProposalSerializer(ScopedSerializer):
+    """An accepted proposal with the cell it became and that cell's gold label."""
+
+    proposal = ProposedCellSerializer()
+    cell = CellSerializer()
+    label = LabelSerializer(allow_null=True)

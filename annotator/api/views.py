@@ -191,6 +191,7 @@ class TaxonomyViewSet(viewsets.ReadOnlyModelViewSet):
     retrieve=extend_schema(summary="Get a scan"),
     detect=extend_schema(summary="Find the cells of a scan (start detection)"),
     proposals=extend_schema(summary="Cells the detector proposes on a scan"),
+    accept_proposals=extend_schema(summary="Accept the proposed cells in a view"),
 )
 class ScanViewSet(
     mixins.ListModelMixin,
@@ -289,6 +290,25 @@ class ScanViewSet(
         page = self.paginate_queryset(found)
         return self.get_paginated_response(s.ProposedCellSerializer(page, many=True).data)
 
+    @extend_schema(request=s.AcceptInViewSerializer, responses=s.AcceptedInViewSerializer)
+    @action(detail=True, methods=["post"], url_path="proposals/accept")
+    def accept_proposals(self, request, pk=None):
+        """Accept every proposed cell inside the rectangle (your viewport, level-0 pixels) as
+        an unlabelled cell of your gold round's study; label them afterwards."""
+        form = s.AcceptInViewSerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        done = screening.accept_in_view(
+            self.get_object(),
+            request.user,
+            data["x0"],
+            data["y0"],
+            data["x1"],
+            data["y1"],
+            study=data.get("study"),
+        )
+        return Response(s.AcceptedInViewSerializer(done).data)
+
     @staticmethod
     def _ingest_upload(upload, options):
         name = safe_file_name(upload.name)
@@ -318,6 +338,57 @@ class DetectionJobViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         """Stop the job at its next tile; it proposes nothing."""
         job = screening.cancel_detection(self.get_object(), request.user)
         return Response(s.DetectionJobSerializer(job).data)
+
+
+@extend_schema_view(
+    retrieve=extend_schema(summary="Get a proposed cell"),
+    accept=extend_schema(summary="Accept a proposed cell with a gold label"),
+    reject=extend_schema(summary="Reject a proposed cell"),
+)
+class ProposalViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Proposed cells of the scans you see whole; annotators accept (with a label) or reject
+    each in their gold round."""
+
+    serializer_class = s.ProposedCellSerializer
+
+    def get_queryset(self):
+        return access.visible_proposals(self.request.user).order_by("id")
+
+    @extend_schema(
+        request=s.ProposalAcceptSerializer, responses={201: s.AcceptedProposalSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def accept(self, request, pk=None):
+        """Make the proposal a cell at its position with your gold label (a node code or
+        cannot_classify); a proposal decided already is refused (409)."""
+        form = s.ProposalAcceptSerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        with transaction.atomic():
+            done = screening.accept_proposal(
+                self.get_object(),
+                request.user,
+                node=data.get("node"),
+                cannot_classify=data["cannot_classify"],
+                seconds_spent=data["seconds_spent"],
+                study=data.get("study"),
+            )
+            _queue_patches(done.label)
+        body = s.AcceptedProposalSerializer(done, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.ProposalDecisionSerializer, responses=s.ProposedCellSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        """Reject the proposal: the same detector never proposes it again on this scan."""
+        form = s.ProposalDecisionSerializer(
+            data=request.data, context=self.get_serializer_context()
+        )
+        form.is_valid(raise_exception=True)
+        proposal = screening.reject_proposal(
+            self.get_object(), request.user, study=form.validated_data.get("study")
+        )
+        return Response(s.ProposedCellSerializer(proposal).data)
 
 
 @extend_schema_view(

@@ -125,6 +125,10 @@ function deleteSelected() {
   const cell = annotations.cells.get(selectedKey);
   if (!cell) return;
   clearNotice();
+  if (cell.proposal != null) {
+    rejectSelected(cell);
+    return;
+  }
   annotations.remove(cell);
   const step = annotations.undoStack[annotations.undoStack.length - 1];
   const next = nearestUnlabelled(annotations.cells.values(), cell, skipped);
@@ -136,6 +140,38 @@ function deleteSelected() {
     if (annotations.undoStack[annotations.undoStack.length - 1] === step) undo();
     else toast("Later changes came after the delete: press Ctrl+Z once per change to undo it.");
   });
+}
+
+// A proposal rejected stays rejected (the detector never proposes it again): no undo, but the
+// walk goes on to the nearest unlabelled cell or proposal.
+function rejectSelected(cell) {
+  annotations.remove(cell);
+  const next = nearestUnlabelled(annotations.cells.values(), cell, skipped);
+  select(next ? next.key : null, !!next);
+  render();
+  toast("Proposed cell rejected; the detector will not propose it again.");
+}
+
+// "Accept all in view": the proposals inside the viewport (clipped to the scan) become
+// unlabelled cells, to be labelled one by one with the walk.
+function acceptInView() {
+  const bounds = viewer.viewport.getBounds(true);
+  const topLeft = imagePoint(bounds.getTopLeft(), true);
+  const bottomRight = imagePoint(bounds.getBottomRight(), true);
+  const view = {
+    x0: Math.max(0, topLeft.x),
+    y0: Math.max(0, topLeft.y),
+    x1: Math.min(scan.width - 1, bottomRight.x),
+    y1: Math.min(scan.height - 1, bottomRight.y),
+  };
+  if (view.x1 < view.x0 || view.y1 < view.y0) {
+    toast("The view shows no part of the scan.");
+    return;
+  }
+  clearNotice();
+  const count = annotations.acceptInView(view);
+  toast(count ? count + " proposed cell(s) accepted as unlabelled cells." : "No proposed cell in view.");
+  render();
 }
 
 function undo() {
@@ -232,7 +268,9 @@ function drawMarkers() {
     const colour = colourOf(cell);
     ctx.beginPath();
     ctx.arc(sx, sy, r, 0, Math.PI * 2);
-    if (colour) {
+    if (cell.proposal != null) {
+      drawProposal(ctx, sx, sy, r);
+    } else if (colour) {
       ctx.setLineDash([]);
       ctx.lineWidth = 3;
       ctx.strokeStyle = colour;
@@ -267,6 +305,30 @@ function drawMarkers() {
     ctx.arc(selected.sx, selected.sy, r + 6, 0, Math.PI * 2);
     ctx.stroke();
   }
+}
+
+// A proposed cell: a thin, finely dashed cyan ring on a dark one, a cross in the middle;
+// unlike a labelled marker (solid, in the class colour) and an unlabelled one (black-yellow).
+const PROPOSAL_COLOUR = "#00d5ff";
+function drawProposal(ctx, sx, sy, r) {
+  ctx.lineWidth = 1.5;
+  ctx.setLineDash([2, 3]);
+  ctx.strokeStyle = "#052a33";
+  ctx.stroke();
+  ctx.lineDashOffset = 2.5;
+  ctx.strokeStyle = PROPOSAL_COLOUR;
+  ctx.stroke();
+  ctx.lineDashOffset = 0;
+  ctx.setLineDash([]);
+  const arm = Math.max(2, r * 0.2);
+  ctx.beginPath();
+  ctx.moveTo(sx - arm, sy);
+  ctx.lineTo(sx + arm, sy);
+  ctx.moveTo(sx, sy - arm);
+  ctx.lineTo(sx, sy + arm);
+  ctx.lineWidth = 1.5;
+  ctx.strokeStyle = PROPOSAL_COLOUR;
+  ctx.stroke();
 }
 
 let frameRequested = false;
@@ -320,7 +382,8 @@ function panTo(cell) {
 let drag = null;
 viewer.addHandler("canvas-press", (event) => {
   const hit = hitTest(event.position);
-  drag = hit ? { cell: hit, from: { x: hit.x, y: hit.y }, moved: false } : null;
+  // A proposal is not dragged: accept it (label it), then move the cell it became.
+  drag = hit && hit.proposal == null ? { cell: hit, from: { x: hit.x, y: hit.y }, moved: false } : null;
 });
 viewer.addHandler("canvas-drag", (event) => {
   if (!drag) return;
@@ -428,8 +491,9 @@ function positionPicker(recheck) {
   picker.hidden = false;
   const code = labelCode(cell);
   const node = code && code !== CANNOT ? taxonomy.node(code) : null;
-  document.getElementById("picker-title").textContent =
-    "Cell " + (cell.id != null ? "#" + cell.id : "(saving)") + " · " + (node ? node.code + " " + node.name : code || "unlabelled");
+  document.getElementById("picker-title").textContent = cell.proposal != null
+    ? "Proposed cell · confidence " + cell.confidence.toFixed(2) + " · a hotkey accepts, Delete rejects"
+    : "Cell " + (cell.id != null ? "#" + cell.id : "(saving)") + " · " + (node ? node.code + " " + node.name : code || "unlabelled");
   for (const button of pickerTree.querySelectorAll(".leaf")) {
     button.classList.toggle("current", button.dataset.code === code);
   }
@@ -574,6 +638,10 @@ document.addEventListener("keydown", (event) => {
 
 // ---- Side panel -----------------------------------------------------------------------
 const countsBody = document.getElementById("counts");
+const proposalPanel = document.getElementById("proposals");
+const proposalCount = document.getElementById("proposal-count");
+const acceptButton = document.getElementById("accept-in-view");
+acceptButton.addEventListener("click", acceptInView);
 const summary = document.getElementById("summary");
 const cellList = document.getElementById("cell-list");
 
@@ -581,8 +649,10 @@ function renderCounts() {
   const counts = new Map();
   let cannot = 0;
   let unlabelled = 0;
+  let proposed = 0;
   for (const cell of annotations.cells.values()) {
-    if (!cell.label) unlabelled++;
+    if (cell.proposal != null) proposed++;
+    else if (!cell.label) unlabelled++;
     else if (cell.label.cannot_classify) cannot++;
     else counts.set(cell.label.node, (counts.get(cell.label.node) || 0) + 1);
   }
@@ -602,22 +672,28 @@ function renderCounts() {
     '<div><span class="big" id="blast-percent">' + pct(blasts) + ' %</span> blasts' +
     (blastCodes.size ? "" : " (this taxonomy has no blast group)") + "</div>" +
     "<div>" + countable + " countable · " + cannot + " cannot classify · " + unlabelled + " unlabelled</div>";
+  proposalCount.textContent = proposed + " proposed";
+  acceptButton.disabled = !proposed;
+  proposalPanel.hidden = !proposed && !config.detection;
 }
 
 // Each cell is a button, so that Tab reaches it and Enter or Space selects it; the list is
 // drawn anew after every change, and the focus goes back to the same cell's button.
 function renderList() {
   const list = annotations.sorted();
-  document.getElementById("cell-total").textContent = list.length + " on this scan";
+  const proposals = list.filter((cell) => cell.proposal != null).length;
+  document.getElementById("cell-total").textContent = list.length - proposals + " on this scan";
   const focused = cellList.contains(document.activeElement) ? document.activeElement.dataset.key : null;
   cellList.innerHTML = list.map((cell) => {
     const code = labelCode(cell);
     const node = code && code !== CANNOT ? taxonomy.node(code) : null;
     const selected = cell.key === selectedKey;
-    return '<li class="' + (selected ? "selected" : "") + '"><button type="button" data-key="' + cell.key + '"' +
+    const kind = (selected ? "selected" : "") + (cell.proposal != null ? " proposal" : "");
+    return '<li class="' + kind.trim() + '"><button type="button" data-key="' + cell.key + '"' +
       (selected ? ' aria-current="true"' : "") + ">" +
       '<span class="swatch" style="background:' + (node ? node.colour : code ? "#8a8a8a" : "transparent") + '"></span>' +
-      (cell.id != null ? "#" + cell.id : "new") + ' <span class="label">' + (node ? node.code : code || "unlabelled") +
+      (cell.proposal != null ? "proposed" : cell.id != null ? "#" + cell.id : "new") + ' <span class="label">' +
+      (node ? node.code : code || (cell.proposal != null ? "confidence " + cell.confidence.toFixed(2) : "unlabelled")) +
       "</span></button></li>";
   }).join("");
   const again = focused && cellList.querySelector('button[data-key="' + focused + '"]');

@@ -39,7 +39,9 @@ export const KEY_MAP = [
   },
   {
     key: "Delete", shown: "Delete", action: "delete",
-    does: { annotate: "delete the selected cell (Ctrl+Z or the message's Undo brings it back)" },
+    does: {
+      annotate: "delete the selected cell (Ctrl+Z or the message's Undo brings it back), or reject a proposed one",
+    },
   },
   {
     key: "z", ctrl: true, shown: "Ctrl+Z", action: "undo",
@@ -55,7 +57,7 @@ export const KEY_MAP = [
 
 /** What the class hotkeys do, first in each screen's help. */
 const HOTKEY_HELP = {
-  annotate: "label the selected cell, then go to the nearest unlabelled one",
+  annotate: "label the selected cell (accepting a proposed one), then go to the nearest unlabelled one",
   queue: "answer, then go to the next unanswered cell",
 };
 

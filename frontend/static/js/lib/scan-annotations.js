@@ -6,6 +6,11 @@
  * A cell is {key, id, x, y, version, label, savedLabel, deleted, order, suggestion}: `key` is
  * local (a new cell has no id until the server answers), `label` is what the screen shows and
  * `savedLabel` the label as the server last confirmed it.
+ *
+ * A cell the detector proposes is held the same way with `proposal` (its id) set and no `id`:
+ * labelling it accepts it (it becomes a cell with that label), removing it rejects it (for
+ * good: the detector never proposes it again), and `acceptInView` accepts the proposals of a
+ * rectangle as unlabelled cells. Once accepted, `proposal` is null and it is a cell like any.
  */
 import { HttpError, staleState, urlFor } from "./http.js";
 
@@ -40,6 +45,9 @@ export function nearestUnlabelled(cells, from, skipped = new Set()) {
   }
   return best;
 }
+
+// Proposals sort after every saved cell (ids stay far below) and before new ones (1e12 + key).
+const PROPOSALS_AFTER = 1e11;
 
 export class ScanAnnotations {
   /**
@@ -81,12 +89,22 @@ export class ScanAnnotations {
     return list[index];
   }
 
-  /** Load the scan's saved cells and this round's labels of them. */
+  /** Proposed cells still waiting for a decision. */
+  proposals() {
+    return Array.from(this.cells.values()).filter((cell) => cell.proposal != null);
+  }
+
+  /** Load the scan's saved cells, this round's labels of them and the scan's proposals. */
   async load() {
-    const [savedCells, savedLabels] = await Promise.all([
+    const [savedCells, savedLabels, proposed] = await Promise.all([
       this.http.getAll(urlFor(this.urls.cells, {}, { scan: this.scanId, study: this.study, page_size: 5000 })),
       this.http.getAll(urlFor(this.urls.labels, {}, { scan: this.scanId, round: this.round, page_size: 5000 })),
+      this.urls.proposals ? this.http.getAll(urlFor(this.urls.proposals, {}, { page_size: 5000 })) : [],
     ]);
+    for (const found of proposed) {
+      const cell = this.add({ id: null, proposal: found.id, x: found.x, y: found.y, confidence: found.confidence });
+      cell.order = PROPOSALS_AFTER + found.id; // after the cells, as the detector read them
+    }
     const labelByCell = new Map(savedLabels.map((label) => [label.cell, label]));
     for (const saved of savedCells) {
       const cell = this.add({
@@ -113,8 +131,16 @@ export class ScanAnnotations {
     return cell;
   }
 
-  /** Delete a cell (undo makes it again, as a new cell with its label). */
+  /**
+   * Delete a cell (undo makes it again, as a new cell with its label); a proposal is rejected
+   * instead, which no undo takes back.
+   */
   remove(cell) {
+    if (cell.proposal != null) {
+      this.cells.delete(cell.key);
+      this.saveReject(cell, cell.proposal);
+      return;
+    }
     this.discard(cell);
     this.undoStack.push({ kind: "delete", cell: cell, label: labelCode(cell) });
   }
@@ -157,7 +183,44 @@ export class ScanAnnotations {
   applyLabel(cell, code, seconds) {
     if (code === null) cell.label = null;
     else cell.label = Object.assign({}, cell.label || {}, answerFor(code));
+    if (cell.proposal != null && code !== null) {
+      const proposal = cell.proposal;
+      cell.proposal = null;
+      this.saveAccept(cell, proposal, code, seconds);
+      return;
+    }
     this.saveLabel(cell, code, seconds);
+  }
+
+  /**
+   * Accept every proposal inside a level-0 rectangle {x0, y0, x1, y1} (edges included) as an
+   * unlabelled cell; returns how many were shown there. Not undone by undo.
+   */
+  acceptInView(view) {
+    const inside = (cell) => cell.x >= view.x0 && cell.x <= view.x1 && cell.y >= view.y0 && cell.y <= view.y1;
+    const accepted = this.proposals().filter(inside);
+    const byProposal = new Map(accepted.map((cell) => [cell.proposal, cell]));
+    for (const cell of accepted) cell.proposal = null;
+    this.queue.add({
+      run: async () => {
+        const done = await this.http.post(this.urls.acceptInView, Object.assign({ study: this.study }, view));
+        for (const pair of done.cells) {
+          const cell = byProposal.get(pair.proposal);
+          if (cell) {
+            cell.id = pair.cell;
+            cell.version = 1;
+            cell.order = pair.cell;
+            byProposal.delete(pair.proposal);
+          }
+        }
+        // Decided by someone else meanwhile: not a cell of this screen.
+        for (const cell of byProposal.values()) this.cells.delete(cell.key);
+      },
+      refused: async () => {
+        for (const [proposal, cell] of byProposal) cell.proposal = proposal;
+      },
+    });
+    return accepted.length;
   }
 
   discard(cell) {
@@ -212,6 +275,31 @@ export class ScanAnnotations {
         }
         cell.savedLabel = cell.label;
       },
+    });
+  }
+
+  saveAccept(cell, proposal, code, seconds) {
+    this.queue.add({
+      run: async () => {
+        const answer = Object.assign(answerFor(code), { seconds_spent: seconds, study: this.study });
+        const done = await this.http.post(urlFor(this.urls.acceptProposal, { id: proposal }), answer);
+        cell.id = done.cell.id;
+        cell.version = done.cell.version;
+        cell.order = done.cell.id;
+        cell.savedLabel = done.label;
+        if (labelCode(cell) === labelCode({ label: done.label })) cell.label = done.label;
+      },
+      // Decided already (by someone else, or in another tab): the screen forgets it.
+      refused: async () => this.cells.delete(cell.key),
+    });
+  }
+
+  saveReject(cell, proposal) {
+    this.queue.add({
+      run: async () => {
+        await this.http.post(urlFor(this.urls.rejectProposal, { id: proposal }), { study: this.study });
+      },
+      refused: async () => {},
     });
   }
 
