@@ -22,6 +22,7 @@ from mltasks import pipeline, run_config, runs, training
 from mltasks.models import TrainingRun
 
 from .conftest import client_for
+from .test_training import _wait
 from .workers import celery_worker, purge_queues, start_worker, stop_worker
 
 # One fold, one epoch of a few steps at 32 px; no augmentation (its random draws are per
@@ -39,16 +40,6 @@ BASE = {
     "threads": 1,
     "export_models": False,
 }
-
-
-def _wait(run_id: int, states, seconds: float = 240) -> TrainingRun:
-    deadline = time.monotonic() + seconds
-    while True:
-        run = TrainingRun.objects.get(pk=run_id)
-        if run.status in states:
-            return run
-        assert time.monotonic() < deadline, f"run {run_id} still {run.status}: {run.progress}"
-        time.sleep(0.2)
 
 
 def _start(user, split, config: dict) -> int:
