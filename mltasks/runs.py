@@ -236,11 +236,15 @@ def execute(run_id: int) -> TrainingRun:
     Claimed in one statement (core.leases): a task delivered twice trains once, and one
     delivered again after its worker died trains from the start.
     """
+    import torch
+
     from . import training
 
     run = TrainingRun.objects.select_related("split__dataset__study").get(pk=run_id)
     config = run.config
     device = training.pick_device(config)
+    if not run_config.distributed(config) and config["threads"]:
+        torch.set_num_threads(config["threads"])  # before the run's device is described
     owner = leases.new_owner()
     attempt = leases.claim(
         TrainingRun,
