@@ -18,9 +18,11 @@ class AnnotatorConfig(AppConfig):
         from .access import RULES, visible_users
         from .models import DetectionJob, PatchBatch
 
-        kinds = (
-            ("patch batch", PatchBatch, tasks.queue_batch_again, patches.remove_partials, None),
-            (
+        leases.register(
+            leases.JobKind(
+                "patch batch", PatchBatch, tasks.queue_batch_again, patches.remove_partials
+            ),
+            leases.JobKind(
                 "detection",
                 DetectionJob,
                 tasks.queue_detection_again,
@@ -28,15 +30,5 @@ class AnnotatorConfig(AppConfig):
                 screening.stopped_message,
             ),
         )
-        for label, model, requeue, remove_partials, stopped_message in kinds:
-            leases.register(
-                leases.JobKind(
-                    label=label,
-                    model=model,
-                    requeue=requeue,
-                    remove_partials=remove_partials,
-                    stopped_message=stopped_message,
-                )
-            )
         register_visibility({**RULES, get_user_model(): visible_users})
         signals.connect()

@@ -75,8 +75,9 @@ class JobKind:
 _kinds: dict[str, JobKind] = {}
 
 
-def register(kind: JobKind) -> None:
-    _kinds[kind.model._meta.label] = kind
+def register(*kinds: JobKind) -> None:
+    for kind in kinds:
+        _kinds[kind.model._meta.label] = kind
 
 
 def kind_of(model: type[LeasedJob]) -> JobKind:

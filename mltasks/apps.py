@@ -44,18 +44,16 @@ class MltasksConfig(AppConfig):
         from .access import RULES
         from .models import FoldJob, TrainingRun
 
-        kinds = (
-            ("training run", TrainingRun, _queue_again, _remove_partials),
-            ("fold of a training run", FoldJob, _queue_fold_again, _fold_released),
+        leases.register(
+            leases.JobKind(
+                "training run", TrainingRun, _queue_again, _remove_partials, _stopped_message
+            ),
+            leases.JobKind(
+                "fold of a training run",
+                FoldJob,
+                _queue_fold_again,
+                _fold_released,
+                _stopped_message,
+            ),
         )
-        for label, model, requeue, remove_partials in kinds:
-            leases.register(
-                leases.JobKind(
-                    label=label,
-                    model=model,
-                    requeue=requeue,
-                    remove_partials=remove_partials,
-                    stopped_message=_stopped_message,
-                )
-            )
         register_visibility(RULES)
