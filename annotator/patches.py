@@ -66,9 +66,13 @@ def patch_side_px(study: Study, scan: Scan) -> int:
 
 
 def patch_geometry(cell: Cell) -> PatchGeometry:
-    scan = cell.scan
-    size = patch_side_px(cell.study, scan)
-    left, top = cell.x - size // 2, cell.y - size // 2
+    return geometry_at(cell.study, cell.scan, cell.x, cell.y)
+
+
+def geometry_at(study: Study, scan: Scan, x: int, y: int) -> PatchGeometry:
+    """The study's patch square centred on (x, y) of the scan, with its padding."""
+    size = patch_side_px(study, scan)
+    left, top = x - size // 2, y - size // 2
     return PatchGeometry(
         left=left,
         top=top,
@@ -92,13 +96,18 @@ def cut_patch_png(cell: Cell, geometry: PatchGeometry) -> bytes:
     OpenSlide returns transparent pixels outside the scan, so composing over an opaque
     background fills exactly the padding. The PNG carries no text chunks or other metadata.
     """
-    slide = slide_handles.get(cell.scan).slide
-    region = slide.read_region((geometry.left, geometry.top), 0, (geometry.size, geometry.size))
-    background = Image.new("RGBA", region.size, ImageColor.getrgb(settings.PATCH_BACKGROUND))
-    image = Image.alpha_composite(background, region).convert("RGB")
+    image = patch_image(cell.scan, geometry)
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=3)
     return buffer.getvalue()
+
+
+def patch_image(scan: Scan, geometry: PatchGeometry) -> Image.Image:
+    """The level-0 pixels of a patch square as RGB, the padding in the background colour."""
+    slide = slide_handles.get(scan).slide
+    region = slide.read_region((geometry.left, geometry.top), 0, (geometry.size, geometry.size))
+    background = Image.new("RGBA", region.size, ImageColor.getrgb(settings.PATCH_BACKGROUND))
+    return Image.alpha_composite(background, region).convert("RGB")
 
 
 CONTEXT_FACTOR = 4  # the context view spans this many patch sides

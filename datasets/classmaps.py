@@ -18,7 +18,7 @@ from django.db import transaction
 
 from annotator.models import Label, Round, Study, TaxonNode
 from annotator.rounds import largest_gold_round
-from annotator.taxonomy import TaxonTree, taxon_tree
+from annotator.taxonomy import TaxonTree, classes_in_groups, taxon_tree
 from core import params
 from core.errors import DomainError, check_field
 
@@ -231,3 +231,17 @@ def find_class_map(study: Study, reference: str) -> ClassMap:
     if found is None:
         raise DomainError(f"No class map {reference!r} in study {study.name}.", field="classmap")
     return found
+
+
+def class_nodes(classes: list[str], class_map: ClassMap | None) -> dict[str, list[str]]:
+    """Each class's taxonomy node codes: its class map's members, or the code itself."""
+    if class_map is None:
+        return {code: [code] for code in classes}
+    members = {item["code"]: item["nodes"] for item in class_map.classes}
+    return {code: members[code] for code in classes}
+
+
+def class_groups(study: Study, classes: list[str], class_map: ClassMap | None) -> dict[str, set]:
+    """Each taxonomy group as the set of classes answering "yes": a class whose nodes (or their
+    ancestors) are among the group's nodes."""
+    return classes_in_groups(study.taxonomy, class_nodes(classes, class_map))

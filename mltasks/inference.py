@@ -23,6 +23,7 @@ from annotator import patches
 from annotator.access import OVERSEEING_ROLES, require_role
 from annotator.models import Cell, Label, Round, Suggestion, TaxonNode
 from core.errors import DomainError
+from datasets.classmaps import class_nodes
 
 from . import training
 from .augment import to_float
@@ -121,11 +122,7 @@ def _suggestable_nodes(run: TrainingRun) -> dict[str, TaxonNode]:
         node.code: node
         for node in TaxonNode.objects.filter(taxonomy=dataset.study.taxonomy_id, is_leaf=True)
     }
-    nodes_of = (
-        {item["code"]: item["nodes"] for item in dataset.class_map.classes}
-        if dataset.class_map
-        else {code: [code] for code in dataset.classes}
-    )
+    nodes_of = class_nodes(dataset.classes, dataset.class_map)
     return {
         code: leaves[members[0]]
         for code, members in nodes_of.items()

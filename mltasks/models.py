@@ -108,3 +108,74 @@ class FoldJob(LeasedJob):
 
     def __str__(self) -> str:
         return f"fold {self.fold} of training run {self.run_id} ({self.status})"
+
+
+class ScanClassification(LeasedJob):
+    """A finished run's models applied to every leukocyte found on one scan (the detector's
+    proposals not rejected, and the cells placed by hand): the model's differential count of
+    the smear (mltasks.smear_counts). Held by a lease while it runs; its cells are written all
+    at once when it ends done."""
+
+    Status = TrainingRun.Status
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="classifications")
+    scan = models.ForeignKey(
+        "annotator.Scan", on_delete=models.CASCADE, related_name="classifications"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.JSONField(default=dict, blank=True, help_text="Cells done and in all.")
+    error = models.TextField(blank=True)
+    device = models.CharField(max_length=100, blank=True, help_text="Where the models ran.")
+    cell_count = models.PositiveIntegerField(default=0, help_text="Cells classified.")
+    seconds = models.FloatField(default=0, help_text="Time the classification took.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "done", "failed", "cancelled"]),
+                name="scan_classification_status_known",
+            ),
+            # Asking twice while one runs gets that one (mltasks.smear_counts).
+            models.UniqueConstraint(
+                fields=["run", "scan"],
+                condition=Q(status__in=["queued", "running"]),
+                name="one_unfinished_classification_per_run_and_scan",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"classification of scan {self.scan_id} by run {self.run_id} ({self.status})"
+
+
+class ClassifiedCell(models.Model):
+    """One leukocyte of a classified scan with the run's class probabilities (the folds'
+    models averaged), in the order of the run's classes. It points at the proposal it was
+    found as, or at the cell an examiner placed by hand (an accepted proposal at both)."""
+
+    job = models.ForeignKey(ScanClassification, on_delete=models.CASCADE, related_name="cells")
+    x = models.PositiveIntegerField(help_text="Level-0 pixel column of the centre.")
+    y = models.PositiveIntegerField(help_text="Level-0 pixel row of the centre.")
+    proposal = models.ForeignKey(
+        "annotator.ProposedCell", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cell = models.ForeignKey(
+        "annotator.Cell", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    predicted = models.CharField(max_length=64, help_text="The most probable class.")
+    probabilities = models.JSONField(help_text="One per class of the run, in its order.")
+
+    class Meta:
+        ordering = ["job", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "x", "y"], name="one_classified_cell_per_spot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"({self.x}, {self.y}) of {self.job}: {self.predicted}"

@@ -11,24 +11,13 @@ from django.core.files.storage import default_storage
 from matplotlib.figure import Figure
 
 from annotator.models import Label, Round
-from annotator.taxonomy import classes_in_groups
 from core import plots
 from core.plots import confusion_figure
 from core.storage import store_bytes
+from datasets.classmaps import class_groups
 
 from .evaluation import FoldPredictions, fold_summary, group_roc, rater_point
 from .training import load_model, saliency
-
-
-def class_groups(study, classes: list[str], class_map) -> dict[str, set[str]]:
-    """Each taxonomy group as the set of classes answering "yes": a class whose nodes (or their
-    ancestors) are among the group's nodes."""
-    nodes_of = (
-        {item["code"]: item["nodes"] for item in class_map.classes}
-        if class_map
-        else {code: [code] for code in classes}
-    )
-    return classes_in_groups(study.taxonomy, {klass: nodes_of[klass] for klass in classes})
 
 
 def rater_points(run, test_cells: dict[int, str], groups: dict[str, set[str]]) -> list[dict]:

@@ -1,0 +1,134 @@
+"""Differential counts: how a patient's (or a scan's) counted cells share out over classes and
+over the taxonomy's groups, as the examiners labelled them.
+
+The examiners' count is the study's gold labels (its largest gold round, the round a data set
+takes by default). A cell answered "cannot classify" is uncountable: it stays out of every
+count and every denominator, as the bone marrow study sets crushed and degenerated cells apart
+before it counts. Shares carry a Wilson 95 % interval (statsmodels), which stays inside 0..1 and
+keeps its coverage for the small counts and shares near 0 a differential has.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from statsmodels.stats.proportion import proportion_confint
+
+from core.errors import DomainError
+
+from .models import Label, Study, TaxonGroup
+from .rounds import largest_gold_round
+from .taxonomy import group_leaf_codes
+
+CONFIDENCE = 0.95
+
+
+def share_interval(count: int, total: int) -> tuple[float, float] | None:
+    """The Wilson 95 % interval of count/total; None when nothing was counted."""
+    if total <= 0:
+        return None
+    low, high = proportion_confint(count, total, alpha=1 - CONFIDENCE, method="wilson")
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class GroupCount:
+    """Of `counted` cells, `in_group` answer "yes" to a group's question."""
+
+    in_group: int
+    counted: int
+
+    @property
+    def share(self) -> float | None:
+        return self.in_group / self.counted if self.counted else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return share_interval(self.in_group, self.counted)
+
+
+def share_rows(counts: Counter, order: list[str]) -> list[dict]:
+    """Each code of `order` with its count, share of the total and interval: a differential."""
+    total = sum(counts.values())
+    rows = []
+    for code in order:
+        count = counts.get(code, 0)
+        interval = share_interval(count, total)
+        rows.append(
+            {
+                "code": code,
+                "count": count,
+                "share": count / total if total else None,
+                "ci": list(interval) if interval else None,
+            }
+        )
+    return rows
+
+
+def find_group(study: Study, name: str) -> TaxonGroup:
+    """The study's taxonomy group of that name, or a DomainError listing the ones there are."""
+    groups = {group.name: group for group in study.taxonomy.groups.all()}
+    if name not in groups:
+        offered = ", ".join(sorted(groups)) or "none"
+        raise DomainError(
+            f"Taxonomy {study.taxonomy.name} has no group {name!r} (groups: {offered}).", "group"
+        )
+    return groups[name]
+
+
+@dataclass
+class ExaminerCounts:
+    """The examiners' leaf counts of a study per patient (and per scan), and the uncountable."""
+
+    by_patient: dict[int, Counter]
+    by_scan: dict[int, Counter]
+    uncountable_by_patient: Counter
+    uncountable_by_scan: Counter
+
+
+def examiner_counts(study: Study, *, scan_ids: list[int] | None = None) -> ExaminerCounts:
+    """Leaf counts of the study's largest gold round, per patient and per scan. Cells without a
+    patient are left out of the per-patient counts; "cannot classify" is counted apart."""
+    by_patient: dict[int, Counter] = defaultdict(Counter)
+    by_scan: dict[int, Counter] = defaultdict(Counter)
+    uncountable_by_patient: Counter = Counter()
+    uncountable_by_scan: Counter = Counter()
+    gold = largest_gold_round(study)
+    if gold is not None:
+        labels = Label.objects.filter(round=gold)
+        if scan_ids is not None:
+            labels = labels.filter(cell__scan_id__in=scan_ids)
+        found = labels.values_list(
+            "cell__patient_id", "cell__scan__patient_id", "cell__scan_id", "node__code"
+        )
+        for own_patient, scan_patient, scan, code in found.iterator():
+            patient = own_patient or scan_patient
+            if code is None:
+                if patient:
+                    uncountable_by_patient[patient] += 1
+                if scan:
+                    uncountable_by_scan[scan] += 1
+                continue
+            if patient:
+                by_patient[patient][code] += 1
+            if scan:
+                by_scan[scan][code] += 1
+    return ExaminerCounts(
+        dict(by_patient), dict(by_scan), uncountable_by_patient, uncountable_by_scan
+    )
+
+
+def group_count(leaf_counts: Counter, leaves: set[str]) -> GroupCount:
+    """How many of the counted leaves lie in the group's leaves."""
+    return GroupCount(
+        in_group=sum(n for code, n in leaf_counts.items() if code in leaves),
+        counted=sum(leaf_counts.values()),
+    )
+
+
+def examiner_group_counts(study: Study, group_name: str) -> dict[int, GroupCount]:
+    """Per patient id: of the cells the examiners could classify, how many lie in the group."""
+    leaves = group_leaf_codes(find_group(study, group_name))
+    counts = examiner_counts(study)
+    return {patient: group_count(leaf, leaves) for patient, leaf in counts.by_patient.items()}

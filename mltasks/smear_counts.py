@@ -1,0 +1,313 @@
+"""The model's count of a smear: a finished run's models classify every leukocyte found on a
+scan, and the classes they give make a differential count per scan and per patient, beside the
+examiners' count of the same scan or patient.
+
+The leukocytes of a scan are the detector's proposals that nobody rejected (proposed or
+accepted) and the cells examiners placed by hand in the run's study; an accepted proposal is
+one leukocyte, not two. A cell the examiners answered "cannot classify" is uncountable and stays
+out of every count, the model's too: the model has no such answer and would count it as
+something. A cell counts as the class the models' averaged probabilities make most likely;
+group shares (blast, atypical, ...) count the cells whose class answers "yes" to the group's
+question, so the model's and the examiners' figures count the same way.
+
+This module is web-safe (no torch); mltasks.smear_classification runs the models.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+
+from annotator import access
+from annotator.detection import DETECTOR_VERSION
+from annotator.differential import (
+    GroupCount,
+    examiner_counts,
+    find_group,
+    share_interval,
+    share_rows,
+)
+from annotator.models import Cell, Label, ProposedCell, Scan, Study
+from annotator.rounds import largest_gold_round
+from core import leases
+from core.errors import DomainError, NotFoundError
+from datasets.classmaps import class_groups
+
+from .access import visible_runs
+from .models import ClassifiedCell, ScanClassification, TrainingRun
+
+Status = ScanClassification.Status
+
+
+@dataclass(frozen=True)
+class Leukocyte:
+    """A spot to classify: where it is, and the proposal and/or cell it is."""
+
+    x: int
+    y: int
+    proposal_id: int | None
+    cell_id: int | None
+
+
+def leukocytes(scan: Scan, study: Study) -> list[Leukocyte]:
+    """Every leukocyte found on the scan for the study, ordered by position: the current
+    detector's proposals not rejected, and the study's cells on the scan placed by hand."""
+    found = ProposedCell.objects.filter(
+        scan=scan,
+        detector_version=DETECTOR_VERSION,
+        status__in=[ProposedCell.Status.PROPOSED, ProposedCell.Status.ACCEPTED],
+    ).values_list("pk", "x", "y", "cell_id")
+    spots = [Leukocyte(x, y, pk, cell) for pk, x, y, cell in found]
+    from_proposals = {spot.cell_id for spot in spots if spot.cell_id}
+    by_hand = Cell.objects.filter(scan=scan, study=study).exclude(pk__in=from_proposals)
+    spots += [Leukocyte(x, y, None, pk) for pk, x, y in by_hand.values_list("pk", "x", "y")]
+    return sorted(spots, key=lambda spot: (spot.y, spot.x))
+
+
+def _run_and_study(run: TrainingRun) -> Study:
+    if run.status != TrainingRun.Status.DONE:
+        raise DomainError(f"Run {run.pk} is {run.status}; only a finished run can count.", "run")
+    return run.split.dataset.study
+
+
+def start_classification(
+    run: TrainingRun, scan: Scan, user, *, rerun: bool = False
+) -> tuple[ScanClassification, bool]:
+    """The scan's classification by the run, and whether it is new (the caller queues a new one
+    once committed). A queued or running one is returned as it is; so is the last done one
+    unless `rerun` (after new cells were found, say)."""
+    study = _run_and_study(run)
+    if user is not None:
+        access.require_role(user, study, access.OVERSEEING_ROLES, "count a scan with a model")
+    if not study.scans.filter(pk=scan.pk).exists():
+        raise DomainError(f"Scan {scan.pk} is not part of study {study.name}.", "scan")
+    jobs = ScanClassification.objects.filter(run=run, scan=scan)
+    unfinished = jobs.filter(status__in=leases.UNFINISHED).first()
+    if unfinished is not None:
+        return unfinished, False
+    done = jobs.filter(status=Status.DONE).order_by("-pk").first()
+    if done is not None and not rerun:
+        return done, False
+    if not leukocytes(scan, study):
+        raise DomainError(
+            f"Scan {scan.pk} has no cells to count yet: find its cells first (Find cells).", "scan"
+        )
+    try:
+        with transaction.atomic():
+            job = ScanClassification.objects.create(run=run, scan=scan, created_by=user)
+    except IntegrityError:  # another request made one at the same moment: that one it is
+        return jobs.get(status__in=leases.UNFINISHED), False
+    return job, True
+
+
+def cancel_classification(job: ScanClassification, user) -> ScanClassification:
+    """End a queued or running classification at once (cancelled); its worker writes nothing."""
+    access.require_role(
+        user, job.run.split.dataset.study, access.OVERSEEING_ROLES, "cancel a count"
+    )
+    if not leases.cancel(ScanClassification, job.pk, Status.CANCELLED, error="Cancelled."):
+        job.refresh_from_db()
+        raise DomainError(f"Classification {job.pk} has ended ({job.status}); nothing to cancel.")
+    job.refresh_from_db()
+    return job
+
+
+def visible_classifications(user) -> QuerySet[ScanClassification]:
+    return ScanClassification.objects.filter(run__in=visible_runs(user))
+
+
+def visible_classified_cells(user) -> QuerySet[ClassifiedCell]:
+    return ClassifiedCell.objects.filter(job__in=visible_classifications(user))
+
+
+def find_classification(user, pk: int) -> ScanClassification:
+    job = visible_classifications(user).filter(pk=pk).select_related("run", "scan").first()
+    if job is None:
+        raise NotFoundError(f"No classification {pk} among those of the studies you oversee.")
+    return job
+
+
+def latest_done(run: TrainingRun, scans) -> dict[int, ScanClassification]:
+    """Per scan id, the run's last finished classification of it."""
+    done = ScanClassification.objects.filter(run=run, scan__in=scans, status=Status.DONE)
+    latest: dict[int, ScanClassification] = {}
+    for job in done.order_by("pk"):
+        latest[job.scan_id] = job
+    return latest
+
+
+def uncountable_cells(study: Study) -> set[int]:
+    """Cells the examiners answered "cannot classify" in the study's largest gold round."""
+    gold = largest_gold_round(study)
+    if gold is None:
+        return set()
+    return set(
+        Label.objects.filter(round=gold, cannot_classify=True).values_list("cell_id", flat=True)
+    )
+
+
+@dataclass
+class ModelCount:
+    """The classes the model gave the counted cells of some scans, and the cells left out."""
+
+    classes: Counter
+    uncountable: int
+    scans: int
+
+
+def _model_counts(run: TrainingRun, jobs: list[ScanClassification]) -> ModelCount:
+    uncountable = uncountable_cells(run.split.dataset.study)
+    counts: Counter = Counter()
+    left_out = 0
+    found = ClassifiedCell.objects.filter(job__in=jobs).values_list("cell_id", "predicted")
+    for cell, predicted in found.iterator():
+        if cell in uncountable:
+            left_out += 1
+        else:
+            counts[predicted] += 1
+    return ModelCount(counts, left_out, len(jobs))
+
+
+def _examiner_classes(run: TrainingRun, leaf_counts: Counter) -> tuple[Counter, int]:
+    """The examiners' leaf counts in the run's classes, and how many leaves no class holds."""
+    dataset = run.split.dataset
+    class_of = dataset.class_map.class_of() if dataset.class_map else {}
+    counts: Counter = Counter()
+    outside = 0
+    for leaf, n in leaf_counts.items():
+        klass = class_of.get(leaf, leaf)
+        if klass in dataset.classes:
+            counts[klass] += n
+        else:
+            outside += n
+    return counts, outside
+
+
+def _group_rows(run: TrainingRun, counts: Counter) -> list[dict]:
+    dataset = run.split.dataset
+    groups = class_groups(dataset.study, dataset.classes, dataset.class_map)
+    total = sum(counts.values())
+    rows = []
+    for name, members in sorted(groups.items()):
+        in_group = sum(counts.get(klass, 0) for klass in members)
+        interval = share_interval(in_group, total)
+        rows.append(
+            {
+                "group": name,
+                "count": in_group,
+                "share": in_group / total if total else None,
+                "ci": list(interval) if interval else None,
+            }
+        )
+    return rows
+
+
+def _differential(run: TrainingRun, counts: Counter) -> dict:
+    return {
+        "counted": sum(counts.values()),
+        "classes": share_rows(counts, list(run.split.dataset.classes)),
+        "groups": _group_rows(run, counts),
+    }
+
+
+def _count_report(
+    run: TrainingRun,
+    jobs: list[ScanClassification],
+    leaf_counts: Counter,
+    examiner_uncountable: int,
+) -> dict:
+    model = _model_counts(run, jobs)
+    examiner, outside = _examiner_classes(run, leaf_counts)
+    return {
+        "run": run.pk,
+        "classes": list(run.split.dataset.classes),
+        "model": {
+            **_differential(run, model.classes),
+            "uncountable": model.uncountable,
+            "scans_counted": model.scans,
+        },
+        "examiners": {
+            **_differential(run, examiner),
+            "uncountable": examiner_uncountable,
+            "outside_classes": outside,
+        }
+        if leaf_counts or examiner_uncountable
+        else None,
+    }
+
+
+def scan_report(run: TrainingRun, scan: Scan) -> dict:
+    """The model's differential count of a scan (its last finished classification by the run)
+    beside the examiners' count of the same scan, with shares and Wilson intervals."""
+    study = run.split.dataset.study
+    job = latest_done(run, [scan]).get(scan.pk)
+    examiners = examiner_counts(study, scan_ids=[scan.pk])
+    report = _count_report(
+        run,
+        [job] if job else [],
+        examiners.by_scan.get(scan.pk, Counter()),
+        examiners.uncountable_by_scan.get(scan.pk, 0),
+    )
+    return {"scan": scan.pk, "classification": job.pk if job else None, **report}
+
+
+def patient_report(run: TrainingRun, patient) -> dict:
+    """The model's count pooled over the patient's classified scans in the run's study, beside
+    the examiners' count of the patient's cells."""
+    study = run.split.dataset.study
+    scans = study.scans.filter(patient=patient)
+    jobs = list(latest_done(run, scans).values())
+    examiners = examiner_counts(study)
+    report = _count_report(
+        run,
+        jobs,
+        examiners.by_patient.get(patient.pk, Counter()),
+        examiners.uncountable_by_patient.get(patient.pk, 0),
+    )
+    return {"patient": patient.code, "scans": scans.count(), **report}
+
+
+def model_group_counts(run: TrainingRun, group_name: str) -> dict[int, GroupCount]:
+    """Per patient id: of the cells the model counted on the patient's classified scans, how
+    many it put in a class of the group."""
+    study = _run_and_study(run)
+    find_group(study, group_name)
+    dataset = run.split.dataset
+    members = class_groups(study, dataset.classes, dataset.class_map)[group_name]
+    jobs = latest_done(run, study.scans.filter(patient__isnull=False))
+    patient_of = dict(study.scans.filter(pk__in=list(jobs)).values_list("pk", "patient_id"))
+    uncountable = uncountable_cells(study)
+    in_group: Counter = Counter()
+    counted: Counter = Counter()
+    found = ClassifiedCell.objects.filter(job__in=list(jobs.values())).values_list(
+        "job__scan_id", "cell_id", "predicted"
+    )
+    for scan, cell, predicted in found.iterator():
+        if cell in uncountable:
+            continue
+        patient = patient_of[scan]
+        counted[patient] += 1
+        in_group[patient] += predicted in members
+    return {patient: GroupCount(in_group[patient], n) for patient, n in counted.items()}
+
+
+def gallery(job: ScanClassification, group_name: str, *, limit: int = 60, offset: int = 0):
+    """The classification's cells ranked by the models' P(group), highest first, as
+    (classified cell, P(group)) pairs; uncountable cells stay out of it too."""
+    run = job.run
+    study = run.split.dataset.study
+    find_group(study, group_name)
+    dataset = run.split.dataset
+    members = class_groups(study, dataset.classes, dataset.class_map)[group_name]
+    columns = [i for i, klass in enumerate(dataset.classes) if klass in members]
+    uncountable = uncountable_cells(study)
+    scored = [
+        (cell, sum(cell.probabilities[i] for i in columns))
+        for cell in job.cells.all()
+        if cell.cell_id not in uncountable
+    ]
+    cells = sorted(scored, key=lambda pair: (-pair[1], pair[0].pk))
+    return len(cells), cells[offset : offset + limit]
