@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 
 from annotator.access import overseen_studies
 
-from .models import FoldModel, TrainingRun
+from .models import ClassifiedCell, FoldModel, ScanClassification, TrainingRun
 
 
 def visible_runs(user) -> QuerySet[TrainingRun]:
@@ -18,4 +18,17 @@ def visible_fold_models(user) -> QuerySet[FoldModel]:
     return FoldModel.objects.filter(run__in=visible_runs(user))
 
 
-RULES = {TrainingRun: visible_runs, FoldModel: visible_fold_models}
+def visible_classifications(user) -> QuerySet[ScanClassification]:
+    return ScanClassification.objects.filter(run__in=visible_runs(user))
+
+
+def visible_classified_cells(user) -> QuerySet[ClassifiedCell]:
+    return ClassifiedCell.objects.filter(job__in=visible_classifications(user))
+
+
+RULES = {
+    TrainingRun: visible_runs,
+    FoldModel: visible_fold_models,
+    ScanClassification: visible_classifications,
+    ClassifiedCell: visible_classified_cells,
+}

@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
 
 from annotator import access
 from annotator.detection import DETECTOR_VERSION
@@ -27,16 +26,18 @@ from annotator.differential import (
     GroupCount,
     examiner_counts,
     find_group,
-    share_interval,
+    group_count,
+    share_row,
     share_rows,
 )
 from annotator.models import Cell, Label, ProposedCell, Scan, Study
 from annotator.rounds import largest_gold_round
+from annotator.taxonomy import group_leaf_codes
 from core import leases
 from core.errors import DomainError, NotFoundError
 from datasets.classmaps import class_groups
 
-from .access import visible_runs
+from .access import visible_classifications
 from .models import ClassifiedCell, ScanClassification, TrainingRun
 
 Status = ScanClassification.Status
@@ -115,14 +116,6 @@ def cancel_classification(job: ScanClassification, user) -> ScanClassification:
     return job
 
 
-def visible_classifications(user) -> QuerySet[ScanClassification]:
-    return ScanClassification.objects.filter(run__in=visible_runs(user))
-
-
-def visible_classified_cells(user) -> QuerySet[ClassifiedCell]:
-    return ClassifiedCell.objects.filter(job__in=visible_classifications(user))
-
-
 def find_classification(user, pk: int) -> ScanClassification:
     job = visible_classifications(user).filter(pk=pk).select_related("run", "scan").first()
     if job is None:
@@ -171,38 +164,38 @@ def _model_counts(run: TrainingRun, jobs: list[ScanClassification]) -> ModelCoun
     return ModelCount(counts, left_out, len(jobs))
 
 
-def _examiner_classes(run: TrainingRun, leaf_counts: Counter) -> tuple[Counter, int]:
-    """The examiners' leaf counts in the run's classes, and how many leaves no class holds."""
+OUTSIDE = "other"  # the examiners' leaves no class of the run holds
+
+
+def _examiner_differential(run: TrainingRun, leaf_counts: Counter) -> dict:
+    """The examiners' leaf counts in the run's classes (leaves no class holds as "other"),
+    and their group shares from the leaves themselves."""
     dataset = run.split.dataset
     class_of = dataset.class_map.class_of() if dataset.class_map else {}
     counts: Counter = Counter()
-    outside = 0
     for leaf, n in leaf_counts.items():
         klass = class_of.get(leaf, leaf)
-        if klass in dataset.classes:
-            counts[klass] += n
-        else:
-            outside += n
-    return counts, outside
+        counts[klass if klass in dataset.classes else OUTSIDE] += n
+    order = list(dataset.classes) + ([OUTSIDE] if counts[OUTSIDE] else [])
+    total = sum(leaf_counts.values())
+    groups = [
+        {
+            "group": group.name,
+            **share_row(group_count(leaf_counts, group_leaf_codes(group)).in_group, total),
+        }
+        for group in dataset.study.taxonomy.groups.prefetch_related("nodes").order_by("name")
+    ]
+    return {"counted": total, "classes": share_rows(counts, order), "groups": groups}
 
 
 def _group_rows(run: TrainingRun, counts: Counter) -> list[dict]:
     dataset = run.split.dataset
     groups = class_groups(dataset.study, dataset.classes, dataset.class_map)
     total = sum(counts.values())
-    rows = []
-    for name, members in sorted(groups.items()):
-        in_group = sum(counts.get(klass, 0) for klass in members)
-        interval = share_interval(in_group, total)
-        rows.append(
-            {
-                "group": name,
-                "count": in_group,
-                "share": in_group / total if total else None,
-                "ci": list(interval) if interval else None,
-            }
-        )
-    return rows
+    return [
+        {"group": name, **share_row(sum(counts.get(klass, 0) for klass in members), total)}
+        for name, members in sorted(groups.items())
+    ]
 
 
 def _differential(run: TrainingRun, counts: Counter) -> dict:
@@ -220,7 +213,6 @@ def _count_report(
     examiner_uncountable: int,
 ) -> dict:
     model = _model_counts(run, jobs)
-    examiner, outside = _examiner_classes(run, leaf_counts)
     return {
         "run": run.pk,
         "classes": list(run.split.dataset.classes),
@@ -230,9 +222,8 @@ def _count_report(
             "scans_counted": model.scans,
         },
         "examiners": {
-            **_differential(run, examiner),
+            **_examiner_differential(run, leaf_counts),
             "uncountable": examiner_uncountable,
-            "outside_classes": outside,
         }
         if leaf_counts or examiner_uncountable
         else None,

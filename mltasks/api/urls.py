@@ -3,10 +3,20 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import screening, views
 
 # No API root view of its own: /api/v1/ stays the annotator router's.
 router = SimpleRouter()
 router.register("training-runs", views.TrainingRunViewSet, basename="training-run")
+router.register(
+    "scan-classifications", screening.ScanClassificationViewSet, basename="scan-classification"
+)
 
-urlpatterns = [path("", include(router.urls))]
+urlpatterns = [
+    path("", include(router.urls)),
+    path(
+        "classified-cells/<int:cell_id>/patch.jpeg",
+        screening.classified_cell_patch,
+        name="classified-cell-patch",
+    ),
+]
