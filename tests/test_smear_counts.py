@@ -15,17 +15,18 @@ import torch
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
 from PIL import Image
 from statsmodels.stats.proportion import proportion_confint
 
-from annotator import annotation, patches, screening
+from annotator import annotation, patches, rounds, screening
 from mltasks import inference, run_config, smear_counts, training
 from mltasks import tasks as mltasks_tasks
 from mltasks.models import ClassifiedCell, FoldModel, ScanClassification, TrainingRun
 from mltasks.resnext import resnext50_32x4d
 from mltasks.smear_classification import run_classification
 
-from .conftest import client_for
+from .conftest import client_for, log_in, new_page
 from .test_job_recovery import wait_until
 from .test_proposal_review import add_proposals
 from .workers import celery_worker, purge_queues, start_worker, stop_worker
@@ -152,7 +153,7 @@ def test_a_count_needs_a_finished_run_cells_found_and_an_overseer(
 
 @pytest.mark.django_db
 def test_the_api_counts_ranks_the_gallery_and_hides_it_all_from_raters(
-    study, scan, split, data_scientist, annotator, outsider, found
+    study, scan, split, data_scientist, annotator, coordinator, rater, outsider, found
 ):
     run = finished_run(split, data_scientist)
     job = classify(run, scan, data_scientist)
@@ -191,10 +192,19 @@ def test_the_api_counts_ranks_the_gallery_and_hides_it_all_from_raters(
         assert answer.status_code == 400 and problem in json.dumps(answer.json()), url
     assert api.get(f"/api/v1/training-runs/{run.pk}/counts/?scan=999999").status_code == 404
 
-    for user in (annotator, outsider):
+    # The examiner reviews the gallery in the gold viewer; counting and counts are overseers'.
+    examiner = client_for(annotator)
+    assert examiner.get(f"/api/v1/scan-classifications/{job.pk}/gallery/").status_code == 200
+    assert examiner.get(body["cells"][0]["patch"]).status_code == 200
+    run_urls = [f"/api/v1/training-runs/{run.pk}/counts/?scan={scan.pk}"]
+    assert examiner.get(run_urls[0]).status_code == 404
+    assert examiner.post(f"/api/v1/training-runs/{run.pk}/classify/", {}).status_code == 404
+
+    rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
+    for user in (rater, outsider):
         other = client_for(user)
         for url in (
-            f"/api/v1/training-runs/{run.pk}/counts/?scan={scan.pk}",
+            *run_urls,
             f"/api/v1/scan-classifications/{job.pk}/",
             f"/api/v1/scan-classifications/{job.pk}/gallery/",
             body["cells"][0]["patch"],
@@ -298,3 +308,64 @@ def test_a_count_whose_worker_is_killed_is_run_again_by_the_next_worker(
     assert ended.status == "done", ended.error
     assert ended.attempts == 2 and ended.cell_count == 300
     assert ClassifiedCell.objects.filter(job=ended).count() == 300
+
+
+@pytest.mark.django_db
+def test_the_counts_page_counts_on_request_and_shows_model_beside_examiners(
+    study, scan, split, data_scientist, annotator, found
+):
+    run = finished_run(split, data_scientist, favoured="MYO")
+    page = Client()
+    page.force_login(data_scientist)
+    url = f"/training/{run.pk}/counts/"
+    before = page.get(url).content.decode()
+    assert scan.original_name in before and "not counted" in before
+    assert page.post(url, {"action": "count", "scan": scan.pk}).status_code == 302
+    job = ScanClassification.objects.get(run=run, scan=scan)
+    assert job.status == "queued"
+    run_classification(job.pk, "cpu")
+
+    shown = page.get(url).content.decode()
+    row = shown[shown.index(f'data-scan="{scan.pk}"') :]
+    row = row[: row.index("</tr>")]
+    assert "100.0% (" in row  # every counted cell a blast by the model
+    assert "0.0% (" in row  # none by the examiners, who counted MYB and NGS
+    assert f'data-patient="{scan.patient.code}"' in shown
+    assert f"/training/{run.pk}/scans/{scan.pk}/gallery/" in shown
+
+    assert Client().get(url).status_code == 302  # to the login page
+    examiner = Client()
+    examiner.force_login(annotator)
+    assert examiner.get(url).status_code == 403
+
+    gallery = examiner.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/?group=atypical")
+    text = gallery.content.decode()
+    assert gallery.status_code == 200 and text.count("<img src=") == 5
+    assert f"?at={SPOTS[2][0]},{SPOTS[2][1]}" in text
+    assert "Examiners" not in text  # the examiners' count is the overseers'
+    assert "Examiners" in page.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_gallery_cell_opens_the_gold_viewer_at_it(
+    chromium_browser, live_server, study, scan, split, data_scientist, annotator, found
+):
+    run = finished_run(split, data_scientist)
+    classify(run, scan, data_scientist)
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, "anna")
+    page.goto(f"{live_server.url}/training/{run.pk}/scans/{scan.pk}/gallery/")
+    first = page.locator("ol.gallery li").first
+    wanted = ClassifiedCell.objects.get(pk=first.get_attribute("data-cell"))
+    first.locator("a").click()
+    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30000)
+    centre = page.evaluate(
+        """() => {
+            const viewport = window.cytomark.viewer.viewport;
+            const point = viewport.viewportToImageCoordinates(viewport.getCenter(true));
+            return {x: point.x, y: point.y};
+        }"""
+    )
+    assert abs(centre["x"] - wanted.x) < 5 and abs(centre["y"] - wanted.y) < 5
+    page.wait_for_selector("#picker:not([hidden])")
+    assert problems == []

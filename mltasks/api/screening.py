@@ -248,14 +248,16 @@ class ScanClassificationViewSet(
     ),
 )
 @bytes_view(JPEGRenderer)
-def classified_cell_patch(request, cell_id: int):
+def classified_cell_patch(request, classified_cell_id: int):
     """The patch the models classified, cut afresh at the cell's position (JPEG)."""
     if not request.user.is_authenticated:
         return JsonResponse({"detail": "Log in, or send an API token, to see patches."}, status=401)
     found = visible_classified_cells(request.user).select_related("job__scan", "job__run")
-    cell: ClassifiedCell | None = found.filter(pk=cell_id).first()
+    cell: ClassifiedCell | None = found.filter(pk=classified_cell_id).first()
     if cell is None:
-        return JsonResponse({"detail": f"No classified cell {cell_id} you may see."}, status=404)
+        return JsonResponse(
+            {"detail": f"No classified cell {classified_cell_id} you may see."}, status=404
+        )
     scan = cell.job.scan
     geometry = patches.geometry_at(cell.job.run.split.dataset.study, scan, cell.x, cell.y)
     buffer = io.BytesIO()

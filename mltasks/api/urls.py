@@ -15,7 +15,7 @@ router.register(
 urlpatterns = [
     path("", include(router.urls)),
     path(
-        "classified-cells/<int:cell_id>/patch.jpeg",
+        "classified-cells/<int:classified_cell_id>/patch.jpeg",
         screening.classified_cell_patch,
         name="classified-cell-patch",
     ),

@@ -24,7 +24,9 @@ class Command(DomainCommand):
     def add_arguments(self, parser):
         parser.add_argument("--run", type=int, required=True)
         parser.add_argument("--scan", type=int, action="append", default=[], help="repeatable")
-        parser.add_argument("--all", dest="every", action="store_true", help="every scan of the study")
+        parser.add_argument(
+            "--all", dest="every", action="store_true", help="every scan of the study"
+        )
         parser.add_argument("--rerun", action="store_true", help="classify a counted scan again")
         parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
         parser.add_argument("--format", choices=["text", "json"], default="text")
