@@ -27,7 +27,7 @@ class Command(DomainCommand):
             "--all", dest="every", action="store_true", help="every scan of the study"
         )
         parser.add_argument("--rerun", action="store_true", help="classify a counted scan again")
-        parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+        parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
         parser.add_argument("--format", choices=["text", "json"], default="text")
 
     def handle(self, *args, run, scan, every, rerun, device, format, **options):
