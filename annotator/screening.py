@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from core import failures, leases
+from core import leases
 from core.errors import ConflictError, DomainError, ForbiddenError, NotFoundError
 
 from . import access, annotation, detection
@@ -117,37 +117,21 @@ def run_detection(job_id: int) -> DetectionJob | None:
     job = DetectionJob.objects.select_related("scan").filter(pk=job_id).first()
     if job is None:
         return None
-    owner = leases.new_owner()
-    claimed = leases.claim(
-        DetectionJob, job.pk, [Status.QUEUED], owner, started_at=timezone.now(), progress={}
+
+    def work(lease: leases.Lease, should_stop) -> list[detection.Proposal]:
+        return detection.detect_leukocytes(
+            local_path(job.scan),
+            settings=detector_settings(),
+            progress=leases.ThrottledProgress(lease, "tiles"),
+            should_stop=should_stop,
+        )
+
+    def publish(lease: leases.Lease, found: list[detection.Proposal]) -> None:
+        _publish(job, lease, found)
+
+    leases.work_under_lease(
+        DetectionJob, job.pk, work, publish, stopped=detection.DetectionStopped, what="detection"
     )
-    if claimed is None:
-        job.refresh_from_db()
-        return job
-    with leases.Lease(DetectionJob, job.pk, owner) as lease:
-
-        def should_stop() -> bool:
-            return bool(leases.shutdown_reason()) or not lease.held()
-
-        try:
-            found = detection.detect_leukocytes(
-                local_path(job.scan),
-                settings=detector_settings(),
-                progress=leases.ThrottledProgress(lease, "tiles"),
-                should_stop=should_stop,
-            )
-        except detection.DetectionStopped:
-            if reason := leases.shutdown_reason():
-                leases.end_stopped(leases.kind_of(DetectionJob), job.pk, owner, reason)
-        except Exception as exc:  # recorded on the job; the log has the traceback
-            log.exception("Detection %s of scan %s failed", job.pk, job.scan_id)
-            lease.finish(
-                status=Status.FAILED,
-                error=failures.describe(exc, "The detection")[:4000],
-                finished_at=timezone.now(),
-            )
-        else:
-            _publish(job, lease, found)
     job.refresh_from_db()
     return job
 

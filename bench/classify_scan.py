@@ -126,11 +126,13 @@ def measure(job, device_name: str, repeats: int) -> dict:
         classify_spots(job, spots, device, lambda: False, lambda done, total: None)
 
     network_only()  # warm-up: kernels chosen, weights in place
-    figures = {
-        "read": best(repeats, read_only),
-        "network": best(repeats, network_only),
-        "project": best(repeats, project),
-    }
+    # The three take turns in each round, so that a change of the machine's load between them
+    # weighs on all three alike; the best round of each is kept.
+    figures = {"read": [], "network": [], "project": []}
+    for _ in range(repeats):
+        for name, work in (("read", read_only), ("network", network_only), ("project", project)):
+            figures[name].append(best(1, work))
+    figures = {name: min(times) for name, times in figures.items()}
     return {"device": str(device), "cells": len(spots), "batch": batch, **figures}
 
 

@@ -33,7 +33,7 @@ from django.db import connections, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from core import storage
+from core import failures, storage
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,49 @@ class Lease:
                     )
         finally:
             connections.close_all()
+
+
+def work_under_lease(
+    model: type[LeasedJob],
+    pk: int,
+    work: Callable[[Lease, Callable[[], bool]], object],
+    publish: Callable[[Lease, object], None],
+    *,
+    stopped: type[Exception],
+    what: str,
+) -> bool:
+    """Claim a queued job and run `work(lease, should_stop)` under its lease; False when the
+    job was not queued any more (another worker has it, or it ended).
+
+    `work` asks `should_stop()` between steps (the job cancelled, its lease lost, the worker
+    shutting down) and raises `stopped` then. Its result goes to `publish(lease, result)`, which
+    writes what the job made together with its end. A job stopped by the worker's shutdown ends
+    with the kind's stopped message; one cancelled or taken over is left as it is; any other
+    exception fails the job with a sentence naming `what` (the log has the traceback).
+    """
+    owner = new_owner()
+    if claim(model, pk, [QUEUED], owner, started_at=timezone.now(), progress={}) is None:
+        return False
+    with Lease(model, pk, owner) as lease:
+
+        def should_stop() -> bool:
+            return bool(shutdown_reason()) or not lease.held()
+
+        try:
+            result = work(lease, should_stop)
+        except stopped:
+            if reason := shutdown_reason():
+                end_stopped(kind_of(model), pk, owner, reason)
+        except Exception as exc:  # recorded on the job; the log has the traceback
+            log.exception("The %s %s failed", what, pk)
+            lease.finish(
+                status=FAILED,
+                error=failures.describe(exc, f"The {what}")[:4000],
+                finished_at=timezone.now(),
+            )
+        else:
+            publish(lease, result)
+    return True
 
 
 def queue_on_commit(task, model: type[LeasedJob], pk: int, noun: str) -> None:

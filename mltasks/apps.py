@@ -55,10 +55,12 @@ class MltasksConfig(AppConfig):
 
     def ready(self) -> None:
         from core import leases
+        from core.scan_links import register_scan_links
         from core.visibility import register_visibility
 
         from .access import RULES
         from .models import FoldJob, ScanClassification, TrainingRun
+        from .smear_counts import gallery_links
 
         leases.register(
             leases.JobKind(
@@ -80,3 +82,4 @@ class MltasksConfig(AppConfig):
             ),
         )
         register_visibility(RULES)
+        register_scan_links(gallery_links)

@@ -344,3 +344,20 @@ def gallery(job: ScanClassification, group_name: str, *, limit: int = 60, offset
     ]
     cells = sorted(scored, key=lambda pair: (-pair[1], pair[0].pk))
     return len(cells), cells[offset : offset + limit]
+
+
+def gallery_links(user, study, scan) -> list:
+    """The annotation screen's links to the galleries of the scan's last finished counts that
+    the user may see, one per run of the study (core.scan_links)."""
+    from django.urls import reverse
+
+    from core.scan_links import ScanLink
+
+    done = visible_classifications(user).filter(
+        scan=scan, status=Status.DONE, run__split__dataset__study=study
+    )
+    runs = sorted(set(done.values_list("run_id", flat=True)), reverse=True)
+    return [
+        ScanLink(f"Cells by P(group), run {run}", reverse("cell-gallery", args=[run, scan.pk]))
+        for run in runs
+    ]
