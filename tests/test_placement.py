@@ -17,6 +17,7 @@ from annotator import annotation, screening
 from annotator.models import Cell
 from core.errors import DomainError
 from datasets import exports, splits, versions
+from datasets.geojson import scan_cells_geojson
 
 from .test_proposal_review import add_proposals
 
@@ -171,3 +172,13 @@ def test_exports_have_a_placed_by_column_and_the_summary(study, data_scientist, 
     described = json.loads(archive.read("dataset.json"))["dataset"]
     assert described["placement"] == {"hand": len(hand), "detector": 4}
     assert described["sha256"] == version.sha256
+
+
+def test_the_qupath_export_says_who_placed_each_cell(study, scan, annotator, placed):
+    hand, detector = placed
+    data = scan_cells_geojson(study, scan, annotation.gold_round_for(study, annotator))
+    found = {
+        feature["properties"]["cytomark"]["cell"]: feature["properties"]["cytomark"]["placed_by"]
+        for feature in data["features"]
+    }
+    assert found == {**dict.fromkeys(hand, "hand"), **dict.fromkeys(detector, "detector")}
