@@ -2,7 +2,8 @@
 synthetic scan a coordinator who annotates clicks Find cells, the worker detects, the proposals
 appear without a reload; one is accepted by hotkey, one rejected, taken back with Undo reject
 and rejected again, another rejected and taken back with Ctrl+Z, the proposals of a zoomed-in
-view accepted at once; after a reload the screen and the database agree on all of it."""
+view accepted at once; after a reload the screen and the database agree on all of it. And a
+coordinator who does not annotate starts detection from the studies page and follows it there."""
 
 from __future__ import annotations
 
@@ -164,3 +165,46 @@ def _review(page, live_server, study, scan, settings, code: str, key: str) -> No
     cell = cells.get(pk=stored[accepted.pk].cell_id)
     assert cell.pk == labelled["id"] and cell.labels.get().node.code == code
     assert not Cell.objects.filter(labels__isnull=False).exclude(pk=cell.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_coordinator_who_does_not_annotate_finds_cells_from_the_studies_page(
+    chromium_browser, live_server, study, scan, coordinator
+):
+    """No worker here: the job's states are written by the test, the row follows them."""
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, coordinator.username)
+    row = f"td.detection[data-scan='{scan.pk}']"
+    try:
+        page.goto(f"{live_server.url}/")
+        assert page.inner_text(f"{row} .detection-status") == "No detection yet."
+        page.click(f"{row} .find-cells")
+        page.wait_for_selector(f"{row} .detection-status[data-status='queued']", timeout=15000)
+        job = DetectionJob.objects.get(scan=scan)
+        assert job.created_by == coordinator and page.is_disabled(f"{row} .find-cells")
+        DetectionJob.objects.filter(pk=job.pk).update(
+            status="running", progress={"tiles_done": 3, "tiles": 12}
+        )
+        page.wait_for_function(
+            f'document.querySelector("{row} .detection-status").textContent'
+            ".includes('25 % (3 of 12 tiles)')",
+            timeout=15000,
+        )
+        DetectionJob.objects.filter(pk=job.pk).update(status="done", found_count=19, new_count=19)
+        page.wait_for_selector(f"{row} .detection-status[data-status='done']", timeout=15000)
+        assert "19 cells found" in page.inner_text(f"{row} .detection-status")
+        assert page.is_enabled(f"{row} .find-cells")
+        page.reload()
+        assert "19 cells found" in page.inner_text(f"{row} .detection-status")
+        DetectionJob.objects.create(
+            scan=scan,
+            detector_version="other-1",
+            status="failed",
+            error="an older detector",
+        )
+        DetectionJob.objects.filter(pk=job.pk).update(status="failed", error="x.tiff: unreadable")
+        page.reload()
+        assert page.inner_text(f"{row} .detection-status") == "Failed: x.tiff: unreadable"
+    finally:
+        purge_queues(["tiles"])  # the task the click queued: no worker runs it here
+    assert problems == []
