@@ -12,6 +12,7 @@ import zipfile
 import pytest
 from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.db import transaction
 
 from annotator import annotation, screening
 from annotator.models import Cell
@@ -182,3 +183,29 @@ def test_the_qupath_export_says_who_placed_each_cell(study, scan, annotator, pla
         for feature in data["features"]
     }
     assert found == {**dict.fromkeys(hand, "hand"), **dict.fromkeys(detector, "detector")}
+
+
+def test_the_migration_records_the_placement_of_versions_made_before(study, data_scientist, placed):
+    """Migration datasets.0005 fills in what a version made before it would have recorded;
+    the frozen-row triggers are back afterwards."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from datasets.models import DatasetVersion, ImmutableError
+
+    hand, detector = placed
+    version, _ = versions.make_dataset(study, "older", data_scientist)
+    with connection.cursor() as cursor:  # the deferred checks of the rows made: no ALTER before
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    executor = MigrationExecutor(connection)
+    executor.migrate([("datasets", "0004_consensus_sources")])
+    executor = MigrationExecutor(connection)
+    executor.migrate([("datasets", "0005_placement")])
+    found = DatasetVersion.objects.get(pk=version.pk)
+    assert found.detector_cells == sorted(detector)
+    assert found.placement == {"hand": len(hand), "detector": 4}
+    assert found.sha256 == version.sha256
+    with pytest.raises(Exception, match="frozen"), transaction.atomic():
+        DatasetVersion.objects.filter(pk=version.pk).update(notes="changed")
+    with pytest.raises(ImmutableError):
+        found.save()
