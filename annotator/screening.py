@@ -95,6 +95,15 @@ def latest_job(scan: Scan) -> DetectionJob | None:
     )
 
 
+def latest_jobs(scans) -> dict[int, DetectionJob]:
+    """Scan id -> its last detection job with the current detector, for the scans that have
+    one (one query for a list of scans)."""
+    found = DetectionJob.objects.filter(
+        scan__in=scans, detector_version=detection.DETECTOR_VERSION
+    ).order_by("pk")
+    return {job.scan_id: job for job in found}
+
+
 def cancel_detection(job: DetectionJob, user) -> DetectionJob:
     """End a queued, running or orphaned job at once (cancelled); a worker running it stops at
     its next tile and writes nothing."""
@@ -228,12 +237,18 @@ def _annotated_study(scan: Scan, user, study: Study | None) -> Study:
     return annotating[0]
 
 
-def _open_proposal(proposal: ProposedCell, user) -> ProposedCell:
-    """The proposal locked for a decision: NotFoundError where the user does not see it,
-    ConflictError where someone decided it already."""
+def _locked_proposal(proposal: ProposedCell, user) -> ProposedCell:
+    """The proposal locked for a change: NotFoundError where the user does not see it."""
     locked = access.visible_proposals(user).select_for_update().filter(pk=proposal.pk).first()
     if locked is None:
         raise NotFoundError(f"No proposed cell {proposal.pk} on the scans you see.")
+    return locked
+
+
+def _open_proposal(proposal: ProposedCell, user) -> ProposedCell:
+    """The proposal locked for a decision: NotFoundError where the user does not see it,
+    ConflictError where someone decided it already."""
+    locked = _locked_proposal(proposal, user)
     if locked.status != ProposedCell.Status.PROPOSED:
         raise ConflictError(
             f"Proposed cell {locked.pk} was {locked.status} already"
@@ -290,6 +305,25 @@ def reject_proposal(proposal: ProposedCell, user, *, study: Study | None = None)
     _annotated_study(proposal.scan, user, study)
     _decide(proposal, user, ProposedCell.Status.REJECTED)
     return proposal
+
+
+@transaction.atomic
+def restore_proposal(proposal: ProposedCell, user, *, study: Study | None = None) -> ProposedCell:
+    """Take a rejection back: the proposal is proposed again (an undo of `reject_proposal`).
+
+    Whoever may reject it may restore it. Only a rejected proposal is restored (ConflictError
+    otherwise): an accepted one is a cell, which is deleted as a cell.
+    """
+    locked = _locked_proposal(proposal, user)
+    if locked.status != ProposedCell.Status.REJECTED:
+        raise ConflictError(
+            f"Proposed cell {locked.pk} is {locked.status}, not rejected: only a rejection can "
+            "be taken back."
+        )
+    _annotated_study(locked.scan, user, study)
+    locked.status, locked.decided_by, locked.decided_at = ProposedCell.Status.PROPOSED, None, None
+    locked.save(update_fields=["status", "decided_by", "decided_at"])
+    return locked
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,7 @@ def home(request):
     )
     queue = blinding.queue_summary(request.user)
     queue_study = dict(blinding.rater_rounds(request.user).values_list("pk", "study_id"))
+    detections = {}  # scan id -> its last detection job, for the scans the user may detect on
     for study in studies:
         roles = access.roles_in(request.user, study)
         study.blinded = study.pk in blinded
@@ -73,9 +74,19 @@ def home(request):
         study.oversees = bool(roles & access.OVERSEEING_ROLES)
         study.can_annotate = bool(roles & access.ANNOTATING_ROLES) and not study.blinded
         study.can_add_scans = bool(roles & access.MANAGING_ROLES)
+        # Detection is started from here too: a coordinator who does not annotate never
+        # opens the viewer, where the other Find cells button is.
+        study.can_detect = study.can_add_scans
         if study.blinded:
             study.scan_rows = []
             continue
+        if study.can_detect:
+            detections.update(
+                {
+                    scan_id: DetectionJobSerializer(job).data
+                    for scan_id, job in screening.latest_jobs(study.scans.all()).items()
+                }
+            )
         study.scan_rows = [
             {
                 "scan": scan,
@@ -84,7 +95,14 @@ def home(request):
             }
             for scan in study.scans.all()
         ]
-    return render(request, "annotator/home.html", {"studies": studies})
+    config = {
+        "detections": detections,
+        "urls": {
+            "detect": url_template("scan-detect", "{id}"),
+            "job": url_template("detection-job-detail", "{id}"),
+        },
+    }
+    return render(request, "annotator/home.html", {"studies": studies, "config": config})
 
 
 @login_required
@@ -118,6 +136,8 @@ def annotate(request, study_name: str, scan_id: int):
             "proposals": reverse("scan-proposals", args=[scan.pk]),
             "acceptProposal": url_template("proposal-accept", "{id}"),
             "rejectProposal": url_template("proposal-reject", "{id}"),
+            "restoreProposal": url_template("proposal-restore", "{id}"),
+            "proposal": url_template("proposal-detail", "{id}"),
             "acceptInView": reverse("scan-accept-proposals", args=[scan.pk]),
             "osdImages": static("vendor/openseadragon/images/"),
         },

@@ -14,9 +14,11 @@ no file. `datasets.torch.ExportDataset` reads imagefolder exports.
 manifest.csv has a row per cell in MANIFEST_COLUMNS: the cell's id here and its external id (the
 original image's path in an imported data set), the patient code, the scan's id and original
 file name, the class, the fold (or holdout role) and the patch's path inside the export ("" where
-the export holds no image), so that its rows join the files a data scientist already has. A
+the export holds no image), and who placed the cell (`placed_by`: `hand`, or `detector` for a
+proposed cell someone accepted), so that its rows join the files a data scientist already has. A
 version made from a panel's consensus adds a last column, `label_source`: where each row's label
-came from (`majority` or `adjudicated`).
+came from (`majority` or `adjudicated`). Readers find the columns by name
+(`datasets.torch.ExportDataset` does), so exports written before `placed_by` still read.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from core.errors import DomainError
 
 from .models import Export, Split
 from .splits import Sample, patch_names, split_samples
+from .versions import placed_by_of
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ MANIFEST_COLUMNS = [
     "class",
     "fold",
     "patch",
+    "placed_by",
 ]
 ORIGIN_COLUMN = "label_source"
 PROGRESS_EVERY = 50
@@ -100,6 +104,7 @@ def describe(split: Split) -> dict:
             "filters": dataset.filters,
             "cells": len(dataset.manifest),
             "counts": dataset.counts,
+            "placement": dataset.placement or None,
         },
         "split": {
             "id": split.pk,
@@ -133,11 +138,13 @@ def manifest_rows(
     samples: Iterable[Sample],
     origins: dict[int, tuple[str, str]],
     inside: dict[int, str],
+    placed_by: dict[int, str],
     label_sources: dict[int, str] | None = None,
 ) -> list[list]:
     """The rows of manifest.csv in MANIFEST_COLUMNS: `origins` as `cell_origins` gives them,
-    `inside` each cell's patch path inside the export (absent: the export holds no image), and
-    with `label_sources` (as `label_origins` gives them) each label's origin last."""
+    `inside` each cell's patch path inside the export (absent: the export holds no image),
+    `placed_by` as `datasets.versions.placed_by_of` gives it, and with `label_sources` (as
+    `label_origins` gives them) each label's origin last."""
     rows = []
     for sample in samples:
         external_id, scan_file = origins.get(sample.cell, ("", ""))
@@ -150,6 +157,7 @@ def manifest_rows(
             sample.class_name,
             sample.fold,
             inside.get(sample.cell, ""),
+            placed_by[sample.cell],
         ]
         if label_sources is not None:
             row.append(label_sources.get(sample.cell, ""))
@@ -228,10 +236,11 @@ def _write_members(export: Export, stream, progress) -> None:
             return
         origins = cell_origins(split)
         sources = label_origins(split)
+        placed_by = placed_by_of(split.dataset)
         consensus = sources is not None
         if export.format != Export.Format.IMAGEFOLDER:
             # A csv export holds no image: no patch is cut for it.
-            rows = manifest_rows(split_samples(split, {}), origins, {}, sources)
+            rows = manifest_rows(split_samples(split, {}), origins, {}, placed_by, sources)
             archive.writestr("manifest.csv", manifest_csv(rows, with_label_source=consensus))
             archive.writestr("dataset.json", described)
             progress(1, 1)
@@ -246,7 +255,7 @@ def _write_members(export: Export, stream, progress) -> None:
             inside[sample.cell] = name
             if done % PROGRESS_EVERY == 0 or done == len(samples):
                 progress(done, len(samples))
-        rows = manifest_rows(samples, origins, inside, sources)
+        rows = manifest_rows(samples, origins, inside, placed_by, sources)
         archive.writestr("manifest.csv", manifest_csv(rows, with_label_source=consensus))
         archive.writestr("dataset.json", described)
 

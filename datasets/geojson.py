@@ -3,8 +3,9 @@
 QuPath reads and writes GeoJSON in level-0 pixel coordinates, origin at the top left. A cell
 becomes a `Point` annotation at `[x, y]` whose classification is its label's node code (coloured
 as the node), QuPath's built-in `Ignore*` class for "cannot classify", and no classification when
-the cell has no label in the round. Cytomark's own ids travel in the `cytomark` property, for
-people, never read back: positions, not ids, identify cells on import.
+the cell has no label in the round. Cytomark's own ids, and who placed the cell (`placed_by`:
+`hand` or `detector`), travel in the `cytomark` property, for people, never read back: positions,
+not ids, identify cells on import.
 
 On import, every feature is checked before anything is written; problems are reported all
 together with the feature's place in the file (`features[3]`, counted from 0 as in the JSON
@@ -24,6 +25,8 @@ from annotator.access import ANNOTATING_ROLES, require_role
 from annotator.models import Cell, Label, Round, Scan, Study, TaxonNode
 from annotator.taxonomy import taxon_tree
 from core.errors import DomainError
+
+from .versions import DETECTOR, HAND, detector_placed
 
 IGNORE_CLASS = "Ignore*"  # QuPath's built-in class for objects to leave out
 IGNORE_COLOUR = [180, 180, 180]  # the colour QuPath gives it
@@ -71,7 +74,7 @@ def _rgb(colour: str) -> list[int] | None:
     return [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
 
 
-def _feature(cell: Cell, label: Label | None) -> dict:
+def _feature(cell: Cell, label: Label | None, placed_by: str) -> dict:
     properties: dict = {"objectType": "annotation", "isLocked": False}
     if label is not None and label.cannot_classify:
         properties["classification"] = {"name": IGNORE_CLASS, "color": IGNORE_COLOUR}
@@ -85,6 +88,7 @@ def _feature(cell: Cell, label: Label | None) -> dict:
         "cell": cell.pk,
         "node": label.node.code if label is not None and label.node else None,
         "cannot_classify": bool(label and label.cannot_classify),
+        "placed_by": placed_by,
     }
     return {
         "type": "Feature",
@@ -102,9 +106,13 @@ def scan_cells_geojson(study: Study, scan: Scan, round_: Round) -> dict:
         label.cell_id: label
         for label in Label.objects.filter(round=round_, cell__in=cells).select_related("node")
     }
+    detector = detector_placed([cell.pk for cell in cells])
     return {
         "type": "FeatureCollection",
-        "features": [_feature(cell, labels.get(cell.pk)) for cell in cells],
+        "features": [
+            _feature(cell, labels.get(cell.pk), DETECTOR if cell.pk in detector else HAND)
+            for cell in cells
+        ],
     }
 
 

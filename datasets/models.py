@@ -124,6 +124,18 @@ class DatasetVersion(Immutable):
         "add each row's label origin (majority or adjudicated)."
     )
     counts = models.JSONField(help_text="Cells per class.")
+    detector_cells = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Ids of the manifest's cells the detector placed (a proposal accepted), in "
+        "order; every other cell was placed by hand.",
+    )
+    placement = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Cells by who placed them, {hand: n, detector: m}; {} for a version made "
+        "before placement was recorded.",
+    )
     sha256 = models.CharField(max_length=64)
     notes = models.TextField(blank=True)
     created_by = models.ForeignKey(

@@ -10,6 +10,11 @@ The label source is a round (`gold` or a round's name) or a panel's consensus
 (an adjudication round's labels, the majority elsewhere). A consensus version's rows carry a
 fifth column, where each label came from, and its hash covers that column and the source (kind,
 panel, adjudication round, tie rule) too; versions made from a round hash as they always did.
+
+A version also records which of its cells the detector placed (a proposed cell someone
+accepted, `annotator.screening`) and how many were placed by hand. The hash does not cover that
+record and needs not: a cell's placement is fixed when the cell is made and never changes, so
+it is a function of the cell id, which the hash covers.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from annotator import panels
-from annotator.models import Cell, Label, Panel, Round, Study
+from annotator.models import Cell, Label, Panel, ProposedCell, Round, Study
 from annotator.panel_agreement import CANNOT_CLASSIFY, panel_agreement
 from core.errors import DomainError, check_field
 
@@ -34,6 +39,8 @@ from .models import ClassMap, DatasetVersion, ManifestRow
 MANIFEST_HEADER = ["cell_id", "patient", "scan", "class"]
 ORIGIN_COLUMN = "label_source"
 CONSENSUS_SOURCES = (panels.MAJORITY, panels.ADJUDICATED)
+HAND, DETECTOR = "hand", "detector"
+PLACEMENTS = (HAND, DETECTOR)
 # Bootstrap replicates of the agreement a consensus version records: enough for a rough
 # interval, few enough to keep making a version quick; the panel's report has the full one.
 AGREEMENT_REPLICATES = 200
@@ -253,8 +260,17 @@ def _consensus_labels(
     )
 
 
+def detector_placed(cells: Sequence[int]) -> set[int]:
+    """Those of the cells that the detector placed: a proposed cell accepted became each."""
+    return set(
+        ProposedCell.objects.filter(
+            status=ProposedCell.Status.ACCEPTED, cell_id__in=list(cells)
+        ).values_list("cell_id", flat=True)
+    )
+
+
 def _check_filters(study: Study, filters: dict) -> dict:
-    known = {"exclude_cannot_classify", "scans", "exclude_patients"}
+    known = {"exclude_cannot_classify", "scans", "exclude_patients", "placed_by"}
     unknown = sorted(set(filters) - known)
     if unknown:
         raise DomainError(f"Unknown filter(s) {', '.join(unknown)}; known: {sorted(known)}.")
@@ -263,11 +279,32 @@ def _check_filters(study: Study, filters: dict) -> dict:
         missing = sorted(set(scans) - set(study.scans.values_list("pk", flat=True)))
         if missing:
             raise DomainError(f"Scan(s) {missing} are not in study {study.name}.", "filters")
-    return {
+    placed_by = filters.get("placed_by") or ""
+    if placed_by and placed_by not in PLACEMENTS:
+        raise DomainError(
+            f"placed_by is {HAND} or {DETECTOR} (or left out for both), not {placed_by!r}.",
+            "placed_by",
+        )
+    checked = {
         "exclude_cannot_classify": bool(filters.get("exclude_cannot_classify", True)),
         "scans": sorted(scans),
         "exclude_patients": sorted(filters.get("exclude_patients") or []),
     }
+    # Recorded only where given, so that versions made without it record what they always did.
+    return {**checked, "placed_by": placed_by} if placed_by else checked
+
+
+def _placed_as_asked(labels: Labels, placed_by: str, detector: set[int]) -> None:
+    """Keep the rows of cells placed `placed_by` (all where it is ""); a consensus counts
+    those left out with the other filters'."""
+    if not placed_by:
+        return
+    kept = [row for row in labels.rows if (row[0] in detector) == (placed_by == DETECTOR)]
+    if not kept:
+        raise DomainError(f"No cell placed by {placed_by} is left after the filters.", "placed_by")
+    if labels.consensus is not None:
+        labels.consensus["left_out"]["filters"] += len(labels.rows) - len(kept)
+    labels.rows = kept
 
 
 @transaction.atomic
@@ -287,7 +324,9 @@ def make_dataset(
 
     `source` is `gold`, a round's name, or `majority` / `adjudicated` of `panel` (its name;
     the study's latest panel when not given), `adjudicated` from the `adjudication` round of
-    that name (the panel's latest when not given). Returns (version, created); when the
+    that name (the panel's latest when not given). `filters` may name `scans`,
+    `exclude_patients`, `exclude_cannot_classify` (default true) and `placed_by` (`hand` or
+    `detector`: only the cells placed so). Returns (version, created); when the
     manifest, classes and class map equal the latest version's, that version is returned and
     nothing is stored.
     """
@@ -305,6 +344,8 @@ def make_dataset(
         )
     else:
         labels = _round_labels(study, source, filters)
+    detector = detector_placed([row[0] for row in labels.rows])
+    _placed_as_asked(labels, filters.get("placed_by", ""), detector)
     rows = labels.rows
     class_of = class_map.class_of() if class_map else None
     classes = (
@@ -342,6 +383,7 @@ def make_dataset(
     )
     if latest and latest.sha256 == sha and latest.class_map_id == (class_map and class_map.pk):
         return latest, False
+    detector_cells = [row.cell for row in manifest if row.cell in detector]
     made = DatasetVersion.objects.create(
         study=study,
         name=name,
@@ -356,11 +398,34 @@ def make_dataset(
         classes=classes,
         manifest=stored,
         counts={klass: counts.get(klass, 0) for klass in classes},
+        detector_cells=detector_cells,
+        placement=placement_counts(len(manifest), len(detector_cells)),
         sha256=sha,
         notes=notes,
         created_by=user,
     )
     return made, True
+
+
+def placement_counts(cells: int, by_detector: int) -> dict[str, int]:
+    """The summary a version records: how many of its cells were placed by hand and how many
+    by the detector."""
+    return {HAND: cells - by_detector, DETECTOR: by_detector}
+
+
+def placed_by_of(version: DatasetVersion) -> dict[int, str]:
+    """Cell -> `hand` or `detector`, for each cell of the version's manifest."""
+    detector = set(version.detector_cells)
+    return {row[0]: DETECTOR if row[0] in detector else HAND for row in version.manifest}
+
+
+def placement_line(version: DatasetVersion) -> str:
+    """Who placed the version's cells, in words ("" for a version that did not record it)."""
+    if not version.placement:
+        return ""
+    return (
+        f"placed by hand {version.placement[HAND]}, by the detector {version.placement[DETECTOR]}"
+    )
 
 
 def find_dataset(reference: str, study: Study | None = None) -> DatasetVersion:

@@ -49,6 +49,11 @@ class DatasetForm(forms.Form):
         help_text="majority / adjudicated only",
     )
     keep_cannot_classify = forms.BooleanField(required=False)
+    placed_by = forms.ChoiceField(
+        choices=[("", "by hand or detector"), ("hand", "by hand"), ("detector", "by detector")],
+        required=False,
+        help_text="who placed the cells kept",
+    )
     notes = forms.CharField(required=False)
 
 
@@ -95,7 +100,10 @@ def _handle_post(request, study, proposal, dataset_form, split_form, export_form
             source=data["source"],
             panel=data["panel"].name if data["panel"] else "",
             class_map=data["classmap"],
-            filters={"exclude_cannot_classify": not data["keep_cannot_classify"]},
+            filters={
+                "exclude_cannot_classify": not data["keep_cannot_classify"],
+                "placed_by": data["placed_by"],
+            },
             notes=data["notes"],
         )
         state = "made" if created else "unchanged: nothing differs from"
@@ -159,7 +167,9 @@ def datasets_page(request, study_name: str):
             "split_form": split_form,
             "export_form": export_form,
             "class_maps": study.class_maps.all(),
-            "datasets": study.datasets.defer("manifest").select_related("class_map", "panel"),
+            "datasets": study.datasets.defer("manifest", "detector_cells").select_related(
+                "class_map", "panel"
+            ),
             "splits": Split.objects.filter(dataset__study=study)
             .select_related("dataset")
             .defer("folds", "dataset__manifest"),

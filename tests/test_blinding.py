@@ -673,3 +673,32 @@ def test_a_panel_rater_reaches_nothing_of_the_panel(panelled, rater, second_anno
         assert shown.status_code == 404 and SECRET_NOTE.encode() not in shown.content
         assert b"sweep-settle" not in shown.content
     assert Label.objects.filter(round=adjudication).count() == 1
+
+
+def test_a_rejection_cannot_be_taken_back_by_a_blinded_rater_or_an_outsider(
+    blinded, scan, rater, coordinator
+):
+    """`proposals/{id}/restore/` (which the sweeps walk too) reads to a rater of a blinded
+    round and to a coordinator of another study exactly as a proposal that does not exist,
+    and changes nothing."""
+    from annotator.models import ProposedCell
+
+    assert ("/api/v1/proposals/{id}/restore/", "POST", []) in _schema_operations()
+    _add_detection(scan, coordinator)
+    proposal = ProposedCell.objects.get(scan=scan)
+    ProposedCell.objects.filter(pk=proposal.pk).update(status=ProposedCell.Status.REJECTED)
+    outsider = make_outsider()
+    Membership.objects.create(
+        study=outsider.memberships.get().study, user=outsider, role=Membership.Role.COORDINATOR
+    )
+    for user in (rater, outsider):
+        client = _logged_in(user)
+        hidden = client.post(f"/api/v1/proposals/{proposal.pk}/restore/", format="json")
+        missing = client.post("/api/v1/proposals/987654/restore/", format="json")
+        assert hidden.status_code == missing.status_code == 404, user.username
+        assert hidden.content.replace(str(proposal.pk).encode(), b"N") == missing.content.replace(
+            b"987654", b"N"
+        )
+        assert str(PROPOSAL_CONFIDENCE).encode() not in hidden.content
+    proposal.refresh_from_db()
+    assert proposal.status == ProposedCell.Status.REJECTED

@@ -261,7 +261,7 @@ def test_the_commands_print_ids_and_hashes(study, curated, data_scientist, tmp_p
     assert export.sha256 in out.getvalue()
     with zipfile.ZipFile(target) as archive:
         header = archive.read("manifest.csv").decode().splitlines()[0]
-    assert header == "cell_id,external_id,patient,scan,scan_file,class,fold,patch"
+    assert header == "cell_id,external_id,patient,scan,scan_file,class,fold,patch,placed_by"
 
 
 def test_a_scan_study_export_names_the_scan_file_and_holds_each_patch(

@@ -56,7 +56,7 @@ def test_the_page_scripts_spell_no_url():
 
 def test_the_pages_load_their_scripts_as_modules_whose_imports_exist():
     tags = re.findall(r"<script[^>]*src=\"\{% static 'js/[^']+' %\}\"[^>]*>", _all_templates())
-    assert len(tags) == 6
+    assert len(tags) == 7
     assert all('type="module"' in tag for tag in tags), tags
     for script in SCRIPTS.rglob("*.js"):
         for target in IMPORT.findall(script.read_text()):

@@ -77,7 +77,12 @@ def test_export_gives_qupath_points_classified_by_the_round(study, scan, gold, g
             "objectType": "annotation",
             "isLocked": False,
             "classification": {"name": node.code, "color": [red, green, blue]},
-            "cytomark": {"cell": first.pk, "node": node.code, "cannot_classify": False},
+            "cytomark": {
+                "cell": first.pk,
+                "node": node.code,
+                "cannot_classify": False,
+                "placed_by": "hand",
+            },
         },
     }
     unclear, bare = data["features"][-2:]
@@ -87,6 +92,7 @@ def test_export_gives_qupath_points_classified_by_the_round(study, scan, gold, g
         "cell": unclear["properties"]["cytomark"]["cell"],
         "node": None,
         "cannot_classify": True,
+        "placed_by": "hand",
     }
     assert bare["geometry"]["coordinates"] == [30, 40]
     assert "classification" not in bare["properties"]

@@ -128,6 +128,52 @@ def test_reject_through_the_api(api_as, annotator, proposed):
     assert not Cell.objects.exists()
 
 
+def test_restore_takes_a_rejection_back_and_only_a_rejection(api_as, annotator, proposed):
+    target, accepted = proposed[2], proposed[0]
+    url = f"/api/v1/proposals/{target.pk}/restore/"
+    open_one = api_as(annotator).post(url, format="json")
+    assert open_one.status_code == 409
+    assert "is proposed, not rejected" in open_one.json()["detail"]
+    screening.reject_proposal(target, annotator)
+    answer = api_as(annotator).post(url, format="json")
+    assert answer.status_code == 200 and answer.json()["status"] == "proposed"
+    target.refresh_from_db()
+    assert (target.status, target.decided_by, target.decided_at) == ("proposed", None, None)
+    listed = api_as(annotator).get(f"/api/v1/scans/{target.scan_id}/proposals/").json()
+    assert target.pk in [row["id"] for row in listed["results"]]
+    # Proposed again, it is decided like any.
+    made = api_as(annotator).post(
+        f"/api/v1/proposals/{target.pk}/accept/", {"node": "MON"}, format="json"
+    )
+    assert made.status_code == 201
+    screening.accept_proposal(accepted, annotator, "LYT")
+    for decided in (target, accepted):
+        again = api_as(annotator).post(f"/api/v1/proposals/{decided.pk}/restore/", format="json")
+        assert again.status_code == 409 and "is accepted, not rejected" in again.json()["detail"]
+    assert {p.status for p in ProposedCell.objects.filter(pk__in=[target.pk, accepted.pk])} == {
+        "accepted"
+    }
+    assert Cell.objects.count() == 2
+
+
+def test_who_may_restore_is_who_may_reject(
+    api_as, study, scan, proposed, annotator, coordinator, outsider, rater, gold_cells
+):
+    rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
+    target = proposed[1]
+    screening.reject_proposal(target, annotator)
+    url = f"/api/v1/proposals/{target.pk}/restore/"
+    for user in (rater, outsider):
+        answer = api_as(user).post(url, format="json")
+        assert answer.status_code == 404, (user.username, answer.content)
+    refused = api_as(coordinator).post(url, format="json")
+    assert refused.status_code == 403 and "annotator" in refused.json()["detail"]
+    target.refresh_from_db()
+    assert target.status == "rejected"
+    Membership.objects.create(study=study, user=coordinator, role=Membership.Role.ANNOTATOR)
+    assert api_as(coordinator).post(url, format="json").status_code == 200
+
+
 def test_accept_all_in_view_makes_unlabelled_cells_of_those_inside(
     api_as, annotator, scan, proposed
 ):

@@ -258,7 +258,7 @@ def test_export_manifests_are_the_stored_rows_with_origins_fold_and_patch(
     patch_of = dict(Cell.objects.filter(study=study).values_list("pk", "patch"))
     external_of = dict(Cell.objects.filter(study=study).values_list("pk", "external_id"))
     assert ",".join(exports.MANIFEST_COLUMNS) == (
-        "cell_id,external_id,patient,scan,scan_file,class,fold,patch"
+        "cell_id,external_id,patient,scan,scan_file,class,fold,patch,placed_by"
     )
 
     def manifest(export_format: str) -> tuple[list[list[str]], zipfile.ZipFile]:
@@ -269,7 +269,8 @@ def test_export_manifests_are_the_stored_rows_with_origins_fold_and_patch(
         return list(csv.reader(io.StringIO(archive.read("manifest.csv").decode()))), archive
 
     def expected(cell, patient, scan, code, fold, patch) -> list[str]:
-        return [str(v) for v in [cell, external_of[cell], patient, scan, "", code, fold, patch]]
+        row = [cell, external_of[cell], patient, scan, "", code, fold, patch, "hand"]
+        return [str(v) for v in row]
 
     stored = list(zip(version.manifest, split.folds, strict=True))
     rows, _ = manifest("csv")

@@ -199,6 +199,31 @@ def test_the_scan_page_offers_find_cells_to_coordinators_only(
     assert "detection" not in page_config(plain, "annotate-config")
 
 
+def test_the_studies_page_offers_find_cells_per_scan_to_its_coordinators_only(
+    client, study, scan, coordinator, annotator, data_scientist, outsider
+):
+    """A coordinator who does not annotate cannot open the viewer: the studies page's scan
+    table gives each scan its Find cells button and its last detection instead."""
+    job = screening.run_detection(screening.start_detection(scan, coordinator)[0].pk)
+    client.force_login(coordinator)
+    shown = client.get("/")
+    html = shown.content.decode()
+    assert f'<td class="detection" data-scan="{scan.pk}">' in html and 'class="find-cells"' in html
+    config = page_config(shown, "home-config")
+    assert config["detections"][str(scan.pk)]["id"] == job.pk
+    assert config["detections"][str(scan.pk)]["status"] == "done"
+    assert resolve(fill(config["urls"]["detect"], id=scan.pk)).url_name == "scan-detect"
+    assert resolve(fill(config["urls"]["job"], id=job.pk)).url_name == "detection-job-detail"
+    assert client.get(f"/studies/{study.name}/scans/{scan.pk}/").status_code == 403
+    elsewhere = Membership.objects.get(user=outsider).study
+    Membership.objects.create(study=elsewhere, user=outsider, role=Membership.Role.COORDINATOR)
+    for user in (annotator, data_scientist, outsider):
+        client.force_login(user)
+        plain = client.get("/")
+        assert 'class="find-cells"' not in plain.content.decode(), user.username
+        assert page_config(plain, "home-config")["detections"] == {}, user.username
+
+
 @pytest.mark.celery
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_detects_to_the_end_and_stops_a_cancelled_job(

@@ -344,6 +344,7 @@ class DetectionJobViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     retrieve=extend_schema(summary="Get a proposed cell"),
     accept=extend_schema(summary="Accept a proposed cell with a gold label"),
     reject=extend_schema(summary="Reject a proposed cell"),
+    restore=extend_schema(summary="Take a rejection of a proposed cell back"),
 )
 class ProposalViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Proposed cells of the scans you see whole; annotators accept (with a label) or reject
@@ -381,13 +382,22 @@ class ProposalViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def reject(self, request, pk=None):
         """Reject the proposal: the same detector never proposes it again on this scan."""
+        return self._change_status(request, screening.reject_proposal)
+
+    @extend_schema(request=s.ProposalDecisionSerializer, responses=s.ProposedCellSerializer)
+    @action(detail=True, methods=["post"])
+    def restore(self, request, pk=None):
+        """Put a rejected proposal back to proposed (undo a reject); 409 for one that is not
+        rejected. Who may reject it may restore it."""
+        return self._change_status(request, screening.restore_proposal)
+
+    def _change_status(self, request, change):
+        """Reject or restore the proposal, in the optional `study` of the body."""
         form = s.ProposalDecisionSerializer(
             data=request.data, context=self.get_serializer_context()
         )
         form.is_valid(raise_exception=True)
-        proposal = screening.reject_proposal(
-            self.get_object(), request.user, study=form.validated_data.get("study")
-        )
+        proposal = change(self.get_object(), request.user, study=form.validated_data.get("study"))
         return Response(s.ProposedCellSerializer(proposal).data)
 
 

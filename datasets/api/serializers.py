@@ -97,6 +97,12 @@ class DatasetCreateSerializer(ScopedSerializer):
     exclude_patients = serializers.ListField(
         child=serializers.CharField(max_length=64), default=list
     )
+    placed_by = serializers.ChoiceField(
+        choices=["hand", "detector"],
+        required=False,
+        help_text="Only the cells placed by hand, or only those the detector proposed and "
+        "someone accepted (default: both).",
+    )
     notes = _optional_text()
 
 
@@ -123,6 +129,7 @@ class DatasetSerializer(ScopedModelSerializer):
             "classes",
             "counts",
             "cells",
+            "placement",
             "sha256",
             "notes",
             "created_by",
@@ -135,7 +142,7 @@ class DatasetSerializer(ScopedModelSerializer):
 
 class DatasetDetailSerializer(DatasetSerializer):
     class Meta(DatasetSerializer.Meta):
-        fields = [*DatasetSerializer.Meta.fields, "manifest"]
+        fields = [*DatasetSerializer.Meta.fields, "manifest", "detector_cells"]
 
 
 class SplitCreateSerializer(ScopedSerializer):

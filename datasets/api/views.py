@@ -98,7 +98,7 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         found = visible_datasets(self.request.user)
         found = found.select_related("study", "class_map", "panel", "created_by").order_by("-id")
         if self.action == "list":
-            found = found.defer("manifest")
+            found = found.defer("manifest", "detector_cells")
         return filter_by_params(found, self.request, {"study": "study__name"})
 
     def get_serializer_class(self):
@@ -125,6 +125,7 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 "exclude_cannot_classify": data["exclude_cannot_classify"],
                 "scans": data["scans"],
                 "exclude_patients": data["exclude_patients"],
+                "placed_by": data.get("placed_by", ""),
             },
             notes=data["notes"],
         )

@@ -8,7 +8,7 @@ test("a running job shows its tiles, a done one its counts", () => {
   assert.equal(describeJob({ status: "queued" }), "Detection queued…");
   assert.equal(
     describeJob({ status: "running", progress: { tiles_done: 3, tiles: 12 } }),
-    "Finding cells… 3 of 12 tiles",
+    "Finding cells… 25 % (3 of 12 tiles)",
   );
   assert.equal(describeJob({ status: "running", progress: {} }), "Finding cells…");
   assert.equal(

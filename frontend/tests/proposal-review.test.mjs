@@ -1,6 +1,7 @@
 // Reviewing the detector's proposed cells on the annotation screen (lib/scan-annotations.js):
-// a hotkey accepts one with its label, Delete rejects it, "Accept all in view" accepts those of
-// a rectangle; against an in-memory API that answers as the proposals endpoints do.
+// a hotkey accepts one with its label, Delete rejects it (undo takes that back), "Accept all in
+// view" accepts those of a rectangle; against an in-memory API that answers as the proposals
+// endpoints do.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -14,6 +15,8 @@ const PROPOSAL_URLS = {
   proposals: "/fake/scans/3/proposals/",
   acceptProposal: "/fake/proposals/{id}/accept/",
   rejectProposal: "/fake/proposals/{id}/reject/",
+  restoreProposal: "/fake/proposals/{id}/restore/",
+  proposal: "/fake/proposals/{id}/",
   acceptInView: "/fake/scans/3/proposals/accept/",
 };
 
@@ -50,6 +53,14 @@ class ProposalApi extends FakeApi {
     }
     const [, , , id, verb] = pathname.split("/");
     const proposal = this.proposals.get(Number(id));
+    if (!verb) return reply(200, proposal);
+    if (verb === "restore") {
+      if (proposal.status !== "rejected") {
+        return reply(409, { detail: `Proposed cell ${id} is ${proposal.status}, not rejected.` });
+      }
+      proposal.status = "proposed";
+      return reply(200, proposal);
+    }
     if (proposal.status !== "proposed") {
       return reply(409, { detail: `Proposed cell ${id} was ${proposal.status} already.` });
     }
@@ -129,13 +140,75 @@ test("undo of an accepting label leaves the cell, unlabelled", async () => {
 test("removing a proposal rejects it; a proposal decided elsewhere is dropped from the screen", async () => {
   const { api, annotations, queue, refused } = await screenWith([[50, 50], [500, 500]]);
   annotations.remove(byPosition(annotations, 50, 50));
-  assert.equal(annotations.undoStack.length, 0, "a rejection is not undone");
+  assert.deepEqual(annotations.undoStack.map((step) => step.kind), ["reject"]);
   api.proposals.get(101).status = "rejected"; // someone else, meanwhile
   annotations.label(byPosition(annotations, 500, 500), "LYT", 1);
   await queue.idle();
   assert.equal(api.proposals.get(100).status, "rejected");
   assert.equal(annotations.cells.size, 0);
   assert.deepEqual(refused, ["Proposed cell 101 was rejected already."]);
+});
+
+test("undo takes a rejection back: the proposal is proposed again, on the screen and stored", async () => {
+  const { api, annotations, queue } = await screenWith([[50, 50], [500, 500]]);
+  const rejected = byPosition(annotations, 50, 50);
+  annotations.remove(rejected);
+  assert.equal(annotations.proposals().length, 1);
+  assert.deepEqual(annotations.undo(), { kind: "reject", cell: rejected });
+  assert.equal(annotations.proposals().length, 2);
+  assert.deepEqual(annotations.rejected, []);
+  await queue.idle();
+  assert.equal(api.proposals.get(100).status, "proposed");
+  assert.deepEqual(api.requests.filter((r) => r.startsWith("POST")), [
+    "POST /fake/proposals/100/reject/", "POST /fake/proposals/100/restore/",
+  ]);
+  // Proposed again, it is decided like any: a hotkey accepts it.
+  annotations.label(rejected, "MON", 1);
+  await queue.idle();
+  assert.equal(api.proposals.get(100).status, "accepted");
+});
+
+test("Undo reject brings back the last rejection, past later edits, which stay", async () => {
+  const { api, annotations, queue } = await screenWith([[50, 50], [500, 500], [900, 100]]);
+  annotations.remove(byPosition(annotations, 50, 50));
+  const last = byPosition(annotations, 500, 500);
+  annotations.remove(last);
+  const cell = annotations.create(20, 20);
+  assert.equal(annotations.restoreLastRejected(), last);
+  assert.deepEqual(annotations.undoStack.map((step) => step.kind), ["reject", "create"]);
+  await queue.idle();
+  assert.equal(api.proposals.get(101).status, "proposed");
+  assert.equal(api.proposals.get(100).status, "rejected");
+  assert.ok(api.cells.has(cell.id));
+  assert.equal(annotations.restoreLastRejected().proposal, 100);
+  assert.equal(annotations.restoreLastRejected(), null);
+  await queue.idle();
+  assert.deepEqual([...api.proposals.values()].map((p) => p.status), ["proposed", "proposed", "proposed"]);
+});
+
+test("a rejection taken back elsewhere first stays shown; one accepted elsewhere goes", async () => {
+  const { api, annotations, queue, refused } = await screenWith([[50, 50], [500, 500]]);
+  annotations.remove(byPosition(annotations, 50, 50));
+  annotations.remove(byPosition(annotations, 500, 500));
+  await queue.idle();
+  api.proposals.get(101).status = "proposed"; // restored in another tab
+  annotations.restoreLastRejected();
+  await queue.idle();
+  assert.equal(annotations.proposals().length, 1);
+  api.proposals.get(100).status = "accepted"; // restored and accepted by someone else
+  annotations.restoreLastRejected();
+  await queue.idle();
+  assert.deepEqual(annotations.proposals().map((c) => c.proposal), [101]);
+  assert.equal(refused.length, 2);
+});
+
+test("proposals of a detection finished later are added once, beside those held", async () => {
+  const { api, annotations } = await screenWith([[50, 50]]);
+  annotations.label(byPosition(annotations, 50, 50), "MON", 1); // accepted, its save still queued
+  api.proposals.set(105, { id: 105, x: 700, y: 700, confidence: 0.9, status: "proposed" });
+  assert.equal(await annotations.loadProposals(), 1);
+  assert.equal(await annotations.loadProposals(), 0);
+  assert.deepEqual(annotations.proposals().map((c) => c.proposal), [105]);
 });
 
 test("accept all in view makes the proposals inside unlabelled cells, with their new ids", async () => {

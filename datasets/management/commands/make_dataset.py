@@ -1,13 +1,14 @@
 """manage.py make_dataset --study NAME --name NAME [--classmap NAME]
 [--source gold|ROUND|majority|adjudicated] [--panel NAME] [--adjudication ROUND]
-[--keep-cannot-classify] [--scans IDS] [--exclude-patients CODES] [--notes TEXT]."""
+[--keep-cannot-classify] [--scans IDS] [--exclude-patients CODES] [--placed-by hand|detector]
+[--notes TEXT]."""
 
 from django.core.management.base import CommandError
 
 from annotator.models import Study
 from core.commands import DomainCommand
 from datasets.classmaps import find_class_map
-from datasets.versions import consensus_line, make_dataset
+from datasets.versions import consensus_line, make_dataset, placement_line
 
 
 class Command(DomainCommand):
@@ -33,6 +34,13 @@ class Command(DomainCommand):
         parser.add_argument("--keep-cannot-classify", action="store_true")
         parser.add_argument("--scans", default="", help="Only these scan ids (comma-separated).")
         parser.add_argument("--exclude-patients", default="", help="Patient codes to leave out.")
+        parser.add_argument(
+            "--placed-by",
+            default="",
+            choices=["", "hand", "detector"],
+            help="Only the cells placed by hand, or only those the detector proposed and "
+            "someone accepted (default: both).",
+        )
         parser.add_argument("--notes", default="")
 
     def handle(self, *args, **options):
@@ -47,6 +55,7 @@ class Command(DomainCommand):
             "exclude_patients": [
                 p.strip() for p in options["exclude_patients"].split(",") if p.strip()
             ],
+            "placed_by": options["placed_by"],
         }
         class_map = find_class_map(study, options["classmap"]) if options["classmap"] else None
         version, created = make_dataset(
@@ -66,5 +75,7 @@ class Command(DomainCommand):
             f"sha256 {version.sha256} ({len(version.manifest)} cells, "
             f"{len(version.classes)} classes)"
         )
+        if version.placement:
+            self.stdout.write(placement_line(version))
         if version.is_consensus:
             self.stdout.write(consensus_line(version))

@@ -19,10 +19,19 @@ import { TileLinkKeeper } from "./lib/tile-links.js";
 import { TILE_LOADING } from "./lib/viewer-options.js";
 
 const config = pageConfig("annotate-config");
+// A detection followed to its end here: its proposals are drawn at once.
 detectionPanel(
   config.detection,
   document.getElementById("find-cells"),
   document.getElementById("detection-status"),
+  () => {
+    annotations.loadProposals()
+      .then((added) => {
+        toast(added + " new proposed cell(s) to review.");
+        render();
+      })
+      .catch((error) => toast("Could not load the proposed cells: " + error.message));
+  },
 );
 const scan = config.scan;
 const taxonomy = new Taxonomy(config.taxonomy);
@@ -142,14 +151,27 @@ function deleteSelected() {
   });
 }
 
-// A proposal rejected stays rejected (the detector never proposes it again): no undo, but the
-// walk goes on to the nearest unlabelled cell or proposal.
+// A proposal rejected stays rejected (the detector never proposes it again) unless the
+// rejection is taken back (Ctrl+Z, or the panel's "Undo reject"); the walk goes on to the
+// nearest unlabelled cell or proposal.
 function rejectSelected(cell) {
   annotations.remove(cell);
   const next = nearestUnlabelled(annotations.cells.values(), cell, skipped);
   select(next ? next.key : null, !!next);
   render();
-  toast("Proposed cell rejected; the detector will not propose it again.");
+  toast("Proposed cell rejected; the detector will not propose it again (Undo reject takes it back).");
+}
+
+// The panel's "Undo reject": the last proposal rejected here is proposed again and selected.
+function undoReject() {
+  clearNotice();
+  const cell = annotations.restoreLastRejected();
+  if (!cell) {
+    toast("No rejection to take back.");
+    return;
+  }
+  select(cell.key, true);
+  render();
 }
 
 // "Accept all in view": the proposals inside the viewport (clipped to the scan) become
@@ -181,7 +203,7 @@ function undo() {
     toast("Nothing to undo.");
     return;
   }
-  if (step.kind === "label" || step.kind === "delete") select(step.cell.key, true);
+  if (step.kind === "label" || step.kind === "delete" || step.kind === "reject") select(step.cell.key, true);
   else if (step.kind === "create" && selectedKey === step.cell.key) select(null, false);
   render();
 }
@@ -655,6 +677,8 @@ const proposalPanel = document.getElementById("proposals");
 const proposalCount = document.getElementById("proposal-count");
 const acceptButton = document.getElementById("accept-in-view");
 acceptButton.addEventListener("click", acceptInView);
+const undoRejectButton = document.getElementById("undo-reject");
+undoRejectButton.addEventListener("click", undoReject);
 const summary = document.getElementById("summary");
 const cellList = document.getElementById("cell-list");
 
@@ -687,7 +711,10 @@ function renderCounts() {
     "<div>" + countable + " countable · " + cannot + " cannot classify · " + unlabelled + " unlabelled</div>";
   proposalCount.textContent = proposed + " proposed";
   acceptButton.disabled = !proposed;
-  proposalPanel.hidden = !proposed && !config.detection;
+  const rejected = annotations.rejected.length;
+  undoRejectButton.disabled = !rejected;
+  undoRejectButton.title = rejected ? rejected + " rejected on this screen; the last one comes back" : "";
+  proposalPanel.hidden = !proposed && !rejected && !config.detection;
 }
 
 // Each cell is a button, so that Tab reaches it and Enter or Space selects it; the list is

@@ -1,7 +1,7 @@
 /*
- * The scan page's "Find cells" button (coordinators and admins): starts the leukocyte detector
- * on the scan (the view's `detection.urls.detect`) and keeps a status line on the job until it
- * ends. `describeJob` is plain, for the tests under Node.
+ * A "Find cells" button (coordinators and admins; the scan page's and each scan's on the
+ * studies page): starts the leukocyte detector on the scan (`urls.detect`) and keeps a status
+ * line on the job until it ends. `describeJob` is plain, for the tests under Node.
  */
 import { Backoff, isRetryable, urlFor } from "./http.js";
 import { pageClient } from "./page.js";
@@ -16,7 +16,8 @@ export function describeJob(job) {
       return "Detection queued…";
     case "running":
       return progress.tiles
-        ? `Finding cells… ${progress.tiles_done} of ${progress.tiles} tiles`
+        ? `Finding cells… ${Math.floor((100 * progress.tiles_done) / progress.tiles)} % ` +
+            `(${progress.tiles_done} of ${progress.tiles} tiles)`
         : "Finding cells…";
     case "done":
       return `Done (${job.detector_version}): ${job.found_count} cells found, ${job.new_count} new.`;
@@ -27,17 +28,28 @@ export function describeJob(job) {
   }
 }
 
-/** Wire the button and the status line to the page config's `detection` (absent: nothing). */
-export function detectionPanel(config, button, status) {
+/**
+ * Wire the button and the status line to a config {last, urls: {detect, job}} (absent:
+ * nothing). `onDone(job)` is called when a job followed here ends done (not for the job the
+ * page was loaded with).
+ */
+export function detectionPanel(config, button, status, onDone = null) {
   if (!config || !button || !status) return;
   const http = pageClient();
   const backoff = new Backoff();
+  let followed = false;
 
   function show(job) {
     status.textContent = describeJob(job);
     status.dataset.status = job.status;
     button.disabled = !FINISHED.has(job.status);
-    if (!FINISHED.has(job.status)) setTimeout(() => poll(job.id), 1000);
+    if (!FINISHED.has(job.status)) {
+      followed = true;
+      setTimeout(() => poll(job.id), 1000);
+    } else if (followed && job.status === "done" && onDone) {
+      followed = false;
+      onDone(job);
+    }
   }
 
   async function poll(id) {

@@ -40,12 +40,12 @@ export const KEY_MAP = [
   {
     key: "Delete", shown: "Delete", action: "delete",
     does: {
-      annotate: "delete the selected cell (Ctrl+Z or the message's Undo brings it back), or reject a proposed one",
+      annotate: "delete the selected cell (Ctrl+Z or the message's Undo brings it back), or reject a proposed one (Ctrl+Z or Undo reject takes that back)",
     },
   },
   {
     key: "z", ctrl: true, shown: "Ctrl+Z", action: "undo",
-    does: { annotate: "undo the last label, mark, move or delete" },
+    does: { annotate: "undo the last label, mark, move, delete or reject" },
   },
   {
     key: "Enter", shown: "Enter", action: "accept",

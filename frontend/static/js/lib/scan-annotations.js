@@ -8,9 +8,10 @@
  * `savedLabel` the label as the server last confirmed it.
  *
  * A cell the detector proposes is held the same way with `proposal` (its id) set and no `id`:
- * labelling it accepts it (it becomes a cell with that label), removing it rejects it (for
- * good: the detector never proposes it again), and `acceptInView` accepts the proposals of a
- * rectangle as unlabelled cells. Once accepted, `proposal` is null and it is a cell like any.
+ * labelling it accepts it (it becomes a cell with that label), removing it rejects it (the
+ * detector never proposes it again; undo or `restoreLastRejected` takes the rejection back),
+ * and `acceptInView` accepts the proposals of a rectangle as unlabelled cells. Once accepted,
+ * `proposal` is null and it is a cell like any.
  */
 import { HttpError, staleState, urlFor } from "./http.js";
 
@@ -64,6 +65,8 @@ export class ScanAnnotations {
     this.cells = new Map(); // local key -> cell
     this.nextKey = 1;
     this.undoStack = [];
+    this.rejected = []; // proposals rejected on this screen, the last one last
+    this.seenProposals = new Set(); // every proposal id this screen has held
   }
 
   /** A cell in the local state (not saved by this call). */
@@ -101,10 +104,7 @@ export class ScanAnnotations {
       this.http.getAll(urlFor(this.urls.labels, {}, { scan: this.scanId, round: this.round, page_size: 5000 })),
       this.urls.proposals ? this.http.getAll(urlFor(this.urls.proposals, {}, { page_size: 5000 })) : [],
     ]);
-    for (const found of proposed) {
-      const cell = this.add({ id: null, proposal: found.id, x: found.x, y: found.y, confidence: found.confidence });
-      cell.order = PROPOSALS_AFTER + found.id; // after the cells, as the detector read them
-    }
+    this.addProposals(proposed);
     const labelByCell = new Map(savedLabels.map((label) => [label.cell, label]));
     for (const saved of savedCells) {
       const cell = this.add({
@@ -113,6 +113,23 @@ export class ScanAnnotations {
       cell.label = labelByCell.get(saved.id) || null;
       cell.savedLabel = cell.label;
     }
+  }
+
+  /** Load the proposals a detection finished since: those this screen never held; their count. */
+  async loadProposals() {
+    return this.addProposals(await this.http.getAll(urlFor(this.urls.proposals, {}, { page_size: 5000 })));
+  }
+
+  addProposals(found) {
+    const fresh = found.filter((proposal) => !this.seenProposals.has(proposal.id));
+    for (const proposal of fresh) {
+      this.seenProposals.add(proposal.id);
+      const cell = this.add({
+        id: null, proposal: proposal.id, x: proposal.x, y: proposal.y, confidence: proposal.confidence,
+      });
+      cell.order = PROPOSALS_AFTER + proposal.id; // after the cells, as the detector read them
+    }
+    return fresh.length;
   }
 
   // ---- Edits: each changes the local state, queues its save and records its undo ----------
@@ -133,11 +150,13 @@ export class ScanAnnotations {
 
   /**
    * Delete a cell (undo makes it again, as a new cell with its label); a proposal is rejected
-   * instead, which no undo takes back.
+   * instead (undo, or `restoreLastRejected`, proposes it again).
    */
   remove(cell) {
     if (cell.proposal != null) {
       this.cells.delete(cell.key);
+      this.rejected.push(cell);
+      this.undoStack.push({ kind: "reject", cell: cell });
       this.saveReject(cell, cell.proposal);
       return;
     }
@@ -154,6 +173,38 @@ export class ScanAnnotations {
   }
 
   /**
+   * Take back the last rejection made on this screen, also when other edits came after it
+   * (they stay); returns the proposal's cell, or null when nothing was rejected.
+   */
+  restoreLastRejected() {
+    const cell = this.rejected[this.rejected.length - 1];
+    if (!cell) return null;
+    this.undoStack = this.undoStack.filter((step) => !(step.kind === "reject" && step.cell === cell));
+    this.restore(cell);
+    return cell;
+  }
+
+  restore(cell) {
+    this.rejected = this.rejected.filter((other) => other !== cell);
+    this.cells.set(cell.key, cell);
+    const proposal = cell.proposal;
+    this.queue.add({
+      run: async () => {
+        await this.http.post(urlFor(this.urls.restoreProposal, { id: proposal }), { study: this.study });
+      },
+      // Not rejected any more (taken back in another tab, or gone): shown as the server has it.
+      refused: async () => {
+        try {
+          const saved = await this.http.get(urlFor(this.urls.proposal, { id: proposal }));
+          if (saved.status !== "proposed") this.cells.delete(cell.key);
+        } catch (error) {
+          this.cells.delete(cell.key);
+        }
+      },
+    });
+  }
+
+  /**
    * Undo the last edit; null when there is none. Returns {kind, cell}: the edit undone and the
    * cell it concerns now (for an undone delete, the cell made again in its place).
    */
@@ -167,6 +218,8 @@ export class ScanAnnotations {
     }
     if (step.kind === "create") {
       this.discard(cell);
+    } else if (step.kind === "reject") {
+      this.restore(cell);
     } else if (step.kind === "move") {
       cell.x = step.x;
       cell.y = step.y;
