@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET
 
 from core.errors import DomainError
 from core.pages import guarded
+from core.scan_links import scan_links
 from core.url_templates import url_template
 
 from . import access, annotation, blinding, panel_reports, panels, reports, rounds, screening
@@ -155,7 +156,13 @@ def annotate(request, study_name: str, scan_id: int):
     return render(
         request,
         "annotator/annotate.html",
-        {"study": study, "scan": scan, "config": config, "can_detect": can_detect},
+        {
+            "study": study,
+            "scan": scan,
+            "config": config,
+            "can_detect": can_detect,
+            "scan_links": scan_links(request.user, study, scan),
+        },
     )
 
 

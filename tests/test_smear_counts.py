@@ -345,6 +345,8 @@ def test_the_counts_page_counts_on_request_and_shows_model_beside_examiners(
     examiner.force_login(annotator)
     assert examiner.get(url).status_code == 403
 
+    screen = examiner.get(f"/studies/{study.name}/scans/{scan.pk}/").content.decode()
+    assert f"/training/{run.pk}/scans/{scan.pk}/gallery/" in screen  # the examiner's way there
     gallery = examiner.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/?group=atypical")
     text = gallery.content.decode()
     assert gallery.status_code == 200 and text.count("<img src=") == 5
