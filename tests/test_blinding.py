@@ -30,6 +30,7 @@ from annotator.models import (
     LabelChange,
     Membership,
     Panel,
+    Patient,
     Round,
     RoundItem,
     ScanUpload,
@@ -187,6 +188,7 @@ def _state():
         RoundItem.objects.count(),
         Panel.objects.count(),
         list(ScanUpload.objects.values_list("pk", "offset")),
+        list(Patient.objects.values_list("pk", "diagnosis_code", "diagnosis")),
     )
 
 
@@ -240,10 +242,23 @@ def _add_detection(scan, coordinator) -> None:
     )
 
 
+# A patient's confirmed diagnosis, found nowhere else: a response showing it leaks it.
+DIAGNOSIS_TEXT = "sweep-secret-diagnosis"
+
+
+def _add_diagnosis(scan, coordinator) -> None:
+    """The scan's patient carries a confirmed diagnosis with a text no other field holds."""
+    from annotator import diagnoses
+
+    study = scan.studies.get()
+    diagnoses.set_diagnosis(study, scan.patient.code, coordinator, "AML", DIAGNOSIS_TEXT)
+
+
 def _hidden_strings(blinded, curation, scan, mine=()) -> list[str]:
     """What the browsable API's forms would show of the study: cells by position, other
     raters' rounds, the data set's name, the scan, its proposed cells."""
     strings = [*_forbidden_strings(scan), curation.name, SECRET_NOTE, str(PROPOSAL_CONFIDENCE)]
+    strings.append(DIAGNOSIS_TEXT)
     strings += [f"({cell.x}, {cell.y})" for cell in blinded["cells"]]
     strings += [str(cell) for cell in blinded["cells"]]
     strings += [str(r) for r in Round.objects.exclude(pk__in=mine)]
@@ -290,6 +305,8 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
             *panelled,
         ],
         "scan_id": [scan.pk],
+        "study_id": [scan.studies.first().pk],
+        "patient_code": [scan.patient.code],
         "cell_id": cells[:3],
         "level": [0, 12],
         "col": [0],
@@ -316,6 +333,9 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
         "split": curated_ids[1],
         "panel": "sweep-panel",
         "with_reference": "true",
+        "group": "blast",
+        "threshold": "0.2",
+        "positive": "AML",
     }
     bodies = [
         *WRITE_BODIES,
@@ -334,6 +354,8 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
             "adjudicator": "cora",
             "rule": "any",
             "note": "a note",
+            "code": "ALL",
+            "diagnosis": "a diagnosis",
         },
     ]
 
@@ -399,6 +421,7 @@ def sweep_world(django_db_setup, django_db_blocker, synthetic_scan_files, tmp_pa
         panelled = _add_panel(blinded, study, rita, bert, cora)
         curation = _make_curation(study, cora)
         _add_detection(scan, cora)
+        _add_diagnosis(scan, cora)
         yield {"panelled": panelled, "curation": curation, "scan": scan, "rita": rita}
         transaction.set_rollback(True)
 

@@ -112,6 +112,8 @@ def world(
         "proposals": list(detected.proposals.values_list("pk", flat=True)[:1]),
         # The other path parameters, by name.
         "scan_id": [scan.pk],
+        "study_id": [study.pk],
+        "patient_code": [scan.patient.code],
         "cell_id": [gold_cells[0].pk, settled],
         "round_id": [blinded.pk, repeat.pk],
         "token": [repeat.items.first().token, blinded.items.first().token],

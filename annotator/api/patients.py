@@ -6,16 +6,18 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.fields import validated
+from core.api.scoping import ScopedModelSerializer, ScopedSerializer
 
 from .. import diagnoses
 from ..models import Patient
 
 
-class PatientDiagnosisSerializer(serializers.ModelSerializer):
+class PatientDiagnosisSerializer(ScopedModelSerializer):
     diagnosis_set_by = serializers.CharField(
         source="diagnosis_set_by.username", default=None, read_only=True
     )
@@ -27,7 +29,7 @@ class PatientDiagnosisSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class DiagnosisWriteSerializer(serializers.Serializer):
+class DiagnosisWriteSerializer(ScopedSerializer):
     code = serializers.CharField(
         allow_blank=True,
         max_length=200,
@@ -38,11 +40,11 @@ class DiagnosisWriteSerializer(serializers.Serializer):
     )
 
 
-class DiagnosisImportSerializer(serializers.Serializer):
+class DiagnosisImportSerializer(ScopedSerializer):
     file = serializers.FileField(help_text="CSV with the header patient,code,diagnosis.")
 
 
-class ImportResultSerializer(serializers.Serializer):
+class ImportResultSerializer(ScopedSerializer):
     rows = serializers.IntegerField()
     changed = serializers.IntegerField()
     unchanged = serializers.IntegerField()
@@ -67,7 +69,11 @@ class StudyPatientsView(APIView):
 
 
 class PatientDiagnosisView(APIView):
-    """Set (or with a blank code clear) one patient's confirmed diagnosis (coordinators, admins)."""
+    """Set (or with a blank code clear) one patient's confirmed diagnosis (coordinators, admins).
+    JSON only: the browsable API's page would echo the patient code of the address to anyone
+    who typed it, a blinded rater included."""
+
+    renderer_classes = [JSONRenderer]
 
     @extend_schema(
         summary="Set a patient's confirmed diagnosis",
