@@ -17,6 +17,7 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -37,11 +38,9 @@ LISTED_PROBLEMS = 20
 
 def study_patients(study: Study) -> QuerySet[Patient]:
     """The patients of the study's scans and of its patch-only cells, by code."""
-    return (
-        Patient.objects.filter(Q(scans__studies=study) | Q(cells__study=study))
-        .distinct()
-        .order_by("code")
-    )
+    return Patient.objects.filter(
+        Q(pk__in=study.scans.values("patient")) | Q(pk__in=study.cells.values("patient"))
+    ).order_by("code")
 
 
 def diagnosis_study(user, what: str = "read diagnoses", **lookup) -> Study:
@@ -146,45 +145,57 @@ def _decoded(data: bytes, name: str) -> str:
         raise DomainError(f"{name}, line {line}: not UTF-8 text; save the file as UTF-8.") from None
 
 
-def read_rows(data: bytes, name: str) -> tuple[list[tuple[int, str, str, str]], list[str]]:
-    """(line, patient code, diagnosis code, text) of each row, and every problem found by line
-    (bad header, wrong field count, empty or malformed code, a patient given twice)."""
+class DiagnosisRow(NamedTuple):
+    line: int
+    patient: str
+    code: str
+    diagnosis: str
+
+
+def _checked_row(line: int, fields: list[str]) -> DiagnosisRow:
+    if len(fields) != len(HEADER):
+        raise DomainError(f"{len(fields)} fields, not {len(HEADER)}")
+    patient, code, diagnosis = (field.strip() for field in fields)
+    if not patient:
+        raise DomainError("no patient code")
+    if not code:
+        raise DomainError(f"patient {patient[:64]!r} has an empty diagnosis code")
+    return DiagnosisRow(line, patient, clean_code(code), clean_diagnosis(diagnosis))
+
+
+def read_rows(data: bytes, name: str) -> tuple[list[DiagnosisRow], list[tuple[int, str]]]:
+    """The rows of the file, and every problem found, by line: a bad header, a wrong field
+    count, an empty or malformed code, a patient given twice, a NUL character."""
     text = _decoded(data, name)
-    reader = csv.reader(io.StringIO(text.replace("\x00", ""), newline=""))
-    problems: list[str] = []
-    rows: list[tuple[int, str, str, str]] = []
+    if "\x00" in text:
+        return [], [(text.count("\n", 0, text.index("\x00")) + 1, "a NUL character")]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    problems: list[tuple[int, str]] = []
+    rows: list[DiagnosisRow] = []
     seen: dict[str, int] = {}
     try:
         header = next(reader, None)
         if header is None or tuple(field.strip().lower() for field in header) != HEADER:
             shown = ",".join(header or [])[:80]
-            return [], [f"line 1: the header must be {','.join(HEADER)}, not {shown!r}"]
+            return [], [(1, f"the header must be {','.join(HEADER)}, not {shown!r}")]
         for fields in reader:
-            line = reader.line_num
             if not any(field.strip() for field in fields):
                 continue
-            if len(fields) != len(HEADER):
-                problems.append(f"line {line}: {len(fields)} fields, not {len(HEADER)}")
-                continue
-            patient, code, diagnosis = (field.strip() for field in fields)
             try:
-                if not patient:
-                    raise DomainError("no patient code")
-                if not code:
-                    raise DomainError(f"patient {patient[:64]!r} has an empty diagnosis code")
-                code, diagnosis = clean_code(code), clean_diagnosis(diagnosis)
+                row = _checked_row(reader.line_num, fields)
             except DomainError as exc:
-                problems.append(f"line {line}: {exc}")
+                problems.append((reader.line_num, str(exc)))
                 continue
-            if patient in seen:
+            if row.patient in seen:
+                first = seen[row.patient]
                 problems.append(
-                    f"line {line}: patient {patient[:64]!r} again (first on line {seen[patient]})"
+                    (row.line, f"patient {row.patient[:64]!r} again (first on line {first})")
                 )
                 continue
-            seen[patient] = line
-            rows.append((line, patient, code, diagnosis))
+            seen[row.patient] = row.line
+            rows.append(row)
     except csv.Error as exc:
-        problems.append(f"line {reader.line_num}: {exc}")
+        problems.append((reader.line_num, str(exc)))
     return rows, problems
 
 
@@ -196,23 +207,24 @@ def import_diagnoses(
     nothing is written. `user` None is a command's import (no role check, no author)."""
     require_manager(user, study)
     rows, problems = read_rows(data, name)
-    patients = {p.code: p for p in study_patients(study).filter(code__in=[r[1] for r in rows])}
+    codes = [row.patient for row in rows]
+    patients = {p.code: p for p in study_patients(study).filter(code__in=codes)}
     problems += [
-        f"line {line}: study {study.name} has no patient {code[:64]!r}"
-        for line, code, _, _ in rows
-        if code not in patients
+        (row.line, f"study {study.name} has no patient {row.patient[:64]!r}")
+        for row in rows
+        if row.patient not in patients
     ]
     if problems:
-        problems.sort(key=lambda problem: int(problem.split(":")[0].removeprefix("line ")))
-        more = len(problems) - LISTED_PROBLEMS
-        listed = "; ".join(problems[:LISTED_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
-        raise DomainError(f"{name}: nothing was imported: {listed}.", "file")
+        listed = [f"line {line}: {problem}" for line, problem in sorted(problems)]
+        more = len(listed) - LISTED_PROBLEMS
+        shown = "; ".join(listed[:LISTED_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+        raise DomainError(f"{name}: nothing was imported: {shown}.", "file")
     changed = 0
     with transaction.atomic():
-        for _, code, diagnosis_code, diagnosis in rows:
-            patient = patients[code]
-            if (patient.diagnosis_code, patient.diagnosis) != (diagnosis_code, diagnosis):
-                _store(patient, diagnosis_code, diagnosis, user)
+        for row in rows:
+            patient = patients[row.patient]
+            if (patient.diagnosis_code, patient.diagnosis) != (row.code, row.diagnosis):
+                _store(patient, row.code, row.diagnosis, user)
                 changed += 1
     return DiagnosisImport(rows=len(rows), changed=changed, unchanged=len(rows) - changed)
 

@@ -41,5 +41,5 @@ def roc_svg(report: DecisionReport) -> str | None:
     axes.set_ylabel("sensitivity", fontsize=text)
     axes.tick_params(labelsize=text)
     axes.legend(loc="lower right", fontsize=text)
-    axes.set_title(f"{report.rule.group} share over the threshold; dot: the rule", fontsize=text)
+    axes.set_title(f"ROC over the {report.rule.group} share; dot: this rule", fontsize=text)
     return svg(figure)

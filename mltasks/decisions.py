@@ -227,8 +227,13 @@ class DecisionReport:
     sources: list[SourceResult]
 
     def notes(self) -> list[str]:
-        """What makes a figure missing: no evaluated patient of one kind."""
+        """What makes a figure missing or suspect: a positive code no patient has (a typo?),
+        a source that evaluates nobody or patients of one kind only."""
         notes = []
+        held = {patient.diagnosis_code.casefold() for patient in self.patients}
+        unheld = sorted(code.upper() for code in self.rule.positive - held)
+        if unheld:
+            notes.append(f"No patient of the study has the diagnosis code {', '.join(unheld)}.")
         for result in self.sources:
             if not result.decisions:
                 title = SOURCE_TITLES[result.source]

@@ -168,6 +168,11 @@ def test_the_examiners_counts_decide_each_patient(study, counted):
     }
     assert rows["CTL-2"]["outcome"] == "FP" and rows["UNKNOWN-1"] is None
     assert examiners["roc"]["auc"] == pytest.approx(0.75)
+    assert report["notes"] == []
+    typo = DecisionRule.parse(group="blast", threshold=0.25, positive="AML,AMLL")
+    assert decide(study, typo).to_dict()["notes"] == [
+        "No patient of the study has the diagnosis code AMLL."
+    ]
 
 
 def test_an_uncountable_cell_changes_no_count(study, counted, annotator):

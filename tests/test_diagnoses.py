@@ -99,6 +99,10 @@ def test_a_bad_file_names_every_problem_by_line_and_writes_nothing(study, patien
 def test_a_wrong_header_is_refused_on_line_one(study, patients, coordinator):
     with pytest.raises(DomainError, match=r"line 1: the header must be patient,code,diagnosis"):
         diagnoses.import_diagnoses(study, b"code,patient,diagnosis\nBM-1,ALL,x\n", coordinator)
+    with pytest.raises(DomainError, match="line 3: a NUL character"):
+        diagnoses.import_diagnoses(
+            study, (HEADER + "BM-1,ALL,x\nBM-2,\x00,x\n").encode(), coordinator
+        )
     with pytest.raises(DomainError, match="not UTF-8"):
         diagnoses.import_diagnoses(study, HEADER.encode() + b"BM-1,\xff,x\n", coordinator)
 
