@@ -48,22 +48,20 @@ class GroupCount:
         return share_interval(self.in_group, self.counted)
 
 
+def share_row(count: int, total: int) -> dict:
+    """A count with its share of the total and that share's interval (None when total is 0)."""
+    interval = share_interval(count, total)
+    return {
+        "count": count,
+        "share": count / total if total else None,
+        "ci": list(interval) if interval else None,
+    }
+
+
 def share_rows(counts: Counter, order: list[str]) -> list[dict]:
     """Each code of `order` with its count, share of the total and interval: a differential."""
     total = sum(counts.values())
-    rows = []
-    for code in order:
-        count = counts.get(code, 0)
-        interval = share_interval(count, total)
-        rows.append(
-            {
-                "code": code,
-                "count": count,
-                "share": count / total if total else None,
-                "ci": list(interval) if interval else None,
-            }
-        )
-    return rows
+    return [{"code": code, **share_row(counts.get(code, 0), total)} for code in order]
 
 
 def find_group(study: Study, name: str) -> TaxonGroup:

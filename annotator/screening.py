@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import openslide
 from django.conf import settings
@@ -28,7 +27,6 @@ from .models import Cell, DetectionJob, Label, ProposedCell, Scan, Study, TaxonN
 from .scans import local_path
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY_SECONDS = 0.5
 Status = DetectionJob.Status
 
 
@@ -108,27 +106,6 @@ def cancel_detection(job: DetectionJob, user) -> DetectionJob:
     return job
 
 
-class _Progress:
-    """Tiles done and in all onto the job's row, at most every half second (and at the end)."""
-
-    def __init__(self, lease: leases.Lease):
-        self.lease = lease
-        self.last_write = 0.0
-        self.started = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last_write >= PROGRESS_EVERY_SECONDS or done == total:
-            self.last_write = now
-            state = {
-                "tiles_done": done,
-                "tiles": total,
-                "fraction": round(done / total, 4) if total else 1.0,
-                "elapsed_seconds": round(now - self.started, 1),
-            }
-            self.lease.mine().update(progress=state)
-
-
 def run_detection(job_id: int) -> DetectionJob | None:
     """Run a queued job to its end: done (its proposals written), failed or cancelled; None
     when the job is gone (its scan was deleted meanwhile).
@@ -156,7 +133,7 @@ def run_detection(job_id: int) -> DetectionJob | None:
             found = detection.detect_leukocytes(
                 local_path(job.scan),
                 settings=detector_settings(),
-                progress=_Progress(lease),
+                progress=leases.ThrottledProgress(lease, "tiles"),
                 should_stop=should_stop,
             )
         except detection.DetectionStopped:

@@ -8,9 +8,9 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
 from django.utils import timezone
 
+from core import leases
 from core.leases import lease_length
 
 from . import patches, screening
@@ -74,22 +74,8 @@ def detect_cells(job_id: int) -> str:
 
 
 def queue_detection(job: DetectionJob) -> None:
-    """Send the job to its queue once committed; an unreachable broker fails the job with the
-    reason instead of leaving it queued for ever."""
-
-    def send() -> None:
-        try:
-            detect_cells.delay(job.pk)
-        except Exception:  # any broker error: recorded on the job, in full in the log
-            log.warning("Could not queue detection %s", job.pk, exc_info=True)
-            DetectionJob.objects.filter(pk=job.pk, status=DetectionJob.Status.QUEUED).update(
-                status=DetectionJob.Status.FAILED,
-                finished_at=timezone.now(),
-                error="Could not queue the detection: the task broker did not answer. Start it "
-                "again once the broker is back; the details are in the web server's log.",
-            )
-
-    transaction.on_commit(send)
+    """Send the job to its queue once committed (a broker that does not answer fails it)."""
+    leases.queue_on_commit(detect_cells, DetectionJob, job.pk, "detection")
 
 
 def queue_detection_again(job_id: int) -> None:

@@ -32,6 +32,12 @@ urlpatterns = [
     path("studies/<slug:study_name>/decision/", mltasks_views.decision_page, name="decision"),
     path("studies/<slug:study_name>/training/", mltasks_views.training_page, name="training"),
     path("training/<int:run_id>/", mltasks_views.run_report_page, name="training-report"),
+    path("training/<int:run_id>/counts/", mltasks_views.smear_counts_page, name="smear-counts"),
+    path(
+        "training/<int:run_id>/scans/<int:scan_id>/gallery/",
+        mltasks_views.gallery_page,
+        name="cell-gallery",
+    ),
     path("queue/<int:round_id>/", annotator_views.queue_page, name="queue"),
     path("adjudications/<int:round_id>/", annotator_views.adjudication_page, name="adjudicate"),
     path("login/", auth_views.LoginView.as_view(), name="login"),

@@ -230,6 +230,51 @@ class Lease:
             connections.close_all()
 
 
+def queue_on_commit(task, model: type[LeasedJob], pk: int, noun: str) -> None:
+    """Send a job's Celery task once the transaction commits; an unreachable broker fails the
+    still-queued job with the reason instead of leaving it queued for ever."""
+
+    def send() -> None:
+        try:
+            task.delay(pk)
+        except Exception:  # any broker error: recorded on the job, in full in the log
+            log.warning("Could not queue %s %s", noun, pk, exc_info=True)
+            model.objects.filter(pk=pk, status=QUEUED).update(
+                status=FAILED,
+                finished_at=timezone.now(),
+                error=f"Could not queue the {noun}: the task broker did not answer. Start it "
+                "again once the broker is back; the details are in the web server's log.",
+            )
+
+    transaction.on_commit(send)
+
+
+class ThrottledProgress:
+    """A job's `progress` callback (done, total): writes "{unit}_done", "{unit}", the fraction
+    and the seconds since it began onto the job's row, at most every half second and at the
+    end, so that a fast loop does not write a row per step."""
+
+    EVERY_SECONDS = 0.5
+
+    def __init__(self, lease: Lease, unit: str):
+        self.lease = lease
+        self.unit = unit
+        self.last_write = 0.0
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_write >= self.EVERY_SECONDS or done == total:
+            self.last_write = now
+            state = {
+                f"{self.unit}_done": done,
+                self.unit: total,
+                "fraction": round(done / total, 4) if total else 1.0,
+                "elapsed_seconds": round(now - self.started, 1),
+            }
+            self.lease.mine().update(progress=state)
+
+
 def _release(kind: JobKind, job: LeasedJob, held: models.QuerySet, **fields) -> bool:
     """Write a job's new state through `held` (its row while still in the state it is taken
     from) and drop its lease; its partial files are removed once it is. Whether it was."""

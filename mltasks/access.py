@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from annotator.access import overseen_studies
+from annotator.access import overseen_studies, visible_scans, visible_studies
 
-from .models import FoldModel, TrainingRun
+from .models import ClassifiedCell, FoldModel, ScanClassification, TrainingRun
 
 
 def visible_runs(user) -> QuerySet[TrainingRun]:
@@ -18,4 +18,23 @@ def visible_fold_models(user) -> QuerySet[FoldModel]:
     return FoldModel.objects.filter(run__in=visible_runs(user))
 
 
-RULES = {TrainingRun: visible_runs, FoldModel: visible_fold_models}
+def visible_classifications(user) -> QuerySet[ScanClassification]:
+    """Counts of the scans a user sees whole in the run's study: the overseers', and the
+    examiners' who review its suspicious cells in the gold viewer (as they see the models'
+    suggestions there); never a scan of a study the user rates blinded."""
+    examined = ScanClassification.objects.filter(
+        scan__in=visible_scans(user), run__split__dataset__study__in=visible_studies(user)
+    )
+    return ScanClassification.objects.filter(run__in=visible_runs(user)) | examined
+
+
+def visible_classified_cells(user) -> QuerySet[ClassifiedCell]:
+    return ClassifiedCell.objects.filter(job__in=visible_classifications(user))
+
+
+RULES = {
+    TrainingRun: visible_runs,
+    FoldModel: visible_fold_models,
+    ScanClassification: visible_classifications,
+    ClassifiedCell: visible_classified_cells,
+}

@@ -31,6 +31,22 @@ def _fold_released(job) -> None:
     released(job)
 
 
+def _queue_classification_again(job_id: int) -> None:
+    from .tasks import classify_scan
+
+    classify_scan.delay(job_id)
+
+
+def _classification_stopped(job, reason: str) -> str:
+    from .smear_classification import stopped_message
+
+    return stopped_message(job, reason)
+
+
+def _no_partials(job) -> None:
+    """A classification writes its cells only when it ends done: nothing to remove."""
+
+
 class MltasksConfig(AppConfig):
     """Training and inference (depends on datasets and annotator)."""
 
@@ -42,7 +58,7 @@ class MltasksConfig(AppConfig):
         from core.visibility import register_visibility
 
         from .access import RULES
-        from .models import FoldJob, TrainingRun
+        from .models import FoldJob, ScanClassification, TrainingRun
 
         leases.register(
             leases.JobKind(
@@ -54,6 +70,13 @@ class MltasksConfig(AppConfig):
                 _queue_fold_again,
                 _fold_released,
                 _stopped_message,
+            ),
+            leases.JobKind(
+                "classification of a scan",
+                ScanClassification,
+                _queue_classification_again,
+                _no_partials,
+                _classification_stopped,
             ),
         )
         register_visibility(RULES)

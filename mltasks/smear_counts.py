@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
 
 from annotator import access
 from annotator.detection import DETECTOR_VERSION
@@ -27,16 +26,18 @@ from annotator.differential import (
     GroupCount,
     examiner_counts,
     find_group,
-    share_interval,
+    group_count,
+    share_row,
     share_rows,
 )
 from annotator.models import Cell, Label, ProposedCell, Scan, Study
 from annotator.rounds import largest_gold_round
+from annotator.taxonomy import group_leaf_codes
 from core import leases
 from core.errors import DomainError, NotFoundError
 from datasets.classmaps import class_groups
 
-from .access import visible_runs
+from .access import visible_classifications
 from .models import ClassifiedCell, ScanClassification, TrainingRun
 
 Status = ScanClassification.Status
@@ -115,14 +116,6 @@ def cancel_classification(job: ScanClassification, user) -> ScanClassification:
     return job
 
 
-def visible_classifications(user) -> QuerySet[ScanClassification]:
-    return ScanClassification.objects.filter(run__in=visible_runs(user))
-
-
-def visible_classified_cells(user) -> QuerySet[ClassifiedCell]:
-    return ClassifiedCell.objects.filter(job__in=visible_classifications(user))
-
-
 def find_classification(user, pk: int) -> ScanClassification:
     job = visible_classifications(user).filter(pk=pk).select_related("run", "scan").first()
     if job is None:
@@ -159,50 +152,60 @@ class ModelCount:
 
 
 def _model_counts(run: TrainingRun, jobs: list[ScanClassification]) -> ModelCount:
-    uncountable = uncountable_cells(run.split.dataset.study)
-    counts: Counter = Counter()
-    left_out = 0
-    found = ClassifiedCell.objects.filter(job__in=jobs).values_list("cell_id", "predicted")
-    for cell, predicted in found.iterator():
+    per_scan = model_counts_by_scan(jobs, uncountable_cells(run.split.dataset.study))
+    return ModelCount(
+        sum((count.classes for count in per_scan.values()), Counter()),
+        sum(count.uncountable for count in per_scan.values()),
+        len(jobs),
+    )
+
+
+def model_counts_by_scan(jobs, uncountable: set[int]) -> dict[int, ModelCount]:
+    """Per scan id, the model's classes of the counted cells of its job among `jobs`."""
+    counts = {job.scan_id: ModelCount(Counter(), 0, 1) for job in jobs}
+    found = ClassifiedCell.objects.filter(job__in=jobs).values_list(
+        "job__scan_id", "cell_id", "predicted"
+    )
+    for scan, cell, predicted in found.iterator():
         if cell in uncountable:
-            left_out += 1
+            counts[scan].uncountable += 1
         else:
-            counts[predicted] += 1
-    return ModelCount(counts, left_out, len(jobs))
+            counts[scan].classes[predicted] += 1
+    return counts
 
 
-def _examiner_classes(run: TrainingRun, leaf_counts: Counter) -> tuple[Counter, int]:
-    """The examiners' leaf counts in the run's classes, and how many leaves no class holds."""
+OUTSIDE = "other"  # the examiners' leaves no class of the run holds
+
+
+def _examiner_differential(run: TrainingRun, leaf_counts: Counter) -> dict:
+    """The examiners' leaf counts in the run's classes (leaves no class holds as "other"),
+    and their group shares from the leaves themselves."""
     dataset = run.split.dataset
     class_of = dataset.class_map.class_of() if dataset.class_map else {}
     counts: Counter = Counter()
-    outside = 0
     for leaf, n in leaf_counts.items():
         klass = class_of.get(leaf, leaf)
-        if klass in dataset.classes:
-            counts[klass] += n
-        else:
-            outside += n
-    return counts, outside
+        counts[klass if klass in dataset.classes else OUTSIDE] += n
+    order = list(dataset.classes) + ([OUTSIDE] if counts[OUTSIDE] else [])
+    total = sum(leaf_counts.values())
+    groups = [
+        {
+            "group": group.name,
+            **share_row(group_count(leaf_counts, group_leaf_codes(group)).in_group, total),
+        }
+        for group in dataset.study.taxonomy.groups.prefetch_related("nodes").order_by("name")
+    ]
+    return {"counted": total, "classes": share_rows(counts, order), "groups": groups}
 
 
 def _group_rows(run: TrainingRun, counts: Counter) -> list[dict]:
     dataset = run.split.dataset
     groups = class_groups(dataset.study, dataset.classes, dataset.class_map)
     total = sum(counts.values())
-    rows = []
-    for name, members in sorted(groups.items()):
-        in_group = sum(counts.get(klass, 0) for klass in members)
-        interval = share_interval(in_group, total)
-        rows.append(
-            {
-                "group": name,
-                "count": in_group,
-                "share": in_group / total if total else None,
-                "ci": list(interval) if interval else None,
-            }
-        )
-    return rows
+    return [
+        {"group": name, **share_row(sum(counts.get(klass, 0) for klass in members), total)}
+        for name, members in sorted(groups.items())
+    ]
 
 
 def _differential(run: TrainingRun, counts: Counter) -> dict:
@@ -220,7 +223,6 @@ def _count_report(
     examiner_uncountable: int,
 ) -> dict:
     model = _model_counts(run, jobs)
-    examiner, outside = _examiner_classes(run, leaf_counts)
     return {
         "run": run.pk,
         "classes": list(run.split.dataset.classes),
@@ -230,9 +232,8 @@ def _count_report(
             "scans_counted": model.scans,
         },
         "examiners": {
-            **_differential(run, examiner),
+            **_examiner_differential(run, leaf_counts),
             "uncountable": examiner_uncountable,
-            "outside_classes": outside,
         }
         if leaf_counts or examiner_uncountable
         else None,
@@ -270,6 +271,43 @@ def patient_report(run: TrainingRun, patient) -> dict:
     return {"patient": patient.code, "scans": scans.count(), **report}
 
 
+def overview(run: TrainingRun) -> dict:
+    """Every scan of the run's study with the leukocytes found on it, its last classification
+    and the group shares by the model and by the examiners; the same pooled per patient."""
+    study = _run_and_study(run)
+    scans = list(study.scans.select_related("patient").order_by("original_name", "pk"))
+    last = {job.scan_id: job for job in ScanClassification.objects.filter(run=run).order_by("pk")}
+    done = latest_done(run, scans)
+    model = model_counts_by_scan(list(done.values()), uncountable_cells(study))
+    examiners = examiner_counts(study)
+    scan_rows = []
+    pooled: dict[int, Counter] = {}
+    for scan in scans:
+        counted = model.get(scan.pk)
+        if counted is not None and scan.patient_id:
+            pooled[scan.patient_id] = pooled.get(scan.patient_id, Counter()) + counted.classes
+        scan_rows.append(
+            {
+                "scan": scan,
+                "found": len(leukocytes(scan, study)),
+                "job": last.get(scan.pk),
+                "model": _differential(run, counted.classes) if counted else None,
+                "examiners": _examiner_differential(run, examiners.by_scan.get(scan.pk, Counter())),
+            }
+        )
+    patients = {scan.patient_id: scan.patient for scan in scans if scan.patient_id}
+    patient_rows = [
+        {
+            "patient": patient,
+            "model": _differential(run, pooled[pk]) if pk in pooled else None,
+            "examiners": _examiner_differential(run, examiners.by_patient.get(pk, Counter())),
+        }
+        for pk, patient in sorted(patients.items(), key=lambda item: item[1].code)
+    ]
+    groups = sorted(study.taxonomy.groups.values_list("name", flat=True))
+    return {"groups": groups, "scans": scan_rows, "patients": patient_rows}
+
+
 def model_group_counts(run: TrainingRun, group_name: str) -> dict[int, GroupCount]:
     """Per patient id: of the cells the model counted on the patient's classified scans, how
     many it put in a class of the group."""
@@ -279,19 +317,14 @@ def model_group_counts(run: TrainingRun, group_name: str) -> dict[int, GroupCoun
     members = class_groups(study, dataset.classes, dataset.class_map)[group_name]
     jobs = latest_done(run, study.scans.filter(patient__isnull=False))
     patient_of = dict(study.scans.filter(pk__in=list(jobs)).values_list("pk", "patient_id"))
-    uncountable = uncountable_cells(study)
+    per_scan = model_counts_by_scan(list(jobs.values()), uncountable_cells(study))
     in_group: Counter = Counter()
     counted: Counter = Counter()
-    found = ClassifiedCell.objects.filter(job__in=list(jobs.values())).values_list(
-        "job__scan_id", "cell_id", "predicted"
-    )
-    for scan, cell, predicted in found.iterator():
-        if cell in uncountable:
-            continue
+    for scan, count in per_scan.items():
         patient = patient_of[scan]
-        counted[patient] += 1
-        in_group[patient] += predicted in members
-    return {patient: GroupCount(in_group[patient], n) for patient, n in counted.items()}
+        counted[patient] += sum(count.classes.values())
+        in_group[patient] += sum(count.classes.get(klass, 0) for klass in members)
+    return {patient: GroupCount(in_group[patient], n) for patient, n in counted.items() if n}
 
 
 def gallery(job: ScanClassification, group_name: str, *, limit: int = 60, offset: int = 0):

@@ -7,8 +7,10 @@ import logging
 from celery import shared_task
 from django.db import transaction
 
+from core import leases
+
 from . import runs
-from .models import TrainingRun
+from .models import ScanClassification, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,20 @@ def preannotate(run_id: int) -> int:
     from .inference import preannotate as suggest
 
     return suggest(TrainingRun.objects.get(pk=run_id), None)
+
+
+@shared_task
+def classify_scan(job_id: int) -> str:
+    """Count a scan with a finished run's models (mltasks.smear_classification)."""
+    from .smear_classification import run_classification
+
+    job = run_classification(job_id)
+    return job.status if job else "gone"
+
+
+def queue_classification(job: ScanClassification) -> None:
+    """Send the classification to the `training` queue once committed."""
+    leases.queue_on_commit(classify_scan, ScanClassification, job.pk, "classification")
 
 
 def queue_run(run: TrainingRun) -> None:

@@ -5,21 +5,23 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
-from annotator.access import overseen_study
+from annotator.access import OVERSEEING_ROLES, overseen_study, roles_in
 from annotator.diagnoses import diagnosis_study
 from core.errors import DomainError
 from core.pages import guarded
 from core.url_templates import url_template
 from datasets.models import Split
 
-from . import export, runs, tracking
-from .access import visible_runs
+from . import export, runs, smear_counts, tracking
+from .access import visible_classifications, visible_runs
+from .api.screening import gallery_items
 from .decisions import requested_report
-from .models import TrainingRun
-from .tasks import queue_run
+from .models import ScanClassification, TrainingRun
+from .tasks import queue_classification, queue_run
 
 
 class StartForm(forms.Form):
@@ -142,6 +144,99 @@ def _downloads(run: TrainingRun) -> dict:
         if name in files
     }
     return {"folds": folds, "card": card}
+
+
+def _overseen_run(request, run_id: int) -> tuple[TrainingRun, object]:
+    run = get_object_or_404(TrainingRun.objects.select_related("split__dataset__study"), pk=run_id)
+    study = guarded(overseen_study, request.user, run.split.dataset.study.name, "count smears")
+    return run, study
+
+
+def _count_scans(request, run: TrainingRun, study) -> None:
+    """Start the classifications the page's form asks for: one scan, or every scan with cells."""
+    wanted = request.POST.get("scan", "")
+    scans = study.scans.filter(pk=wanted) if wanted.isdigit() else study.scans.all()
+    rerun = request.POST.get("rerun") == "1"
+    started = 0
+    for scan in scans.order_by("pk"):
+        if not wanted and not smear_counts.leukocytes(scan, study):
+            continue
+        try:
+            job, created = smear_counts.start_classification(run, scan, request.user, rerun=rerun)
+        except DomainError as exc:
+            messages.error(request, str(exc))
+            continue
+        if created:
+            queue_classification(job)
+            started += 1
+    messages.success(request, f"{started} scan(s) queued for counting.")
+
+
+@login_required
+def smear_counts_page(request, run_id: int):
+    """Every scan of the run's study counted by the run's models beside the examiners, per
+    scan and per patient; forms to count scans and to cancel a count."""
+    run, study = _overseen_run(request, run_id)
+    if request.method == "POST":
+        try:
+            if request.POST.get("action") == "cancel":
+                job = get_object_or_404(ScanClassification, pk=request.POST.get("job"), run=run)
+                smear_counts.cancel_classification(job, request.user)
+                messages.success(request, f"Count of {job.scan.original_name} cancelled.")
+            else:
+                _count_scans(request, run, study)
+        except DomainError as exc:
+            messages.error(request, str(exc))
+        return redirect(request.path)
+    overview = smear_counts.overview(run) if run.status == TrainingRun.Status.DONE else None
+    unfinished = overview and any(
+        row["job"] and row["job"].status in ("queued", "running") for row in overview["scans"]
+    )
+    return render(
+        request,
+        "mltasks/smear_counts.html",
+        {"run": run, "study": study, "overview": overview, "unfinished": unfinished},
+    )
+
+
+@login_required
+def gallery_page(request, run_id: int, scan_id: int):
+    """A counted scan's cells ranked by the models' P(group), each opening the gold viewer at
+    the cell, with the scan's differential by the model and the examiners."""
+    counted = visible_classifications(request.user).filter(run_id=run_id, scan_id=scan_id)
+    if not counted.exists():
+        raise Http404("No count of this scan by this run among those you may see.")
+    run = TrainingRun.objects.select_related("split__dataset__study").get(pk=run_id)
+    study = run.split.dataset.study
+    scan = study.scans.get(pk=scan_id)
+    job = smear_counts.latest_done(run, [scan]).get(scan.pk)
+    group = request.GET.get("group") or "blast"
+    groups = sorted(study.taxonomy.groups.values_list("name", flat=True))
+    if group not in groups:
+        messages.error(request, f"No group {group!r}; the taxonomy has {', '.join(groups)}.")
+        group = groups[0] if groups else ""
+    page = request.GET.get("page", "0")
+    page = int(page) if page.isdigit() else 0
+    per_page = 60
+    items = gallery_items(job, group, per_page, page * per_page) if job and group else None
+    return render(
+        request,
+        "mltasks/gallery.html",
+        {
+            "run": run,
+            "study": study,
+            "scan": scan,
+            "job": job,
+            "group": group,
+            "groups": groups,
+            "items": items,
+            "page": page,
+            "more": bool(items) and items["total"] > (page + 1) * per_page,
+            "report": smear_counts.scan_report(run, scan),
+            # The examiners' count is of labels only overseers see (their own rounds aside).
+            "overseer": bool(roles_in(request.user, study) & OVERSEEING_ROLES),
+        },
+    )
 
 
 @login_required

@@ -254,11 +254,29 @@ def _add_diagnosis(scan, coordinator) -> None:
     diagnoses.set_diagnosis(study, scan.patient.code, coordinator, "AML", DIAGNOSIS_TEXT)
 
 
+# A classified cell's probability, found nowhere else: a response showing it shows the count.
+CLASSIFIED_PROBABILITY = 0.8765432
+
+
+def _add_classification(scan, coordinator) -> None:
+    """The study's training run counted the scan: one classified cell, at the proposal."""
+    from mltasks.models import ClassifiedCell, ScanClassification, TrainingRun
+
+    run = TrainingRun.objects.get(split__dataset__study__scans=scan)
+    job = ScanClassification.objects.create(
+        run=run, scan=scan, status="done", cell_count=1, created_by=coordinator
+    )
+    ClassifiedCell.objects.create(
+        job=job, x=4321, y=1234, predicted="MYO", probabilities=[CLASSIFIED_PROBABILITY]
+    )
+
+
 def _hidden_strings(blinded, curation, scan, mine=()) -> list[str]:
     """What the browsable API's forms would show of the study: cells by position, other
     raters' rounds, the data set's name, the scan, its proposed cells."""
     strings = [*_forbidden_strings(scan), curation.name, SECRET_NOTE, str(PROPOSAL_CONFIDENCE)]
     strings.append(DIAGNOSIS_TEXT)
+    strings.append(str(CLASSIFIED_PROBABILITY))
     strings += [f"({cell.x}, {cell.y})" for cell in blinded["cells"]]
     strings += [str(cell) for cell in blinded["cells"]]
     strings += [str(r) for r in Round.objects.exclude(pk__in=mine)]
@@ -283,7 +301,7 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
     )
     from annotator.models import DetectionJob
     from datasets.models import DatasetVersion, Export, Split
-    from mltasks.models import TrainingRun
+    from mltasks.models import ClassifiedCell, ScanClassification, TrainingRun
 
     panelled = [blinded["panel"].pk, blinded["adjudication"].pk] if "panel" in blinded else []
     curated_ids = [
@@ -292,6 +310,7 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
         *Export.objects.values_list("pk", flat=True),
         *TrainingRun.objects.values_list("pk", flat=True),
         *DetectionJob.objects.values_list("pk", flat=True),
+        *ScanClassification.objects.values_list("pk", flat=True),
     ]
     values = {
         "id": [
@@ -308,6 +327,7 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
         "study_id": [scan.studies.first().pk],
         "patient_code": [scan.patient.code],
         "cell_id": cells[:3],
+        "classified_cell_id": list(ClassifiedCell.objects.values_list("pk", flat=True)),
         "level": [0, 12],
         "col": [0],
         "row": [0],
@@ -422,6 +442,7 @@ def sweep_world(django_db_setup, django_db_blocker, synthetic_scan_files, tmp_pa
         curation = _make_curation(study, cora)
         _add_detection(scan, cora)
         _add_diagnosis(scan, cora)
+        _add_classification(scan, cora)
         yield {"panelled": panelled, "curation": curation, "scan": scan, "rita": rita}
         transaction.set_rollback(True)
 

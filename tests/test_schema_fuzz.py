@@ -29,7 +29,7 @@ from annotator import annotation, panels, rounds, screening, tile_links, uploads
 from annotator.models import Membership
 from datasets import classmaps, exports, splits, versions
 from mltasks import runs
-from mltasks.models import TrainingRun
+from mltasks.models import ClassifiedCell, ScanClassification, TrainingRun
 
 from .conftest import tus_metadata
 
@@ -85,6 +85,14 @@ def world(
     run = runs.start_run(split, coordinator, {})
     TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED, error="test")
     detected = screening.run_detection(screening.start_detection(scan, coordinator)[0].pk)
+    counted = ScanClassification.objects.create(run=run, scan=scan, status="done")
+    classified = ClassifiedCell.objects.create(
+        job=counted,
+        x=10,
+        y=10,
+        predicted=split.dataset.classes[0],
+        probabilities=[1.0] + [0.0] * (len(split.dataset.classes) - 1),
+    )
     label = gold_cells[0].labels.first()
     upload = uploads.create_upload(
         coordinator, "10", tus_metadata(filename="a.svs", study=study.name)
@@ -110,6 +118,8 @@ def world(
         "training-runs": [run.pk],
         "detection-jobs": [detected.pk],
         "proposals": list(detected.proposals.values_list("pk", flat=True)[:1]),
+        "scan-classifications": [counted.pk],
+        "classified_cell_id": [classified.pk],
         # The other path parameters, by name.
         "scan_id": [scan.pk],
         "study_id": [study.pk],

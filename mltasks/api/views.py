@@ -24,6 +24,7 @@ from ..access import visible_runs
 from ..models import TrainingRun
 from ..tasks import preannotate as preannotate_task
 from ..tasks import queue_run
+from .screening import SmearCountActions
 
 DOWNLOAD_TYPES = {".json": "application/json", ".md": "text/markdown"}
 
@@ -65,7 +66,9 @@ class TrainingRunCreateSerializer(ScopedSerializer):
     plot=extend_schema(summary="A plot of a training run's report"),
     download=extend_schema(summary="Download a fold model (ONNX, TorchScript) or the model card"),
 )
-class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class TrainingRunViewSet(
+    SmearCountActions, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     """Training runs of the splits of your studies (coordinators, data scientists, admins).
     POST starts one on the `training` queue (202); poll `progress`; `cancel/` stops it."""
 

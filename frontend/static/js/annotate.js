@@ -379,6 +379,19 @@ function panTo(cell) {
   }
 }
 
+// The cell gallery opens the viewer at a cell (?at=X,Y in level-0 pixels): zoomed in to half
+// the scan's resolution around it, the cell or proposal at that spot selected.
+function openAt(text) {
+  const match = /^(\d+),(\d+)$/.exec(text || "");
+  if (!match) return;
+  const x = Number(match[1]);
+  const y = Number(match[2]);
+  viewer.viewport.zoomTo(viewer.viewport.imageToViewportZoom(0.5), null, true);
+  viewer.viewport.panTo(viewer.viewport.imageToViewportCoordinates(new OpenSeadragon.Point(x, y)), true);
+  const found = [...annotations.cells.entries()].find(([, cell]) => cell.x === x && cell.y === y);
+  if (found) select(found[0], false);
+}
+
 let drag = null;
 viewer.addHandler("canvas-press", (event) => {
   const hit = hitTest(event.position);
@@ -764,6 +777,7 @@ const opened = new Promise((resolve) => viewer.addOnceHandler("open", resolve));
 Promise.all([annotations.load(), opened])
   .then(() => {
     render();
+    openAt(new URLSearchParams(window.location.search).get("at"));
     queue.reportStatus();
     window.cytomark = {
       viewer, cells: annotations.cells, ready: true, pending: () => queue.pending, redraw: drawMarkers,

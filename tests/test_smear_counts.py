@@ -1,0 +1,371 @@
+"""Counting a smear with a finished run's models (mltasks.smear_counts and
+smear_classification): which cells are classified, the differential counts per scan and per
+patient beside the examiners', uncountable cells, the gallery, the API, the command, and a
+real worker that is cancelled and one that is killed."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from django.core.files.storage import default_storage
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import Client
+from PIL import Image
+from statsmodels.stats.proportion import proportion_confint
+
+from annotator import annotation, patches, rounds, screening
+from mltasks import inference, run_config, smear_counts, training
+from mltasks import tasks as mltasks_tasks
+from mltasks.models import ClassifiedCell, FoldModel, ScanClassification, TrainingRun
+from mltasks.resnext import resnext50_32x4d
+from mltasks.smear_classification import run_classification
+
+from .conftest import client_for, log_in, new_page
+from .test_job_recovery import wait_until
+from .test_proposal_review import add_proposals
+from .workers import celery_worker, purge_queues, start_worker, stop_worker
+
+SPOTS = [(900, 900), (1400, 1100), (2000, 1900), (2600, 500), (700, 2400)]
+
+
+def finished_run(split, user, favoured: str | None = None) -> TrainingRun:
+    """A done run with one fold model of seeded random weights at 32 px; `favoured` makes the
+    model give that class to every image (its output bias far above the others)."""
+    config = run_config.load_config({"image_size": 32, "folds": ["0"], "threads": 2})
+    run = TrainingRun.objects.create(
+        split=split, config=config, status=TrainingRun.Status.DONE, created_by=user
+    )
+    classes = split.dataset.classes
+    torch.manual_seed(3)
+    model = resnext50_32x4d(num_classes=len(classes))
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    if favoured is not None:
+        state["fc.bias"][classes.index(favoured)] = 1000.0
+    name = f"training/run-{run.pk}/fold-0.pt"
+    default_storage.save(name, io.BytesIO(training.state_dict_bytes(state, classes, config)))
+    FoldModel.objects.create(run=run, fold="0", weights=name, sha256="0" * 64, classes=classes)
+    return run
+
+
+@pytest.fixture
+def found(study, scan, coordinator, annotator):
+    """Five proposals on the scan: one accepted with a label, one rejected, three open; and
+    two cells placed by hand, one labelled NGS and one "cannot classify"."""
+    proposals = add_proposals(scan, coordinator, SPOTS)
+    gold = annotation.gold_round_for(study, annotator)
+    accepted = screening.accept_proposal(proposals[0], annotator, node="MYB", study=study)
+    screening.reject_proposal(proposals[1], annotator)
+    by_hand = annotation.create_cell(study, scan, 2800, 2200, annotator)
+    annotation.set_label(by_hand, gold, annotator, node="NGS")
+    smudged = annotation.create_cell(study, scan, 300, 300, annotator)
+    annotation.set_label(smudged, gold, annotator, cannot_classify=True)
+    return {
+        "proposals": proposals,
+        "accepted": accepted.cell,
+        "by_hand": by_hand,
+        "smudged": smudged,
+    }
+
+
+def classify(run, scan, user) -> ScanClassification:
+    job, created = smear_counts.start_classification(run, scan, user)
+    assert created
+    return run_classification(job.pk, "cpu")
+
+
+@pytest.mark.django_db
+def test_every_leukocyte_found_is_classified_once_as_the_models_see_its_patch(
+    study, scan, split, data_scientist, found
+):
+    run = finished_run(split, data_scientist)
+    job = classify(run, scan, data_scientist)
+    assert job.status == "done", job.error
+    assert job.device == "cpu" and job.cell_count == 6 and job.seconds > 0
+    cells = {(c.x, c.y): c for c in ClassifiedCell.objects.filter(job=job)}
+    expected = {SPOTS[0], *SPOTS[2:], (2800, 2200), (300, 300)}
+    assert set(cells) == expected  # the rejected proposal is no leukocyte; none counted twice
+    accepted = cells[SPOTS[0]]
+    assert accepted.proposal_id == found["proposals"][0].pk
+    assert accepted.cell_id == found["accepted"].pk
+    assert cells[(2800, 2200)].proposal_id is None
+
+    # The stored probabilities are the ensemble's on the study's patch of each spot.
+    spots = sorted(cells)
+    images = [patches.patch_image(scan, patches.geometry_at(study, scan, x, y)) for x, y in spots]
+    expected_p = inference.ensemble_predict(run, images)
+    stored = np.array([cells[spot].probabilities for spot in spots])
+    assert np.allclose(stored, expected_p, atol=1e-5)
+    classes = split.dataset.classes
+    assert [cells[s].predicted for s in spots] == [classes[i] for i in expected_p.argmax(axis=1)]
+
+
+@pytest.mark.django_db
+def test_the_counts_leave_uncountable_cells_out_and_stand_beside_the_examiners(
+    study, scan, split, data_scientist, found
+):
+    run = finished_run(split, data_scientist, favoured="MYO")
+    job = classify(run, scan, data_scientist)
+    report = smear_counts.scan_report(run, scan)
+    model, examiners = report["model"], report["examiners"]
+    assert report["classification"] == job.pk
+    assert model["counted"] == 5 and model["uncountable"] == 1  # the smudged cell is out
+    myo = next(row for row in model["classes"] if row["code"] == "MYO")
+    assert myo["count"] == 5 and myo["share"] == 1.0
+    groups = {row["group"]: row for row in model["groups"]}
+    assert groups["blast"]["share"] == 1.0 and groups["atypical"]["count"] == 5
+    low, high = proportion_confint(5, 5, alpha=0.05, method="wilson")
+    assert groups["blast"]["ci"] == pytest.approx([low, high])
+
+    # The examiners labelled two of the scan's cells (MYB, NGS) and could not classify one.
+    assert examiners["counted"] == 2 and examiners["uncountable"] == 1
+    shares = {row["code"]: row["share"] for row in examiners["classes"]}
+    assert shares["NGS"] == 0.5 and shares["MYO"] == 0.0
+    assert "MYB" not in shares and shares["other"] == 0.5  # no class of the run holds MYB
+    by_group = {row["group"]: row["count"] for row in examiners["groups"]}
+    assert by_group == {"blast": 0, "atypical": 1}
+
+    patient = report_patient = smear_counts.patient_report(run, scan.patient)
+    assert report_patient["model"]["counted"] == 5 and patient["scans"] == 1
+    assert smear_counts.model_group_counts(run, "blast")[scan.patient_id].in_group == 5
+
+
+@pytest.mark.django_db
+def test_a_count_needs_a_finished_run_cells_found_and_an_overseer(
+    study, scan, split, data_scientist, annotator, coordinator
+):
+    run = finished_run(split, data_scientist)
+    with pytest.raises(Exception, match="no cells to count yet"):
+        smear_counts.start_classification(run, scan, data_scientist)
+    add_proposals(scan, coordinator, SPOTS[:1])
+    with pytest.raises(Exception, match="count a scan with a model"):
+        smear_counts.start_classification(run, scan, annotator)
+    run.status = TrainingRun.Status.FAILED
+    run.save()
+    with pytest.raises(Exception, match="only a finished run can count"):
+        smear_counts.start_classification(run, scan, data_scientist)
+
+
+@pytest.mark.django_db
+def test_the_api_counts_ranks_the_gallery_and_hides_it_all_from_raters(
+    study, scan, split, data_scientist, annotator, coordinator, rater, outsider, found
+):
+    run = finished_run(split, data_scientist)
+    job = classify(run, scan, data_scientist)
+    api = client_for(data_scientist)
+
+    counts = api.get(f"/api/v1/training-runs/{run.pk}/counts/?scan={scan.pk}")
+    assert counts.status_code == 200 and counts.json()["model"]["counted"] == 5
+    by_patient = api.get(f"/api/v1/training-runs/{run.pk}/counts/?patient={scan.patient.code}")
+    assert by_patient.status_code == 200 and by_patient.json()["patient"] == scan.patient.code
+
+    gallery = api.get(f"/api/v1/scan-classifications/{job.pk}/gallery/?group=blast&limit=3")
+    assert gallery.status_code == 200
+    body = gallery.json()
+    assert body["total"] == 5 and len(body["cells"]) == 3
+    ranked = [cell["probability"] for cell in body["cells"]]
+    assert ranked == sorted(ranked, reverse=True)
+    classes = split.dataset.classes
+    top = ClassifiedCell.objects.get(pk=body["cells"][0]["id"])
+    blast = sum(
+        top.probabilities[classes.index(code)] for code in ("MYO", "MOB") if code in classes
+    )
+    assert body["cells"][0]["probability"] == pytest.approx(blast, abs=1e-5)
+    assert body["cells"][0]["viewer"].endswith(f"/scans/{scan.pk}/?at={top.x},{top.y}")
+    patch = api.get(body["cells"][0]["patch"])
+    assert patch.status_code == 200 and patch["Content-Type"] == "image/jpeg"
+    side = patches.patch_side_px(study, scan)
+    assert Image.open(io.BytesIO(patch.content)).size == (side, side)
+
+    for url, problem in [
+        (f"/api/v1/scan-classifications/{job.pk}/gallery/?group=nonsense", "no group 'nonsense'"),
+        (f"/api/v1/scan-classifications/{job.pk}/gallery/?limit=many", "limit must be"),
+        (f"/api/v1/training-runs/{run.pk}/counts/?scan={scan.pk}&patient=x", "Name one scan"),
+        (f"/api/v1/training-runs/{run.pk}/counts/", "Name one scan"),
+    ]:
+        answer = api.get(url)
+        assert answer.status_code == 400 and problem in json.dumps(answer.json()), url
+    assert api.get(f"/api/v1/training-runs/{run.pk}/counts/?scan=999999").status_code == 404
+
+    # The examiner reviews the gallery in the gold viewer; counting and counts are overseers'.
+    examiner = client_for(annotator)
+    assert examiner.get(f"/api/v1/scan-classifications/{job.pk}/gallery/").status_code == 200
+    assert examiner.get(body["cells"][0]["patch"]).status_code == 200
+    run_urls = [f"/api/v1/training-runs/{run.pk}/counts/?scan={scan.pk}"]
+    assert examiner.get(run_urls[0]).status_code == 404
+    assert examiner.post(f"/api/v1/training-runs/{run.pk}/classify/", {}).status_code == 404
+
+    rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
+    for user in (rater, outsider):
+        other = client_for(user)
+        for url in (
+            *run_urls,
+            f"/api/v1/scan-classifications/{job.pk}/",
+            f"/api/v1/scan-classifications/{job.pk}/gallery/",
+            body["cells"][0]["patch"],
+        ):
+            assert other.get(url).status_code == 404, (user.username, url)
+        assert other.get("/api/v1/scan-classifications/").json()["count"] == 0
+        refused = other.post(f"/api/v1/training-runs/{run.pk}/classify/", {}, format="json")
+        assert refused.status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_command_counts_scans_here_and_prints_the_shares(
+    study, scan, split, data_scientist, found
+):
+    run = finished_run(split, data_scientist, favoured="NGS")
+    out = io.StringIO()
+    call_command("count_smear", "--run", str(run.pk), "--scan", str(scan.pk), stdout=out)
+    text = out.getvalue()
+    assert f"Scan {scan.pk}: 5 cell(s) counted, 1 uncountable" in text
+    assert "NGS: 5 = 100.0%" in text and "blast: 0.0%" in text
+    out = io.StringIO()
+    call_command("count_smear", "--run", str(run.pk), "--all", "--format", "json", stdout=out)
+    (report,) = json.loads(out.getvalue())
+    assert report["scan"] == scan.pk and report["model"]["counted"] == 5
+    assert ScanClassification.objects.filter(run=run).count() == 1  # counted once, then read
+    with pytest.raises(CommandError, match="Name the scans"):
+        call_command("count_smear", "--run", str(run.pk))
+    with pytest.raises(CommandError, match="Not scans of study"):
+        call_command("count_smear", "--run", str(run.pk), "--scan", "999999")
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_the_api_queues_counts_on_a_worker_and_cancel_writes_nothing(
+    study, scan, split, data_scientist, found, settings
+):
+    run = finished_run(split, data_scientist)
+    api = client_for(data_scientist)
+    with celery_worker(["training"], Path(settings.MEDIA_ROOT)):
+        answer = api.post(f"/api/v1/training-runs/{run.pk}/classify/", {}, format="json")
+        assert answer.status_code == 202, answer.content
+        (queued,) = answer.json()["classifications"]
+        done = wait_until(
+            lambda: ScanClassification.objects.filter(pk=queued["id"], status="done").first(),
+            90,
+            "the classification done",
+        )
+    assert done.cell_count == 6 and ClassifiedCell.objects.filter(job=done).count() == 6
+    again = api.post(f"/api/v1/training-runs/{run.pk}/classify/", {}, format="json").json()
+    assert [job["id"] for job in again["classifications"]] == [done.pk]  # nothing new
+
+    fresh, _ = smear_counts.start_classification(run, scan, data_scientist, rerun=True)
+    cancelled = api.post(f"/api/v1/scan-classifications/{fresh.pk}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert run_classification(fresh.pk, "cpu").status == "cancelled"
+    assert not ClassifiedCell.objects.filter(job=fresh).exists()
+    ended = api.post(f"/api/v1/scan-classifications/{fresh.pk}/cancel/")
+    assert ended.status_code == 400 and "nothing to cancel" in ended.json()["detail"]
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_a_count_whose_worker_is_killed_is_run_again_by_the_next_worker(
+    study, scan, coordinator, split, data_scientist, settings
+):
+    many = [(300 + 80 * (n % 30), 300 + 80 * (n // 30)) for n in range(300)]
+    add_proposals(scan, coordinator, many)
+    run = finished_run(split, data_scientist)
+    media = Path(settings.MEDIA_ROOT)
+    settings.JOB_LEASE_SECONDS = 2.0
+    env = {"JOB_LEASE_SECONDS": "2"}
+    purge_queues(["training"])
+    first, _ = start_worker(["training"], media, env, name="first")
+    try:
+        job, _ = smear_counts.start_classification(run, scan, data_scientist)
+        mltasks_tasks.classify_scan.delay(job.pk)
+        wait_until(
+            lambda: ScanClassification.objects.filter(
+                pk=job.pk, status="running", progress__cells_done__gt=0
+            ).exists(),
+            60,
+            "the classification under way",
+        )
+    finally:
+        first.kill()  # SIGKILL: no chance to end the job
+        first.wait()
+    job.refresh_from_db()
+    assert job.status == "running" and not ClassifiedCell.objects.exists()
+
+    second, _ = start_worker(["training"], media, env, name="second")
+    try:
+        ended = wait_until(
+            lambda: ScanClassification.objects.filter(
+                pk=job.pk, status__in=["done", "failed"]
+            ).first(),
+            120,
+            "the classification ended",
+        )
+    finally:
+        stop_worker(second)
+    assert ended.status == "done", ended.error
+    assert ended.attempts == 2 and ended.cell_count == 300
+    assert ClassifiedCell.objects.filter(job=ended).count() == 300
+
+
+@pytest.mark.django_db
+def test_the_counts_page_counts_on_request_and_shows_model_beside_examiners(
+    study, scan, split, data_scientist, annotator, found
+):
+    run = finished_run(split, data_scientist, favoured="MYO")
+    page = Client()
+    page.force_login(data_scientist)
+    url = f"/training/{run.pk}/counts/"
+    before = page.get(url).content.decode()
+    assert scan.original_name in before and "not counted" in before
+    assert page.post(url, {"action": "count", "scan": scan.pk}).status_code == 302
+    job = ScanClassification.objects.get(run=run, scan=scan)
+    assert job.status == "queued"
+    run_classification(job.pk, "cpu")
+
+    shown = page.get(url).content.decode()
+    row = shown[shown.index(f'data-scan="{scan.pk}"') :]
+    row = row[: row.index("</tr>")]
+    assert "100.0% (" in row  # every counted cell a blast by the model
+    assert "0.0% (" in row  # none by the examiners, who counted MYB and NGS
+    assert f'data-patient="{scan.patient.code}"' in shown
+    assert f"/training/{run.pk}/scans/{scan.pk}/gallery/" in shown
+
+    assert Client().get(url).status_code == 302  # to the login page
+    examiner = Client()
+    examiner.force_login(annotator)
+    assert examiner.get(url).status_code == 403
+
+    gallery = examiner.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/?group=atypical")
+    text = gallery.content.decode()
+    assert gallery.status_code == 200 and text.count("<img src=") == 5
+    assert f"?at={SPOTS[2][0]},{SPOTS[2][1]}" in text
+    assert "Examiners" not in text  # the examiners' count is the overseers'
+    assert "Examiners" in page.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_gallery_cell_opens_the_gold_viewer_at_it(
+    chromium_browser, live_server, study, scan, split, data_scientist, annotator, found
+):
+    run = finished_run(split, data_scientist)
+    classify(run, scan, data_scientist)
+    page, problems = new_page(chromium_browser)
+    log_in(page, live_server.url, "anna")
+    page.goto(f"{live_server.url}/training/{run.pk}/scans/{scan.pk}/gallery/")
+    first = page.locator("ol.gallery li").first
+    wanted = ClassifiedCell.objects.get(pk=first.get_attribute("data-cell"))
+    first.locator("a").click()
+    page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30000)
+    centre = page.evaluate(
+        """() => {
+            const viewport = window.cytomark.viewer.viewport;
+            const point = viewport.viewportToImageCoordinates(viewport.getCenter(true));
+            return {x: point.x, y: point.y};
+        }"""
+    )
+    assert abs(centre["x"] - wanted.x) < 5 and abs(centre["y"] - wanted.y) < 5
+    page.wait_for_selector("#picker:not([hidden])")
+    assert problems == []
