@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from core.errors import DomainError, NotFoundError
@@ -41,6 +41,20 @@ def study_patients(study: Study) -> QuerySet[Patient]:
     return Patient.objects.filter(
         Q(pk__in=study.scans.values("patient")) | Q(pk__in=study.cells.values("patient"))
     ).order_by("code")
+
+
+def diagnosis_codes(study: Study) -> list[tuple[str, int]]:
+    """The diagnosis codes the study's patients carry, each with how many, most common first."""
+    counted = (
+        study_patients(study)
+        .exclude(diagnosis_code="")
+        .order_by()
+        .values("diagnosis_code")
+        .annotate(n=Count("pk"))
+    )
+    return sorted(
+        ((row["diagnosis_code"], row["n"]) for row in counted), key=lambda c: (-c[1], c[0])
+    )
 
 
 def diagnosis_study(user, what: str = "read diagnoses", **lookup) -> Study:

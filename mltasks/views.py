@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from annotator.access import OVERSEEING_ROLES, overseen_study, roles_in
-from annotator.diagnoses import diagnosis_study
+from annotator.diagnoses import diagnosis_codes, diagnosis_study
 from core.errors import DomainError
 from core.pages import guarded
 from core.url_templates import url_template
@@ -270,6 +270,7 @@ def decision_page(request, study_name: str):
                 "run": request.GET.get("run", ""),
             },
             "groups": list(study.taxonomy.groups.order_by("name").values_list("name", flat=True)),
+            "codes": diagnosis_codes(study),
             "runs": runs_done.defer("report").order_by("-pk"),
             "report": report.to_dict() if report else None,
             "roc_svg": decision_plots.roc_svg(report) if report else None,

@@ -281,6 +281,8 @@ def test_the_page_shows_both_sources_the_roc_and_the_patients(study, model_run, 
     assert 'data-source="examiners"' in text and 'data-source="model"' in text
     assert "<svg" in text and "AUC 0.75" in text
     assert 'data-patient="AML-1"' in text and "UNKNOWN-1 (no diagnosis code)" in text
+    assert "AML (3), control (2)" in text  # P-001 is AML too
+    assert f"/training/{model_run.pk}/counts/" in text
     refused = browser.get(
         f"/studies/{study.name}/decision/", {"group": "blast", "threshold": "x", "positive": "AML"}
     )
