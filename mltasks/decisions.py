@@ -244,13 +244,14 @@ class DecisionReport:
         return notes
 
     def rows(self) -> list[dict]:
-        """Per patient of the study: its codes and each source's share and decision (None
-        where the source left it out)."""
-        by_source = {r.source: {d.code: d for d in r.decisions} for r in self.sources}
+        """Per patient of the study: its codes and each source's share and decision, or
+        `left_out` with the reason where the source left the patient out."""
+        decided = {r.source: {d.code: d for d in r.decisions} for r in self.sources}
+        reasons = {r.source: {o["patient"]: o["reason"] for o in r.left_out} for r in self.sources}
         rows = []
         for patient in self.patients:
             row = {"patient": patient.code, "diagnosis_code": patient.diagnosis_code}
-            for source, decisions in by_source.items():
+            for source, decisions in decided.items():
                 decision = decisions.get(patient.code)
                 row[source] = (
                     {
@@ -261,7 +262,7 @@ class DecisionReport:
                         "outcome": decision.outcome,
                     }
                     if decision
-                    else None
+                    else {"left_out": reasons[source][patient.code]}
                 )
             rows.append(row)
         return rows
@@ -277,7 +278,8 @@ class DecisionReport:
         }
 
     def csv(self) -> str:
-        """One line per patient: codes, then per source its share, decision and outcome."""
+        """One line per patient: codes, then per source its counts, share, decision (or "left
+        out: " and why) and outcome."""
         sources = [result.source for result in self.sources]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -289,11 +291,12 @@ class DecisionReport:
         for row in self.rows():
             line = [row["patient"], row["diagnosis_code"]]
             for source in sources:
-                cell = row[source] or {}
+                cell = row[source]
                 share = cell.get("share")
                 line += [cell.get("in_group", ""), cell.get("counted", "")]
                 line += ["" if share is None else f"{share:.6f}"]
-                line += [cell.get("decision", ""), cell.get("outcome", "")]
+                decision = cell.get("decision") or f"left out: {cell['left_out']}"
+                line += [decision, cell.get("outcome", "")]
             writer.writerow(line)
         return out.getvalue()
 

@@ -166,7 +166,8 @@ def test_the_examiners_counts_decide_each_patient(study, counted):
         "decision": "positive",
         "outcome": "TP",
     }
-    assert rows["CTL-2"]["outcome"] == "FP" and rows["UNKNOWN-1"] is None
+    assert rows["CTL-2"]["outcome"] == "FP"
+    assert rows["UNKNOWN-1"] == {"left_out": "no diagnosis code"}
     assert examiners["roc"]["auc"] == pytest.approx(0.75)
     assert report["notes"] == []
     typo = DecisionRule.parse(group="blast", threshold=0.25, positive="AML,AMLL")
@@ -217,8 +218,8 @@ def test_a_run_adds_the_model_counts_beside_the_examiners(study, model_run):
     assert model["confusion"] == {"TP": 1, "FP": 0, "TN": 0, "FN": 0}
     rows = {row["patient"]: row for row in report["patients"]}
     assert rows["P-001"]["model"]["share"] == pytest.approx(0.8)
-    assert rows["P-001"]["examiners"] is None  # no gold label on that scan
-    assert rows["AML-1"]["model"] is None
+    assert rows["P-001"]["examiners"] == {"left_out": "no counted cells"}  # no gold label there
+    assert rows["AML-1"]["model"] == {"left_out": "no counted cells"}
     assert {"patient": "AML-1", "reason": "no counted cells"} in model["left_out"]
     assert "No ROC from the model's counts" in " ".join(report["notes"])
 
@@ -244,6 +245,7 @@ def test_the_command_writes_json_and_csv(study, model_run):
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("patient,diagnosis_code,examiners_in_group,examiners_counted")
     assert "AML-1,AML,6,10,0.600000,positive,TP" in lines
+    assert "UNKNOWN-1,,,,,left out: no diagnosis code," in lines
     with pytest.raises(CommandError, match="threshold must be a share from 0 to 1"):
         call_command(
             "decision_report",
