@@ -37,25 +37,11 @@ from annotator.detection import (
     read_working_tiles,
     working_grid,
 )
+from annotator.detection_check import matched_pairs
 from annotator.synthetic import make_synthetic_scan, scan_seed
 
 MATCH_UM = 5.0
 FULL_SCAN_PX = 20000 * 20000
-
-
-def match(proposals: list[tuple[int, int]], planted: list[tuple[int, int]], radius: float) -> int:
-    """Matched pairs, one to one, closest pairs first, each within ``radius``."""
-    if not proposals or not planted:
-        return 0
-    a, b = np.asarray(proposals, float), np.asarray(planted, float)
-    distance = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
-    pairs = sorted(zip(*np.nonzero(distance <= radius), strict=True), key=lambda p: distance[p])
-    used_a, used_b = set(), set()
-    for i, j in pairs:
-        if i not in used_a and j not in used_b:
-            used_a.add(i)
-            used_b.add(j)
-    return len(used_a)
 
 
 def near_any(points: list[tuple[int, int]], spots: list[tuple[int, int]], radius: float) -> int:
@@ -119,7 +105,7 @@ def evaluate(manifest: dict, points: list[tuple[int, int]]) -> dict:
     return {
         "planted": len(planted),
         "proposed": len(points),
-        "matched": match(points, planted, radius),
+        "matched": matched_pairs(points, planted, radius),
         "distractors": len(distractors),
         "distractors_hit": near_any(points, distractors, radius),
     }

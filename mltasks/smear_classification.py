@@ -80,15 +80,8 @@ def run_classification(job_id: int, device_name: str = "auto") -> ScanClassifica
     if job is None:
         return None
     owner = leases.new_owner()
-    device = inference.pick_device(device_name)
     claimed = leases.claim(
-        ScanClassification,
-        job.pk,
-        [Status.QUEUED],
-        owner,
-        started_at=timezone.now(),
-        progress={},
-        device=str(device),
+        ScanClassification, job.pk, [Status.QUEUED], owner, started_at=timezone.now(), progress={}
     )
     if claimed is None:
         job.refresh_from_db()
@@ -100,6 +93,8 @@ def run_classification(job_id: int, device_name: str = "auto") -> ScanClassifica
 
         started = time.monotonic()
         try:
+            device = inference.pick_device(device_name)  # no CUDA here: the job fails saying so
+            lease.mine().update(device=str(device))
             spots = leukocytes(job.scan, job.run.split.dataset.study)
             progress = leases.ThrottledProgress(lease, "cells")
             probabilities = classify_spots(job, spots, device, should_stop, progress)

@@ -232,6 +232,13 @@ def test_the_command_counts_scans_here_and_prints_the_shares(
     assert ScanClassification.objects.filter(run=run).count() == 1  # counted once, then read
     with pytest.raises(CommandError, match="Name the scans"):
         call_command("count_smear", "--run", str(run.pk))
+    again = ["count_smear", "--run", str(run.pk), "--scan", str(scan.pk), "--rerun"]
+    if torch.cuda.is_available():
+        call_command(*again, "--device", "cuda", stdout=io.StringIO())
+    else:  # the job ends failed with the reason; nothing is left queued
+        with pytest.raises(CommandError, match="has no CUDA"):
+            call_command(*again, "--device", "cuda", stdout=io.StringIO())
+        assert ScanClassification.objects.filter(run=run).latest("pk").status == "failed"
     with pytest.raises(CommandError, match="Not scans of study"):
         call_command("count_smear", "--run", str(run.pk), "--scan", "999999")
 

@@ -8,7 +8,6 @@ from django.core.management.base import CommandError
 from core.commands import DomainCommand
 from mltasks import smear_counts
 from mltasks.models import TrainingRun
-from mltasks.smear_classification import run_classification
 
 
 def _share(row: dict) -> str:
@@ -28,10 +27,12 @@ class Command(DomainCommand):
             "--all", dest="every", action="store_true", help="every scan of the study"
         )
         parser.add_argument("--rerun", action="store_true", help="classify a counted scan again")
-        parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+        parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
         parser.add_argument("--format", choices=["text", "json"], default="text")
 
     def handle(self, *args, run, scan, every, rerun, device, format, **options):
+        from mltasks.smear_classification import run_classification  # torch, when it counts
+
         found = TrainingRun.objects.select_related("split__dataset__study").filter(pk=run).first()
         if found is None:
             raise CommandError(f"No training run {run}.")
