@@ -53,9 +53,9 @@ class TaxonGroupAdmin(ReadOnlyAdmin):
 
 @admin.register(Patient)
 class PatientAdmin(admin.ModelAdmin):
-    list_display = ["code", "cohort", "created_at"]
+    list_display = ["code", "cohort", "diagnosis_code", "created_at"]
     search_fields = ["code"]
-    list_filter = ["cohort"]
+    list_filter = ["cohort", "diagnosis_code"]
 
 
 @admin.register(Scan)

@@ -142,6 +142,14 @@ class Patient(models.Model):
 
     code = models.CharField(max_length=64, unique=True, help_text="Pseudonymous code.")
     cohort = models.CharField(max_length=64, blank=True, help_text="E.g. AML or control.")
+    diagnosis = models.TextField(blank=True, help_text="The confirmed diagnosis, in words.")
+    diagnosis_code = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="Short code of the confirmed diagnosis (e.g. AML, ALL, control); blank: unknown.",
+    )
+    diagnosis_set_by = creator_field()
+    diagnosis_set_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

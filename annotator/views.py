@@ -23,7 +23,17 @@ from core.pages import guarded
 from core.scan_links import scan_links
 from core.url_templates import url_template
 
-from . import access, annotation, blinding, panel_reports, panels, reports, rounds, screening
+from . import (
+    access,
+    annotation,
+    blinding,
+    diagnoses,
+    panel_reports,
+    panels,
+    reports,
+    rounds,
+    screening,
+)
 from .api.serializers import DetectionJobSerializer
 from .models import Cell, Membership, Panel, Round, Study
 from .panel_agreement import CANNOT_CLASSIFY
@@ -632,5 +642,50 @@ def adjudication_page(request, round_id: int):
             ),
             "tie_rule": panels.TIE_RULE,
             "may_record": round_.rater_id == request.user.pk,
+        },
+    )
+
+
+@login_required
+def patients_page(request, study_name: str):
+    """The study's patients with their confirmed diagnoses: coordinators and admins set one per
+    patient or import a CSV; data scientists read them."""
+    study = guarded(diagnoses.diagnosis_study, request.user, name=study_name)
+    can_set = diagnoses.may_set(request.user, study)
+    if request.method == "POST":
+        guarded(diagnoses.require_manager, request.user, study)
+        try:
+            if request.POST.get("action") == "import":
+                upload = request.FILES.get("file")
+                if upload is None:
+                    raise DomainError("Choose a CSV file to import.")
+                result = diagnoses.import_diagnoses(
+                    study, upload.read(), request.user, name=upload.name
+                )
+                messages.success(
+                    request,
+                    f"{result.rows} rows: {result.changed} diagnoses set, "
+                    f"{result.unchanged} unchanged.",
+                )
+            else:
+                patient = diagnoses.set_diagnosis(
+                    study,
+                    request.POST.get("patient", ""),
+                    request.user,
+                    request.POST.get("code", ""),
+                    request.POST.get("diagnosis", ""),
+                )
+                messages.success(request, f"{patient.code}: {patient.diagnosis_code or 'unknown'}.")
+        except DomainError as exc:
+            messages.error(request, str(exc))
+        return redirect("patients", study.name)
+    return render(
+        request,
+        "annotator/patients.html",
+        {
+            "study": study,
+            "patients": diagnoses.study_patients(study).select_related("diagnosis_set_by"),
+            "can_set": can_set,
+            "header": ",".join(diagnoses.HEADER),
         },
     )

@@ -10,14 +10,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from annotator.access import OVERSEEING_ROLES, overseen_study, roles_in
+from annotator.diagnoses import diagnosis_codes, diagnosis_study
 from core.errors import DomainError
 from core.pages import guarded
 from core.url_templates import url_template
 from datasets.models import Split
 
 from . import export, runs, smear_counts, tracking
-from .access import visible_classifications
+from .access import visible_classifications, visible_runs
 from .api.screening import gallery_items
+from .decisions import requested_report
 from .models import ScanClassification, TrainingRun
 from .tasks import queue_classification, queue_run
 
@@ -233,5 +235,45 @@ def gallery_page(request, run_id: int, scan_id: int):
             "report": smear_counts.scan_report(run, scan),
             # The examiners' count is of labels only overseers see (their own rounds aside).
             "overseer": bool(roles_in(request.user, study) & OVERSEEING_ROLES),
+        },
+    )
+
+
+@login_required
+def decision_page(request, study_name: str):
+    """Decide per patient: the rule's form, the examiners' and the model's figures side by
+    side, the ROC and the per-patient table. The query is the API's; a refused one says why.
+    The plot module (matplotlib) is imported by the first request for this page."""
+    from . import decision_plots
+
+    study = guarded(diagnosis_study, request.user, "read decision reports", name=study_name)
+    report = None
+    if request.GET.get("group"):
+        try:
+            report = requested_report(request.user, study, request.GET)
+        except DomainError as exc:
+            messages.error(request, str(exc))
+    runs_done = visible_runs(request.user).filter(
+        split__dataset__study=study, status=TrainingRun.Status.DONE
+    )
+    api = reverse("study-decision", args=[study.pk])
+    return render(
+        request,
+        "mltasks/decision.html",
+        {
+            "study": study,
+            "query": {
+                "group": request.GET.get("group", ""),
+                "threshold": request.GET.get("threshold", "0.2"),
+                "comparison": request.GET.get("comparison", "ge"),
+                "positive": request.GET.get("positive", ""),
+                "run": request.GET.get("run", ""),
+            },
+            "groups": list(study.taxonomy.groups.order_by("name").values_list("name", flat=True)),
+            "codes": diagnosis_codes(study),
+            "runs": runs_done.defer("report").order_by("-pk"),
+            "report": report.to_dict() if report else None,
+            "roc_svg": decision_plots.roc_svg(report) if report else None,
+            "json_url": f"{api}?{request.GET.urlencode()}" if report else None,
         },
     )

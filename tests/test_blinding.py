@@ -30,6 +30,7 @@ from annotator.models import (
     LabelChange,
     Membership,
     Panel,
+    Patient,
     Round,
     RoundItem,
     ScanUpload,
@@ -187,6 +188,7 @@ def _state():
         RoundItem.objects.count(),
         Panel.objects.count(),
         list(ScanUpload.objects.values_list("pk", "offset")),
+        list(Patient.objects.values_list("pk", "diagnosis_code", "diagnosis")),
     )
 
 
@@ -240,6 +242,18 @@ def _add_detection(scan, coordinator) -> None:
     )
 
 
+# A patient's confirmed diagnosis, found nowhere else: a response showing it leaks it.
+DIAGNOSIS_TEXT = "sweep-secret-diagnosis"
+
+
+def _add_diagnosis(scan, coordinator) -> None:
+    """The scan's patient carries a confirmed diagnosis with a text no other field holds."""
+    from annotator import diagnoses
+
+    study = scan.studies.get()
+    diagnoses.set_diagnosis(study, scan.patient.code, coordinator, "AML", DIAGNOSIS_TEXT)
+
+
 # A classified cell's probability, found nowhere else: a response showing it shows the count.
 CLASSIFIED_PROBABILITY = 0.8765432
 
@@ -261,6 +275,7 @@ def _hidden_strings(blinded, curation, scan, mine=()) -> list[str]:
     """What the browsable API's forms would show of the study: cells by position, other
     raters' rounds, the data set's name, the scan, its proposed cells."""
     strings = [*_forbidden_strings(scan), curation.name, SECRET_NOTE, str(PROPOSAL_CONFIDENCE)]
+    strings.append(DIAGNOSIS_TEXT)
     strings.append(str(CLASSIFIED_PROBABILITY))
     strings += [f"({cell.x}, {cell.y})" for cell in blinded["cells"]]
     strings += [str(cell) for cell in blinded["cells"]]
@@ -309,6 +324,8 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
             *panelled,
         ],
         "scan_id": [scan.pk],
+        "study_id": [scan.studies.first().pk],
+        "patient_code": [scan.patient.code],
         "cell_id": cells[:3],
         "classified_cell_id": list(ClassifiedCell.objects.values_list("pk", flat=True)),
         "level": [0, 12],
@@ -336,6 +353,9 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
         "split": curated_ids[1],
         "panel": "sweep-panel",
         "with_reference": "true",
+        "group": "blast",
+        "threshold": "0.2",
+        "positive": "AML",
     }
     bodies = [
         *WRITE_BODIES,
@@ -354,6 +374,8 @@ def _sweep(client, blinded, scan, *, accept: str, hidden: list[str], check_keys:
             "adjudicator": "cora",
             "rule": "any",
             "note": "a note",
+            "code": "ALL",
+            "diagnosis": "a diagnosis",
         },
     ]
 
@@ -419,6 +441,7 @@ def sweep_world(django_db_setup, django_db_blocker, synthetic_scan_files, tmp_pa
         panelled = _add_panel(blinded, study, rita, bert, cora)
         curation = _make_curation(study, cora)
         _add_detection(scan, cora)
+        _add_diagnosis(scan, cora)
         _add_classification(scan, cora)
         yield {"panelled": panelled, "curation": curation, "scan": scan, "rita": rita}
         transaction.set_rollback(True)

@@ -122,6 +122,8 @@ def world(
         "classified_cell_id": [classified.pk],
         # The other path parameters, by name.
         "scan_id": [scan.pk],
+        "study_id": [study.pk],
+        "patient_code": [scan.patient.code],
         "cell_id": [gold_cells[0].pk, settled],
         "round_id": [blinded.pk, repeat.pk],
         "token": [repeat.items.first().token, blinded.items.first().token],

@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import imagery, panels, rounds, uploads, views
+from . import imagery, panels, patients, rounds, uploads, views
 
 router = DefaultRouter()
 router.register("studies", views.StudyViewSet, basename="study")
@@ -39,5 +39,20 @@ urlpatterns = [
     ),
     path("queue/items/<str:token>/answer/", rounds.QueueAnswerView.as_view(), name="queue-answer"),
     path("queue/items/<str:token>/patch.png", imagery.queue_patch, name="queue-patch"),
+    path(
+        "studies/<int:study_id>/patients/",
+        patients.StudyPatientsView.as_view(),
+        name="study-patients",
+    ),
+    path(
+        "studies/<int:study_id>/patients/import/",
+        patients.DiagnosisImportView.as_view(),
+        name="study-diagnosis-import",
+    ),
+    path(
+        "studies/<int:study_id>/patients/<str:patient_code>/diagnosis/",
+        patients.PatientDiagnosisView.as_view(),
+        name="patient-diagnosis",
+    ),
     path("", include(router.urls)),
 ]

@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import screening, views
+from . import decisions, screening, views
 
 # No API root view of its own: /api/v1/ stays the annotator router's.
 router = SimpleRouter()
@@ -13,6 +13,11 @@ router.register(
 )
 
 urlpatterns = [
+    path(
+        "studies/<int:study_id>/decision/",
+        decisions.StudyDecisionView.as_view(),
+        name="study-decision",
+    ),
     path("", include(router.urls)),
     path(
         "classified-cells/<int:classified_cell_id>/patch.jpeg",
