@@ -147,7 +147,7 @@ class SmearCountActions:
         return Response(smear_counts.patient_report(run, patient))
 
 
-class GalleryCellSerializer(serializers.Serializer):
+class GalleryCellSerializer(ScopedSerializer):
     id = serializers.IntegerField()
     x = serializers.IntegerField()
     y = serializers.IntegerField()
@@ -157,6 +157,13 @@ class GalleryCellSerializer(serializers.Serializer):
     cell = serializers.IntegerField(allow_null=True)
     patch = serializers.CharField(help_text="URL of the cell's patch (JPEG).")
     viewer = serializers.CharField(help_text="The gold viewer, opened at the cell.")
+
+
+class GallerySerializer(ScopedSerializer):
+    group = serializers.CharField()
+    total = serializers.IntegerField(help_text="Counted cells of the scan.")
+    offset = serializers.IntegerField()
+    cells = GalleryCellSerializer(many=True)
 
 
 def gallery_items(job: ScanClassification, group: str, limit: int, offset: int) -> dict:
@@ -222,7 +229,7 @@ class ScanClassificationViewSet(
             OpenApiParameter("limit", int, description=f"At most {GALLERY_LIMIT}; 60 by default."),
             OpenApiParameter("offset", int),
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: GallerySerializer},
     )
     @action(detail=True)
     def gallery(self, request, pk=None):
