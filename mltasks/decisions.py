@@ -23,10 +23,9 @@ from functools import cached_property
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
-from statsmodels.stats.proportion import proportion_confint
 
 from annotator.diagnoses import study_patients
-from annotator.differential import GroupCount, examiner_group_counts, find_group
+from annotator.differential import GroupCount, examiner_group_counts, find_group, share_interval
 from annotator.models import Patient, Study
 from core.errors import DomainError, NotFoundError
 from core.params import whole_number
@@ -35,7 +34,6 @@ from .access import visible_runs
 from .models import TrainingRun
 from .smear_counts import model_group_counts
 
-CONFIDENCE = 0.95
 COMPARISONS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">")}
 EXAMINERS, MODEL = "examiners", "model"
 SOURCE_TITLES = {EXAMINERS: "the examiners' counts", MODEL: "the model's counts"}
@@ -117,10 +115,13 @@ class DecisionRule:
 
 def proportion(count: int, total: int) -> dict:
     """count/total with its Wilson 95 % interval; value and interval None when total is 0."""
-    if total <= 0:
-        return {"value": None, "ci": None, "count": count, "of": total}
-    low, high = proportion_confint(count, total, alpha=1 - CONFIDENCE, method="wilson")
-    return {"value": count / total, "ci": [float(low), float(high)], "count": count, "of": total}
+    interval = share_interval(count, total)
+    return {
+        "value": count / total if total > 0 else None,
+        "ci": list(interval) if interval else None,
+        "count": count,
+        "of": total,
+    }
 
 
 @dataclass(frozen=True)
