@@ -211,6 +211,12 @@ def test_the_api_counts_ranks_the_gallery_and_hides_it_all_from_raters(
         ):
             assert other.get(url).status_code == 404, (user.username, url)
         assert other.get("/api/v1/scan-classifications/").json()["count"] == 0
+        pages = Client()
+        pages.force_login(user)
+        assert pages.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/").status_code == 404
+        assert pages.get(f"/training/{run.pk}/counts/").status_code in (403, 404)
+        screen = pages.get(f"/studies/{study.name}/scans/{scan.pk}/")
+        assert screen.status_code == 404 and b"gallery" not in screen.content
         refused = other.post(f"/api/v1/training-runs/{run.pk}/classify/", {}, format="json")
         assert refused.status_code == 404
 
