@@ -58,6 +58,17 @@ def share_row(count: int, total: int) -> dict:
     }
 
 
+def share_text(row: dict | None, *, percent: bool = True, empty: str = "-") -> str:
+    """A share row as text: "12.5% (8.1-18.9%)", or "0.125 (0.081-0.189)" without `percent`;
+    `empty` where nothing was counted."""
+    if not row or row.get("share") is None:
+        return empty
+    low, high = row["ci"]
+    if percent:
+        return f"{row['share']:.1%} ({low * 100:.1f}-{high:.1%})"
+    return f"{row['share']:.3f} ({low:.3f}-{high:.3f})"
+
+
 def share_rows(counts: Counter, order: list[str]) -> list[dict]:
     """Each code of `order` with its count, share of the total and interval: a differential."""
     total = sum(counts.values())

@@ -177,11 +177,7 @@ def _publish(job: DetectionJob, lease: leases.Lease, found: list[detection.Propo
 
 def stopped_message(job: DetectionJob, reason: str) -> str:
     """The sentence of a job stopped because its worker shut down."""
-    progress = job.progress or {}
-    where = ""
-    if progress.get("tiles"):
-        where = f" after {progress.get('tiles_done', 0)} of {progress['tiles']} tiles"
-    return f"Stopped because {reason}{where}; start it again to find the scan's cells."
+    return leases.stopped_sentence(job, reason, "tiles", "find the scan's cells")
 
 
 def remove_partials(job: DetectionJob) -> None:

@@ -273,6 +273,16 @@ def work_under_lease(
     return True
 
 
+def stopped_sentence(job: LeasedJob, reason: str, unit: str, again: str) -> str:
+    """The sentence of a job stopped because its worker shut down, saying how far it got from
+    its progress ("{unit}_done" of "{unit}") and what starting it again does."""
+    progress = job.progress or {}
+    where = ""
+    if progress.get(unit):
+        where = f" after {progress.get(f'{unit}_done', 0)} of {progress[unit]} {unit}"
+    return f"Stopped because {reason}{where}; start it again to {again}."
+
+
 def queue_on_commit(task, model: type[LeasedJob], pk: int, noun: str) -> None:
     """Send a job's Celery task once the transaction commits; an unreachable broker fails the
     still-queued job with the reason instead of leaving it queued for ever."""

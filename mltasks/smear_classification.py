@@ -135,9 +135,5 @@ def _publish(job, lease, spots: list[Leukocyte], probabilities: np.ndarray, seco
 
 
 def stopped_message(job: ScanClassification, reason: str) -> str:
-    """The sentence of a classification stopped because its worker shut down."""
-    progress = job.progress or {}
-    where = ""
-    if progress.get("cells"):
-        where = f" after {progress.get('cells_done', 0)} of {progress['cells']} cells"
-    return f"Stopped because {reason}{where}; start it again to count the scan."
+    """The sentence of a job stopped because its worker shut down."""
+    return leases.stopped_sentence(job, reason, "cells", "count the scan")

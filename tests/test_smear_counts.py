@@ -384,3 +384,18 @@ def test_a_gallery_cell_opens_the_gold_viewer_at_it(
     assert abs(centre["x"] - wanted.x) < 5 and abs(centre["y"] - wanted.y) < 5
     page.wait_for_selector("#picker:not([hidden])")
     assert problems == []
+
+
+def test_a_count_or_detection_stopped_by_a_shutdown_says_how_far_it_got():
+    from annotator.models import DetectionJob
+    from mltasks.smear_classification import stopped_message as count_stopped
+
+    counting = ScanClassification(progress={"cells_done": 64, "cells": 300})
+    assert count_stopped(counting, "Cytomark was shut down") == (
+        "Stopped because Cytomark was shut down after 64 of 300 cells; "
+        "start it again to count the scan."
+    )
+    finding = DetectionJob(progress={})
+    assert screening.stopped_message(finding, "its worker stopped") == (
+        "Stopped because its worker stopped; start it again to find the scan's cells."
+    )

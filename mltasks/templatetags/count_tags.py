@@ -2,16 +2,15 @@
 
 from django import template
 
+from annotator.differential import share_text
+
 register = template.Library()
 
 
 @register.filter
 def share_ci(row: dict | None) -> str:
     """A share row ({count, share, ci}) as "12.5% (8.1-18.9%)", or "-" where nothing counted."""
-    if not row or row.get("share") is None:
-        return "-"
-    low, high = row["ci"]
-    return f"{row['share']:.1%} ({low * 100:.1f}-{high:.1%})"
+    return share_text(row)
 
 
 @register.filter

@@ -6,15 +6,13 @@ import json
 from django.core.management.base import CommandError
 
 from annotator.detection_check import study_check
+from annotator.differential import share_text
 from annotator.models import Study
 from core.commands import DomainCommand
 
 
 def _figure(row: dict) -> str:
-    if row["share"] is None:
-        return "- (nothing to measure)"
-    low, high = row["ci"]
-    return f"{row['share']:.3f} ({low:.3f}-{high:.3f})"
+    return share_text(row, percent=False, empty="- (nothing to measure)")
 
 
 class Command(DomainCommand):

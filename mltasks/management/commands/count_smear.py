@@ -5,16 +5,10 @@ import json
 
 from django.core.management.base import CommandError
 
+from annotator.differential import share_text
 from core.commands import DomainCommand
 from mltasks import smear_counts
 from mltasks.models import TrainingRun
-
-
-def _share(row: dict) -> str:
-    if row["share"] is None:
-        return "-"
-    low, high = row["ci"]
-    return f"{row['share']:.1%} ({low:.1%}-{high:.1%})"
 
 
 class Command(DomainCommand):
@@ -65,7 +59,7 @@ class Command(DomainCommand):
                 f"{model['uncountable']} uncountable, {report['seconds']:.1f} s"
             )
             for row in model["groups"]:
-                self.stdout.write(f"  {row['group']}: {_share(row)}")
+                self.stdout.write(f"  {row['group']}: {share_text(row)}")
             for row in model["classes"]:
                 if row["count"]:
-                    self.stdout.write(f"  {row['code']}: {row['count']} = {_share(row)}")
+                    self.stdout.write(f"  {row['code']}: {row['count']} = {share_text(row)}")
