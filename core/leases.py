@@ -244,9 +244,10 @@ def work_under_lease(
 
     `work` asks `should_stop()` between steps (the job cancelled, its lease lost, the worker
     shutting down) and raises `stopped` then. Its result goes to `publish(lease, result)`, which
-    writes what the job made together with its end. A job stopped by the worker's shutdown ends
-    with the kind's stopped message; one cancelled or taken over is left as it is; any other
-    exception fails the job with a sentence naming `what` (the log has the traceback).
+    writes what the job made together with its end (in one transaction that it rolls back when
+    it fails). A job stopped by the worker's shutdown ends with the kind's stopped message; one
+    cancelled or taken over is left as it is; any other exception, of `work` or of `publish`,
+    fails the job with a sentence naming `what` (the log has the traceback).
     """
     owner = new_owner()
     if claim(model, pk, [QUEUED], owner, started_at=timezone.now(), progress={}) is None:
@@ -257,7 +258,7 @@ def work_under_lease(
             return bool(shutdown_reason()) or not lease.held()
 
         try:
-            result = work(lease, should_stop)
+            publish(lease, work(lease, should_stop))
         except stopped:
             if reason := shutdown_reason():
                 end_stopped(kind_of(model), pk, owner, reason)
@@ -268,8 +269,6 @@ def work_under_lease(
                 error=failures.describe(exc, f"The {what}")[:4000],
                 finished_at=timezone.now(),
             )
-        else:
-            publish(lease, result)
     return True
 
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 from django.db import IntegrityError, transaction
+from scipy.spatial import cKDTree
 
 from annotator import access
 from annotator.detection import DETECTOR_VERSION
+from annotator.detection_check import MATCH_UM
 from annotator.differential import (
     GroupCount,
     examiner_counts,
@@ -53,18 +56,33 @@ class Leukocyte:
     cell_id: int | None
 
 
+# A proposal this close to a cell placed by hand is that cell, found again by the detector
+# (an examiner's click lies on the cell, not always on its nucleus's centre): the match radius
+# of annotator.detection_check.
+SAME_CELL_UM = MATCH_UM
+
+
 def leukocytes(scan: Scan, study: Study) -> list[Leukocyte]:
-    """Every leukocyte found on the scan for the study, ordered by position: the current
-    detector's proposals not rejected, and the study's cells on the scan placed by hand."""
+    """Every leukocyte found on the scan for the study, ordered by position: the study's cells
+    on the scan (placed by hand or accepted proposals) and the current detector's proposals
+    still open, except those within SAME_CELL_UM of a cell, which are that cell again."""
     found = ProposedCell.objects.filter(
         scan=scan,
         detector_version=DETECTOR_VERSION,
         status__in=[ProposedCell.Status.PROPOSED, ProposedCell.Status.ACCEPTED],
     ).values_list("pk", "x", "y", "cell_id")
-    spots = [Leukocyte(x, y, pk, cell) for pk, x, y, cell in found]
-    from_proposals = {spot.cell_id for spot in spots if spot.cell_id}
-    by_hand = Cell.objects.filter(scan=scan, study=study).exclude(pk__in=from_proposals)
-    spots += [Leukocyte(x, y, None, pk) for pk, x, y in by_hand.values_list("pk", "x", "y")]
+    proposals = {cell: pk for pk, _, _, cell in found if cell}
+    cells = Cell.objects.filter(scan=scan, study=study).values_list("pk", "x", "y")
+    spots = [Leukocyte(x, y, proposals.get(pk), pk) for pk, x, y in cells]
+    still_open = [(pk, x, y) for pk, x, y, cell in found if cell is None]
+    if spots and still_open and scan.mpp_x:
+        near = cKDTree([(spot.x, spot.y) for spot in spots]).query(
+            [(x, y) for _, x, y in still_open], distance_upper_bound=SAME_CELL_UM / scan.mpp_x
+        )[0]
+        still_open = [
+            item for item, distance in zip(still_open, near, strict=True) if distance == np.inf
+        ]
+    spots += [Leukocyte(x, y, pk, None) for pk, x, y in still_open]
     return sorted(spots, key=lambda spot: (spot.y, spot.x))
 
 

@@ -399,3 +399,35 @@ def test_a_count_or_detection_stopped_by_a_shutdown_says_how_far_it_got():
     assert screening.stopped_message(finding, "its worker stopped") == (
         "Stopped because its worker stopped; start it again to find the scan's cells."
     )
+
+
+@pytest.mark.django_db
+def test_a_proposal_on_a_cell_placed_by_hand_is_that_cell_counted_once(
+    study, scan, coordinator, annotator
+):
+    step = 5.0 / scan.mpp_x  # the same-cell radius in pixels
+    clicked = annotation.create_cell(study, scan, 1500, 1500, annotator)
+    add_proposals(
+        scan, coordinator, [(1500 + int(step * 0.8), 1500), (1500 + int(step * 1.2), 1800)]
+    )
+    spots = smear_counts.leukocytes(scan, study)
+    assert [(s.x, s.y, s.cell_id) for s in spots if s.cell_id] == [(1500, 1500, clicked.pk)]
+    assert len(spots) == 2  # the far proposal is a leukocyte of its own
+
+
+@pytest.mark.django_db
+def test_a_count_that_cannot_be_stored_ends_failed_and_stores_nothing(
+    study, scan, split, data_scientist, found, monkeypatch
+):
+    from django.db import DatabaseError
+
+    run = finished_run(split, data_scientist)
+    job, _ = smear_counts.start_classification(run, scan, data_scientist)
+
+    def full_disk(*args, **kwargs):
+        raise DatabaseError("could not extend file: No space left on device")
+
+    monkeypatch.setattr(ClassifiedCell.objects, "bulk_create", full_disk)
+    ended = run_classification(job.pk, "cpu")
+    assert ended.status == "failed" and ended.error.startswith("The classification failed")
+    assert ended.lease_expires_at is None and not ClassifiedCell.objects.exists()
