@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .detection import DETECTOR_VERSION
 from .differential import share_row
@@ -46,6 +47,18 @@ def matched_pairs(
             used_found.add(i)
             used_truth.add(j)
     return len(used_found)
+
+
+def far_from(
+    points: Sequence[tuple[int, int]], others: Sequence[tuple[int, int]], radius: float
+) -> list[bool]:
+    """For each point, whether none of `others` lies within `radius` of it."""
+    if not len(points) or not len(others):
+        return [True] * len(points)
+    distance = cKDTree(np.asarray(others, float)).query(
+        np.asarray(points, float), distance_upper_bound=radius
+    )[0]
+    return [bool(d == np.inf) for d in distance]
 
 
 def _clicks(study: Study, scan: Scan) -> list[tuple[int, int]]:

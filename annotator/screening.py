@@ -23,6 +23,8 @@ from core import leases
 from core.errors import ConflictError, DomainError, ForbiddenError, NotFoundError
 
 from . import access, annotation, detection
+from .detection_check import MATCH_UM as SAME_CELL_UM
+from .detection_check import far_from
 from .models import Cell, DetectionJob, Label, ProposedCell, Scan, Study, TaxonNode
 from .scans import local_path
 
@@ -147,7 +149,12 @@ def run_detection(job_id: int) -> DetectionJob | None:
 
 def _publish(job: DetectionJob, lease: leases.Lease, found: list[detection.Proposal]) -> None:
     """Write the proposals and end the job done, in one transaction, if the job is still this
-    worker's; a spot proposed before (rejected or accepted included) is kept as it is."""
+    worker's; a spot proposed before (rejected or accepted included) is kept as it is, and a
+    leukocyte within SAME_CELL_UM of a cell already on the scan is not proposed: it is that
+    cell (examiners often click cells before detection runs)."""
+    cells = list(Cell.objects.filter(scan_id=job.scan_id).values_list("x", "y"))
+    mpp = job.scan.mpp_x
+    new = far_from([(p.x, p.y) for p in found], cells, SAME_CELL_UM / mpp if mpp else 0.0)
     rows = [
         ProposedCell(
             scan_id=job.scan_id,
@@ -157,7 +164,8 @@ def _publish(job: DetectionJob, lease: leases.Lease, found: list[detection.Propo
             y=proposal.y,
             confidence=proposal.confidence,
         )
-        for proposal in found
+        for proposal, not_a_cell in zip(found, new, strict=True)
+        if not_a_cell
     ]
     scan_proposals = ProposedCell.objects.filter(
         scan_id=job.scan_id, detector_version=job.detector_version
@@ -167,7 +175,7 @@ def _publish(job: DetectionJob, lease: leases.Lease, found: list[detection.Propo
         ProposedCell.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
         ended = lease.finish(
             status=Status.DONE,
-            found_count=len(rows),
+            found_count=len(found),
             new_count=scan_proposals.count() - before,
             finished_at=timezone.now(),
         )

@@ -18,13 +18,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
 from django.db import IntegrityError, transaction
-from scipy.spatial import cKDTree
 
 from annotator import access
 from annotator.detection import DETECTOR_VERSION
-from annotator.detection_check import MATCH_UM
+from annotator.detection_check import MATCH_UM, far_from
 from annotator.differential import (
     GroupCount,
     examiner_counts,
@@ -75,13 +73,13 @@ def leukocytes(scan: Scan, study: Study) -> list[Leukocyte]:
     cells = Cell.objects.filter(scan=scan, study=study).values_list("pk", "x", "y")
     spots = [Leukocyte(x, y, proposals.get(pk), pk) for pk, x, y in cells]
     still_open = [(pk, x, y) for pk, x, y, cell in found if cell is None]
-    if spots and still_open and scan.mpp_x:
-        near = cKDTree([(spot.x, spot.y) for spot in spots]).query(
-            [(x, y) for _, x, y in still_open], distance_upper_bound=SAME_CELL_UM / scan.mpp_x
-        )[0]
-        still_open = [
-            item for item, distance in zip(still_open, near, strict=True) if distance == np.inf
-        ]
+    if scan.mpp_x:
+        apart = far_from(
+            [(x, y) for _, x, y in still_open],
+            [(spot.x, spot.y) for spot in spots],
+            SAME_CELL_UM / scan.mpp_x,
+        )
+        still_open = [item for item, keep in zip(still_open, apart, strict=True) if keep]
     spots += [Leukocyte(x, y, pk, None) for pk, x, y in still_open]
     return sorted(spots, key=lambda spot: (spot.y, spot.x))
 

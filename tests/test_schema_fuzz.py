@@ -26,7 +26,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
 from annotator import annotation, panels, rounds, screening, tile_links, uploads
-from annotator.models import Membership
+from annotator.models import Membership, ProposedCell
 from datasets import classmaps, exports, splits, versions
 from mltasks import runs
 from mltasks.models import ClassifiedCell, ScanClassification, TrainingRun
@@ -85,6 +85,16 @@ def world(
     run = runs.start_run(split, coordinator, {})
     TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED, error="test")
     detected = screening.run_detection(screening.start_detection(scan, coordinator)[0].pk)
+    # Every planted cell is a gold cell already, so the detector proposes none again: one spot
+    # of its own, away from them.
+    ProposedCell.objects.create(
+        scan=scan,
+        job=detected,
+        detector_version=detected.detector_version,
+        x=5,
+        y=5,
+        confidence=0.5,
+    )
     counted = ScanClassification.objects.create(run=run, scan=scan, status="done")
     classified = ClassifiedCell.objects.create(
         job=counted,

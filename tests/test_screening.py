@@ -14,13 +14,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import resolve
 
-from annotator import detection, rounds, screening
+from annotator import annotation, detection, rounds, screening
 from annotator import tasks as annotator_tasks
 from annotator.models import Cell, DetectionJob, Membership, ProposedCell
 from annotator.scans import ingest_scan
 from core.errors import NotFoundError
 
-from .conftest import log_in, new_page
+from .conftest import label_planted_cells, log_in, new_page
 from .test_frontend import fill, page_config
 from .test_job_recovery import wait_until
 from .workers import celery_worker, purge_queues, start_worker, stop_worker
@@ -80,6 +80,22 @@ def test_the_command_stores_proposals_not_cells_and_writes_them_as_json(
     call_command("detect_cells", "--scan", str(scan.pk))
     assert "nothing detected again" in capsys.readouterr().out
     assert DetectionJob.objects.count() == 1 and ProposedCell.objects.count() == len(rows)
+
+
+def test_cells_clicked_before_detection_are_not_proposed_again(
+    study, scan, planted, annotator, coordinator
+):
+    clicked = [spot for spot in planted if spot["code"] in ("NGS", "LYT", "MON", "EOS")][:3]
+    others = [spot for spot in planted if spot not in clicked]
+    # An examiner's click lies on the cell, a little off its nucleus's centre.
+    for spot in clicked:
+        annotation.create_cell(study, scan, spot["x"] + 4, spot["y"] - 3, annotator)
+    job = screening.run_detection(screening.start_detection(scan, coordinator)[0].pk)
+    assert job.status == "done"
+    proposed = list(ProposedCell.objects.filter(scan=scan).values("x", "y"))
+    assert recall(proposed, clicked, scan.mpp_x) == 0  # none of the clicked cells again
+    assert recall(proposed, others, scan.mpp_x) >= 0.9  # the others all proposed
+    assert job.found_count - job.new_count == len(clicked) and job.new_count == len(proposed)
 
 
 def test_an_unknown_scan_stops_the_command_with_a_message(db):
@@ -155,10 +171,11 @@ def test_who_may_start_watch_cancel_and_read_a_detection(
 
 
 def test_a_rater_of_a_blinded_round_sees_no_proposal_nor_detection(
-    api_as, study, scan, gold_cells, coordinator, rater
+    api_as, study, scan, planted, annotator, coordinator, rater
 ):
     job = screening.run_detection(screening.start_detection(scan, coordinator)[0].pk)
     assert api_as(rater).get(f"/api/v1/scans/{scan.pk}/proposals/").json()["count"] > 0
+    label_planted_cells(study, scan, annotator, planted)  # the gold cells the round draws
     rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r-blind")
     assert api_as(rater).get(f"/api/v1/scans/{scan.pk}/proposals/").status_code == 404
     assert api_as(rater).get(f"/api/v1/detection-jobs/{job.pk}/").status_code == 404
