@@ -1,11 +1,12 @@
 """Differential counts: how a patient's (or a scan's) counted cells share out over classes and
 over the taxonomy's groups, as the examiners labelled them.
 
-The examiners' count is the study's gold labels (its largest gold round, the round a data set
-takes by default). A cell answered "cannot classify" is uncountable: it stays out of every
-count and every denominator, as the bone marrow study sets crushed and degenerated cells apart
-before it counts. Shares carry a Wilson 95 % interval (statsmodels), which stays inside 0..1 and
-keeps its coverage for the small counts and shares near 0 a differential has.
+The examiners' count is the study's gold labels: every gold round (one per examiner), a cell
+labelled in several counted once, by its most recent label. A cell answered "cannot classify"
+is uncountable: it stays out of every count and every denominator, as the bone marrow study
+sets crushed and degenerated cells apart before it counts. Shares carry a Wilson 95 % interval
+(statsmodels), which stays inside 0..1 and keeps its coverage for the small counts and shares
+near 0 a differential has.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from core.errors import DomainError
 
-from .models import Label, Study, TaxonGroup
-from .rounds import largest_gold_round
+from .models import Label, Round, Study, TaxonGroup
 from .taxonomy import group_leaf_codes
 
 CONFIDENCE = 0.95
@@ -96,33 +96,45 @@ class ExaminerCounts:
     uncountable_by_scan: Counter
 
 
+def examiner_answers(study: Study, *, scan_ids: list[int] | None = None) -> dict[int, tuple]:
+    """Per cell, its examiners' gold answer: (patient id, scan id, leaf code or None for
+    "cannot classify"). Every gold round of the study counts (each examiner has one); a cell
+    labelled in several takes its most recent label, as the annotation screen shows the latest."""
+    labels = Label.objects.filter(round__study=study, round__kind=Round.Kind.GOLD)
+    if scan_ids is not None:
+        labels = labels.filter(cell__scan_id__in=scan_ids)
+    found = labels.order_by("cell_id", "updated_at", "pk").values_list(
+        "cell_id", "cell__patient_id", "cell__scan__patient_id", "cell__scan_id", "node__code"
+    )
+    return {
+        cell: (own_patient or scan_patient, scan, code)
+        for cell, own_patient, scan_patient, scan, code in found.iterator()
+    }
+
+
+def uncountable_cells(study: Study) -> set[int]:
+    """Cells whose examiners' gold answer is "cannot classify"."""
+    return {cell for cell, (_, _, code) in examiner_answers(study).items() if code is None}
+
+
 def examiner_counts(study: Study, *, scan_ids: list[int] | None = None) -> ExaminerCounts:
-    """Leaf counts of the study's largest gold round, per patient and per scan. Cells without a
+    """Leaf counts of the examiners' gold answers, per patient and per scan. Cells without a
     patient are left out of the per-patient counts; "cannot classify" is counted apart."""
     by_patient: dict[int, Counter] = defaultdict(Counter)
     by_scan: dict[int, Counter] = defaultdict(Counter)
     uncountable_by_patient: Counter = Counter()
     uncountable_by_scan: Counter = Counter()
-    gold = largest_gold_round(study)
-    if gold is not None:
-        labels = Label.objects.filter(round=gold)
-        if scan_ids is not None:
-            labels = labels.filter(cell__scan_id__in=scan_ids)
-        found = labels.values_list(
-            "cell__patient_id", "cell__scan__patient_id", "cell__scan_id", "node__code"
-        )
-        for own_patient, scan_patient, scan, code in found.iterator():
-            patient = own_patient or scan_patient
-            if code is None:
-                if patient:
-                    uncountable_by_patient[patient] += 1
-                if scan:
-                    uncountable_by_scan[scan] += 1
-                continue
+    for patient, scan, code in examiner_answers(study, scan_ids=scan_ids).values():
+        if code is None:
             if patient:
-                by_patient[patient][code] += 1
+                uncountable_by_patient[patient] += 1
             if scan:
-                by_scan[scan][code] += 1
+                uncountable_by_scan[scan] += 1
+            continue
+        if patient:
+            by_patient[patient][code] += 1
+        if scan:
+            by_scan[scan][code] += 1
     return ExaminerCounts(
         dict(by_patient), dict(by_scan), uncountable_by_patient, uncountable_by_scan
     )

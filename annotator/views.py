@@ -95,7 +95,10 @@ def home(request):
             detections.update(
                 {
                     scan_id: DetectionJobSerializer(job).data
-                    for scan_id, job in screening.latest_jobs(study.scans.all()).items()
+                    for scan_id, job in screening.latest_jobs(
+                        # Not a scan shared with a study the user rates blinded.
+                        study.scans.filter(pk__in=access.visible_scans(request.user))
+                    ).items()
                 }
             )
         study.scan_rows = [

@@ -19,13 +19,13 @@ def visible_fold_models(user) -> QuerySet[FoldModel]:
 
 
 def visible_classifications(user) -> QuerySet[ScanClassification]:
-    """Counts of the scans a user sees whole in the run's study: the overseers', and the
-    examiners' who review its suspicious cells in the gold viewer (as they see the models'
-    suggestions there); never a scan of a study the user rates blinded."""
-    examined = ScanClassification.objects.filter(
+    """Counts of the scans a user sees whole, by runs of a study the user is in: the overseers',
+    and the examiners' who review its suspicious cells in the gold viewer (as they see the
+    models' suggestions there). Never a scan of a study the user rates blinded, whatever their
+    role in the run's study (`visible_scans` holds none)."""
+    return ScanClassification.objects.filter(
         scan__in=visible_scans(user), run__split__dataset__study__in=visible_studies(user)
     )
-    return ScanClassification.objects.filter(run__in=visible_runs(user)) | examined
 
 
 def visible_classified_cells(user) -> QuerySet[ClassifiedCell]:

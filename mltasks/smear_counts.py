@@ -30,9 +30,9 @@ from annotator.differential import (
     group_count,
     share_row,
     share_rows,
+    uncountable_cells,
 )
-from annotator.models import Cell, Label, ProposedCell, Scan, Study
-from annotator.rounds import largest_gold_round
+from annotator.models import Cell, ProposedCell, Scan, Study
 from annotator.taxonomy import group_leaf_codes
 from core import leases
 from core.errors import DomainError, NotFoundError
@@ -61,18 +61,22 @@ SAME_CELL_UM = MATCH_UM
 
 
 def leukocytes(scan: Scan, study: Study) -> list[Leukocyte]:
-    """Every leukocyte found on the scan for the study, ordered by position: the study's cells
-    on the scan (placed by hand or accepted proposals) and the current detector's proposals
-    still open, except those within SAME_CELL_UM of a cell, which are that cell again."""
+    """Every leukocyte found on the scan for the study, once each, ordered by position: the
+    study's cells on the scan (placed by hand or accepted proposals), proposals accepted into
+    another study's cell, and the current detector's proposals still open, except those within
+    SAME_CELL_UM of a cell, which are that cell again. A proposal whose cell was deleted is
+    no leukocyte any more."""
     found = ProposedCell.objects.filter(
         scan=scan,
         detector_version=DETECTOR_VERSION,
         status__in=[ProposedCell.Status.PROPOSED, ProposedCell.Status.ACCEPTED],
-    ).values_list("pk", "x", "y", "cell_id")
-    proposals = {cell: pk for pk, _, _, cell in found if cell}
+    ).values_list("pk", "x", "y", "status", "cell_id")
+    proposals = {cell: pk for pk, _, _, _, cell in found if cell}
     cells = Cell.objects.filter(scan=scan, study=study).values_list("pk", "x", "y")
     spots = [Leukocyte(x, y, proposals.get(pk), pk) for pk, x, y in cells]
-    still_open = [(pk, x, y) for pk, x, y, cell in found if cell is None]
+    ours = {spot.cell_id for spot in spots}
+    elsewhere = [(pk, x, y) for pk, x, y, _, cell in found if cell and cell not in ours]
+    still_open = [(pk, x, y) for pk, x, y, status, _ in found if status == "proposed"]
     if scan.mpp_x:
         apart = far_from(
             [(x, y) for _, x, y in still_open],
@@ -80,8 +84,12 @@ def leukocytes(scan: Scan, study: Study) -> list[Leukocyte]:
             SAME_CELL_UM / scan.mpp_x,
         )
         still_open = [item for item, keep in zip(still_open, apart, strict=True) if keep]
-    spots += [Leukocyte(x, y, pk, None) for pk, x, y in still_open]
-    return sorted(spots, key=lambda spot: (spot.y, spot.x))
+    spots += [Leukocyte(x, y, pk, None) for pk, x, y in elsewhere + still_open]
+    # Two cells placed on one pixel are one leukocyte (nothing stops an import doing that).
+    by_position = {}
+    for spot in spots:
+        by_position.setdefault((spot.x, spot.y), spot)
+    return sorted(by_position.values(), key=lambda spot: (spot.y, spot.x))
 
 
 def _run_and_study(run: TrainingRun) -> Study:
@@ -146,16 +154,6 @@ def latest_done(run: TrainingRun, scans) -> dict[int, ScanClassification]:
     for job in done.order_by("pk"):
         latest[job.scan_id] = job
     return latest
-
-
-def uncountable_cells(study: Study) -> set[int]:
-    """Cells the examiners answered "cannot classify" in the study's largest gold round."""
-    gold = largest_gold_round(study)
-    if gold is None:
-        return set()
-    return set(
-        Label.objects.filter(round=gold, cannot_classify=True).values_list("cell_id", flat=True)
-    )
 
 
 @dataclass
@@ -343,16 +341,25 @@ def model_group_counts(run: TrainingRun, group_name: str) -> dict[int, GroupCoun
     return {patient: GroupCount(in_group[patient], n) for patient, n in counted.items() if n}
 
 
-def gallery(job: ScanClassification, group_name: str, *, limit: int = 60, offset: int = 0):
+def gallery(
+    job: ScanClassification,
+    group_name: str,
+    *,
+    limit: int = 60,
+    offset: int = 0,
+    leave_out_uncountable: bool = True,
+):
     """The classification's cells ranked by the models' P(group), highest first, as
-    (classified cell, P(group)) pairs; uncountable cells stay out of it too."""
+    (classified cell, P(group)) pairs, and how many there are. Uncountable cells stay out of it
+    for overseers; an examiner's gallery keeps them, since which cells they are is other
+    examiners' answers, which an examiner does not see."""
     run = job.run
     study = run.split.dataset.study
     find_group(study, group_name)
     dataset = run.split.dataset
     members = class_groups(study, dataset.classes, dataset.class_map)[group_name]
     columns = [i for i, klass in enumerate(dataset.classes) if klass in members]
-    uncountable = uncountable_cells(study)
+    uncountable = uncountable_cells(study) if leave_out_uncountable else set()
     scored = [
         (cell, sum(cell.probabilities[i] for i in columns))
         for cell in job.cells.all()

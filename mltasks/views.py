@@ -147,15 +147,21 @@ def _downloads(run: TrainingRun) -> dict:
 
 
 def _overseen_run(request, run_id: int) -> tuple[TrainingRun, object]:
-    run = get_object_or_404(TrainingRun.objects.select_related("split__dataset__study"), pk=run_id)
-    study = guarded(overseen_study, request.user, run.split.dataset.study.name, "count smears")
-    return run, study
+    """The run, for those who oversee its study; one 404 for a run that does not exist and
+    one of a study the user does not oversee (the answer names no study)."""
+    found = visible_runs(request.user).select_related("split__dataset__study")
+    run = found.filter(pk=run_id).first()
+    if run is None:
+        raise Http404("No such training run among those of the studies you oversee.")
+    return run, run.split.dataset.study
 
 
 def _count_scans(request, run: TrainingRun, study) -> None:
     """Start the classifications the page's form asks for: one scan, or every scan with cells."""
     wanted = request.POST.get("scan", "")
-    scans = study.scans.filter(pk=wanted) if wanted.isdigit() else study.scans.all()
+    if wanted and not (wanted.isascii() and wanted.isdigit()):
+        raise DomainError(f"scan must be a scan's id, not {wanted[:40]!r}.", "scan")
+    scans = study.scans.filter(pk=wanted) if wanted else study.scans.all()
     rerun = request.POST.get("rerun") == "1"
     started = 0
     for scan in scans.order_by("pk"):
@@ -180,7 +186,10 @@ def smear_counts_page(request, run_id: int):
     if request.method == "POST":
         try:
             if request.POST.get("action") == "cancel":
-                job = get_object_or_404(ScanClassification, pk=request.POST.get("job"), run=run)
+                wanted = request.POST.get("job", "")
+                if not (wanted.isascii() and wanted.isdigit()):
+                    raise DomainError(f"job must be a count's id, not {wanted[:40]!r}.", "job")
+                job = get_object_or_404(ScanClassification, pk=wanted, run=run)
                 smear_counts.cancel_classification(job, request.user)
                 messages.success(request, f"Count of {job.scan.original_name} cancelled.")
             else:
@@ -216,9 +225,14 @@ def gallery_page(request, run_id: int, scan_id: int):
         messages.error(request, f"No group {group!r}; the taxonomy has {', '.join(groups)}.")
         group = groups[0] if groups else ""
     page = request.GET.get("page", "0")
-    page = int(page) if page.isdigit() else 0
+    page = int(page) if page.isascii() and page.isdigit() and len(page) < 9 else 0
     per_page = 60
-    items = gallery_items(job, group, per_page, page * per_page) if job and group else None
+    overseer = bool(roles_in(request.user, study) & OVERSEEING_ROLES)
+    items = (
+        gallery_items(job, group, per_page, page * per_page, leave_out_uncountable=overseer)
+        if job and group
+        else None
+    )
     return render(
         request,
         "mltasks/gallery.html",
@@ -232,9 +246,9 @@ def gallery_page(request, run_id: int, scan_id: int):
             "items": items,
             "page": page,
             "more": bool(items) and items["total"] > (page + 1) * per_page,
-            "report": smear_counts.scan_report(run, scan),
+            "report": smear_counts.scan_report(run, scan) if overseer else None,
             # The examiners' count is of labels only overseers see (their own rounds aside).
-            "overseer": bool(roles_in(request.user, study) & OVERSEEING_ROLES),
+            "overseer": overseer,
         },
     )
 

@@ -20,6 +20,7 @@ from PIL import Image
 from statsmodels.stats.proportion import proportion_confint
 
 from annotator import annotation, patches, rounds, screening
+from annotator.models import Membership
 from mltasks import inference, run_config, smear_counts, training
 from mltasks import tasks as mltasks_tasks
 from mltasks.models import ClassifiedCell, FoldModel, ScanClassification, TrainingRun
@@ -349,13 +350,15 @@ def test_the_counts_page_counts_on_request_and_shows_model_beside_examiners(
     assert Client().get(url).status_code == 302  # to the login page
     examiner = Client()
     examiner.force_login(annotator)
-    assert examiner.get(url).status_code == 403
+    assert examiner.get(url).status_code == 404  # the counts are the overseers'
 
     screen = examiner.get(f"/studies/{study.name}/scans/{scan.pk}/").content.decode()
     assert f"/training/{run.pk}/scans/{scan.pk}/gallery/" in screen  # the examiner's way there
     gallery = examiner.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/?group=atypical")
     text = gallery.content.decode()
-    assert gallery.status_code == 200 and text.count("<img src=") == 5
+    # The examiner's gallery keeps the cell another examiner could not classify: which one
+    # it is would be that examiner's answer.
+    assert gallery.status_code == 200 and text.count("<img src=") == 6
     assert f"?at={SPOTS[2][0]},{SPOTS[2][1]}" in text
     assert "Examiners" not in text  # the examiners' count is the overseers'
     assert "Examiners" in page.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/").content.decode()
@@ -431,3 +434,68 @@ def test_a_count_that_cannot_be_stored_ends_failed_and_stores_nothing(
     ended = run_classification(job.pk, "cpu")
     assert ended.status == "failed" and ended.error.startswith("The classification failed")
     assert ended.lease_expires_at is None and not ClassifiedCell.objects.exists()
+
+
+@pytest.mark.django_db
+def test_every_examiners_gold_answer_counts_and_a_deleted_or_doubled_cell_once(
+    study, scan, coordinator, annotator, second_annotator
+):
+    proposals = add_proposals(scan, coordinator, SPOTS[:2])
+    accepted = screening.accept_proposal(proposals[0], annotator, node="LYT", study=study).cell
+    annotation.delete_cell(accepted, annotator, None)  # the examiner took it back
+    doubled = [annotation.create_cell(study, scan, 2500, 2000, annotator) for _ in range(2)]
+    others = annotation.gold_round_for(study, second_annotator)
+    annotation.set_label(doubled[0], others, second_annotator, cannot_classify=True)
+
+    spots = smear_counts.leukocytes(scan, study)
+    assert sorted((s.x, s.y) for s in spots) == sorted([SPOTS[1], (2500, 2000)])
+    # The second examiner's gold round counts too: their "cannot classify" is uncountable.
+    assert smear_counts.uncountable_cells(study) == {doubled[0].pk}
+
+
+@pytest.mark.django_db
+def test_an_overseer_who_rates_the_scan_blind_reaches_no_count_of_it(
+    study, scan, split, data_scientist, coordinator, rater, found
+):
+    run = finished_run(split, data_scientist)
+    job = classify(run, scan, data_scientist)
+    rounds.create_blinded_round(study, rater, coordinator, mode="all", seed=1, name="r1")
+    Membership.objects.create(study=study, user=rater, role=Membership.Role.DATA_SCIENTIST)
+    blind = client_for(rater)
+    cell = ClassifiedCell.objects.filter(job=job).first()
+    for url in (
+        f"/api/v1/scan-classifications/{job.pk}/",
+        f"/api/v1/scan-classifications/{job.pk}/gallery/",
+        f"/api/v1/classified-cells/{cell.pk}/patch.jpeg",
+    ):
+        assert blind.get(url).status_code == 404, url
+    assert blind.get("/api/v1/scan-classifications/").json()["count"] == 0
+    pages = Client()
+    pages.force_login(rater)
+    assert pages.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_ids_and_numbers_that_are_no_numbers_are_refused_by_name(
+    study, scan, split, data_scientist, found
+):
+    run = finished_run(split, data_scientist)
+    job = classify(run, scan, data_scientist)
+    api = client_for(data_scientist)
+    for url, name in [
+        ("/api/v1/scan-classifications/?run=\u00b2", "run"),
+        ("/api/v1/scan-classifications/?scan=x", "scan"),
+        (f"/api/v1/scan-classifications/{job.pk}/gallery/?limit=\u00b2", "limit"),
+        (f"/api/v1/scan-classifications/{job.pk}/gallery/?offset=-1", "offset"),
+        (f"/api/v1/training-runs/{run.pk}/counts/?scan=\u00b2", "scan"),
+    ]:
+        answer = api.get(url)
+        assert answer.status_code == 400 and name in json.dumps(answer.json()), url
+    pages = Client()
+    pages.force_login(data_scientist)
+    counts = f"/training/{run.pk}/counts/"
+    assert pages.get(f"/training/{run.pk}/scans/{scan.pk}/gallery/?page=\u00b2").status_code == 200
+    for form in ({"action": "cancel", "job": "abc"}, {"action": "count", "scan": "\u00b2"}):
+        answer = pages.post(counts, form, follow=True)
+        assert answer.status_code == 200 and "must be a" in answer.content.decode(), form
+    assert ScanClassification.objects.filter(run=run).count() == 1  # nothing started

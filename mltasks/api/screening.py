@@ -17,10 +17,12 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from annotator import patches
+from annotator.access import OVERSEEING_ROLES, roles_in
 from annotator.models import Patient, Scan
 from core.api.binary import JPEGRenderer, binary_responses, bytes_view
 from core.api.scoping import ScopedModelSerializer, ScopedSerializer
 from core.errors import DomainError, NotFoundError
+from core.params import whole_number
 
 from .. import smear_counts
 from ..access import visible_classifications, visible_classified_cells
@@ -28,6 +30,7 @@ from ..models import ClassifiedCell, ScanClassification
 from ..tasks import queue_classification
 
 GALLERY_LIMIT = 200
+ID_MAX = 2**63 - 1
 
 
 class ScanClassificationSerializer(ScopedModelSerializer):
@@ -137,7 +140,7 @@ class SmearCountActions:
                 {"detail": "Name one scan (?scan=ID) or one patient (?patient=)."}
             )
         if scan_id:
-            scan = study.scans.filter(pk=scan_id).first() if scan_id.isdigit() else None
+            scan = study.scans.filter(pk=whole_number(scan_id, "scan", 1, ID_MAX)).first()
             if scan is None:
                 raise NotFoundError(f"No scan {scan_id} in study {study.name}.")
             return Response(smear_counts.scan_report(run, scan))
@@ -166,8 +169,12 @@ class GallerySerializer(ScopedSerializer):
     cells = GalleryCellSerializer(many=True)
 
 
-def gallery_items(job: ScanClassification, group: str, limit: int, offset: int) -> dict:
-    total, ranked = smear_counts.gallery(job, group, limit=limit, offset=offset)
+def gallery_items(
+    job: ScanClassification, group: str, limit: int, offset: int, *, leave_out_uncountable: bool
+) -> dict:
+    total, ranked = smear_counts.gallery(
+        job, group, limit=limit, offset=offset, leave_out_uncountable=leave_out_uncountable
+    )
     study = job.run.split.dataset.study
     viewer = reverse("annotate", args=[study.name, job.scan_id])
     items = [
@@ -188,11 +195,7 @@ def gallery_items(job: ScanClassification, group: str, limit: int, offset: int) 
 
 
 def _whole(text: str | None, name: str, default: int, most: int) -> int:
-    if text in (None, ""):
-        return default
-    if not text.isdigit() or int(text) > most:
-        raise ValidationError({name: [f"{name} must be a whole number from 0 to {most}."]})
-    return int(text)
+    return default if text in (None, "") else whole_number(text, name, 0, most)
 
 
 @extend_schema_view(
@@ -211,9 +214,7 @@ class ScanClassificationViewSet(
         for name in ("run", "scan"):
             value = self.request.query_params.get(name)
             if value is not None:
-                if not value.isdigit():
-                    raise ValidationError({name: [f"{name} must be an id."]})
-                found = found.filter(**{f"{name}_id": int(value)})
+                found = found.filter(**{f"{name}_id": whole_number(value, name, 1, ID_MAX)})
         return found
 
     @extend_schema(summary="Cancel a scan classification", request=None)
@@ -241,7 +242,11 @@ class ScanClassificationViewSet(
         params = request.query_params
         limit = _whole(params.get("limit"), "limit", 60, GALLERY_LIMIT)
         offset = _whole(params.get("offset"), "offset", 0, 10**9)
-        data = gallery_items(job, params.get("group") or "blast", limit, offset)
+        study = job.run.split.dataset.study
+        overseer = bool(roles_in(request.user, study) & OVERSEEING_ROLES)
+        data = gallery_items(
+            job, params.get("group") or "blast", limit, offset, leave_out_uncountable=overseer
+        )
         return Response(data)
 
 

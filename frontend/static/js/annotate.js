@@ -803,8 +803,8 @@ showKeyHelp(document.getElementById("key-help"), ANNOTATE);
 const opened = new Promise((resolve) => viewer.addOnceHandler("open", resolve));
 Promise.all([annotations.load(), opened])
   .then(() => {
-    render();
     openAt(new URLSearchParams(window.location.search).get("at"));
+    render();
     queue.reportStatus();
     window.cytomark = {
       viewer, cells: annotations.cells, ready: true, pending: () => queue.pending, redraw: drawMarkers,
