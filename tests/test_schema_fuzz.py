@@ -37,7 +37,7 @@ EXAMPLES_PER_OPERATION = 8
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 # Cutting patches and rendering tiles is the slowest work an operation does; a few examples
 # already reach every branch of these views.
-SLOW_PATHS = re.compile(r"tiles|patch\.png")
+SLOW_PATHS = re.compile(r"tiles|patch\.(png|jpeg)")
 
 
 @pytest.fixture

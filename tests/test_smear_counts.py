@@ -35,6 +35,9 @@ from .workers import celery_worker, purge_queues, start_worker, stop_worker
 SPOTS = [(900, 900), (1400, 1100), (2000, 1900), (2600, 500), (700, 2400)]
 
 
+_WEIGHTS: dict[tuple, bytes] = {}  # (classes, favoured) -> a fold model's bytes, made once
+
+
 def finished_run(split, user, favoured: str | None = None) -> TrainingRun:
     """A done run with one fold model of seeded random weights at 32 px; `favoured` makes the
     model give that class to every image (its output bias far above the others)."""
@@ -43,13 +46,16 @@ def finished_run(split, user, favoured: str | None = None) -> TrainingRun:
         split=split, config=config, status=TrainingRun.Status.DONE, created_by=user
     )
     classes = split.dataset.classes
-    torch.manual_seed(3)
-    model = resnext50_32x4d(num_classes=len(classes))
-    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-    if favoured is not None:
-        state["fc.bias"][classes.index(favoured)] = 1000.0
+    key = (tuple(classes), favoured)
+    if key not in _WEIGHTS:
+        torch.manual_seed(3)
+        model = resnext50_32x4d(num_classes=len(classes))
+        state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        if favoured is not None:
+            state["fc.bias"][classes.index(favoured)] = 1000.0
+        _WEIGHTS[key] = training.state_dict_bytes(state, classes, config)
     name = f"training/run-{run.pk}/fold-0.pt"
-    default_storage.save(name, io.BytesIO(training.state_dict_bytes(state, classes, config)))
+    default_storage.save(name, io.BytesIO(_WEIGHTS[key]))
     FoldModel.objects.create(run=run, fold="0", weights=name, sha256="0" * 64, classes=classes)
     return run
 
