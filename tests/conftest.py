@@ -204,30 +204,19 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def _chromium_session():
-    """One Debian headless Chromium through Playwright for the whole run (a launch costs about
-    a second, and the browser tests are many). From the first browser test on, Playwright's
-    event loop shares the main thread with the tests' ORM calls, which Django allows only when
-    told (they never run inside the loop), so it is told for the rest of the run."""
+@pytest.fixture
+def chromium_browser(monkeypatch):
+    """Debian's headless Chromium through Playwright. Playwright's event loop shares the thread
+    with the test's ORM calls, which Django allows only when told (they never run inside it)."""
     from playwright.sync_api import sync_playwright
 
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
         )
         yield browser
         browser.close()
-
-
-@pytest.fixture
-def chromium_browser(_chromium_session):
-    """The run's Chromium; a test's pages live in contexts of their own (`new_page`), all
-    closed after the test, so no cookie, storage or page outlives it."""
-    yield _chromium_session
-    for context in list(_chromium_session.contexts):
-        context.close()
 
 
 def new_page(browser, width: int = 1400, height: int = 900):
